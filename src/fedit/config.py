@@ -1,0 +1,481 @@
+"""Experiment configuration: nested dataclasses, YAML loading, dotted overrides, one ConfigError.
+
+Every field carries a one-line ``help`` that doubles as documentation for ``fedit validate`` and
+``--help``. Problems are collected and reported together, spelled as on the command line
+(``train.lr``), so a user fixes a config in one pass.
+
+Example:
+    cfg = load_config("configs/quickstart.yaml", ["federation.rounds=3", "train.lr=1e-3"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration or input problem that the user must fix. The CLI exits with code 2."""
+
+    def __init__(self, problems: str | list[str]):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+def _f(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - mirrors argparse
+    """A dataclass field with a help string (mutable defaults are wrapped in a factory)."""
+    if isinstance(default, (list, dict)):
+        value = default
+        return field(default_factory=lambda: type(value)(value), metadata={"help": help}, **kwargs)
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
+DTYPES = ("fp32", "bf16", "fp16")
+DEVICES = ("cpu", "cuda", "auto")
+QUANTIZATIONS = ("none", "4bit", "8bit")
+TEMPLATES = ("alpaca", "chat")
+PARTITION_METHODS = ("iid", "dirichlet", "shards", "natural")
+SELECTIONS = ("random",)
+STRATEGIES = ("fedavg",)
+LR_SCHEDULES = ("constant", "cosine")
+AUTOCAST = ("auto", "bf16", "fp16", "none")
+
+
+@dataclass
+class ModelConfig:
+    """Which base model to load and how."""
+
+    name: str = _f(
+        "smollm2-135m-instruct",
+        "Hugging Face hub id, local folder, or an embedded name (smollm2-135m-instruct)",
+    )
+    dtype: str = _f("fp32", "weight dtype: fp32, bf16 or fp16")
+    device: str = _f("auto", "cpu, cuda or auto (cuda when available)")
+    quantization: str = _f("none", "none, 4bit or 8bit (bitsandbytes, CUDA only)")
+    revision: str | None = _f(None, "hub revision (branch, tag or commit)")
+    trust_remote_code: bool = _f(False, "allow model code from the hub")
+
+    def validate(self) -> list[str]:
+        problems = _check_choice("model.dtype", self.dtype, DTYPES)
+        problems += _check_choice("model.device", self.device, DEVICES)
+        problems += _check_choice("model.quantization", self.quantization, QUANTIZATIONS)
+        if not self.name:
+            problems.append("model.name: must not be empty")
+        return problems
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapter settings (peft). Defaults follow Shepherd."""
+
+    r: int = _f(16, "LoRA rank")
+    alpha: int = _f(16, "LoRA scaling numerator (scale = alpha / r)")
+    dropout: float = _f(0.05, "dropout on the LoRA input")
+    target_modules: list[str] | str = _f(
+        ["q_proj", "v_proj"], "module names to adapt, or 'all-linear'"
+    )
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.r < 1:
+            problems.append(f"lora.r: must be >= 1, got {self.r}")
+        if self.alpha <= 0:
+            problems.append(f"lora.alpha: must be > 0, got {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            problems.append(f"lora.dropout: must be in [0, 1), got {self.dropout}")
+        if isinstance(self.target_modules, str) and self.target_modules != "all-linear":
+            self.target_modules = [m.strip() for m in self.target_modules.split(",") if m.strip()]
+        if not self.target_modules:
+            problems.append("lora.target_modules: must name at least one module or 'all-linear'")
+        return problems
+
+
+@dataclass
+class ColumnsConfig:
+    """Map the source's column names onto instruction / input / output / category.
+
+    Leave a field empty to auto-detect the Dolly (instruction, context, response, category) or
+    Alpaca (instruction, input, output) schema.
+    """
+
+    instruction: str | None = _f(None, "column holding the instruction")
+    input: str | None = _f(None, "column holding the optional input/context")
+    output: str | None = _f(None, "column holding the reference response")
+    category: str | None = _f(None, "column holding the task category")
+
+
+@dataclass
+class PartitionConfig:
+    """How the training examples are split across clients."""
+
+    method: str = _f("shards", "iid, dirichlet, shards (Shepherd) or natural")
+    by: str = _f("category", "label column for dirichlet, shards and natural")
+    alpha: float = _f(0.5, "Dirichlet concentration; smaller is more skewed")
+    min_per_client: int = _f(1, "dirichlet: resample until every client has this many examples")
+    shards_per_client: int = _f(2, "shards: shards each client receives (Shepherd uses 2)")
+
+    def validate(self) -> list[str]:
+        problems = _check_choice("data.partition.method", self.method, PARTITION_METHODS)
+        if self.alpha <= 0:
+            problems.append(f"data.partition.alpha: must be > 0, got {self.alpha}")
+        if self.min_per_client < 0:
+            problems.append(f"data.partition.min_per_client: must be >= 0, got {self.min_per_client}")
+        if self.shards_per_client < 1:
+            problems.append(
+                f"data.partition.shards_per_client: must be >= 1, got {self.shards_per_client}"
+            )
+        return problems
+
+
+@dataclass
+class SyntheticConfig:
+    """The embedded procedurally generated instruction suite."""
+
+    num_examples: int = _f(2000, "examples to generate (spread evenly over the categories)")
+    categories: list[str] | None = _f(None, "subset of categories to use (default: all)")
+
+    def validate(self) -> list[str]:
+        if self.num_examples < 1:
+            return [f"data.synthetic.num_examples: must be >= 1, got {self.num_examples}"]
+        return []
+
+
+@dataclass
+class DataConfig:
+    """Where the instructions come from and how they are turned into training tokens."""
+
+    source: str = _f(
+        "synthetic", "synthetic, a hub dataset id, or a .json/.jsonl/.csv/.parquet file or folder"
+    )
+    split: str = _f("train", "split to read from a hub dataset")
+    subset: str | None = _f(None, "hub dataset configuration name")
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
+    template: str = _f("alpaca", "prompt template: alpaca (Shepherd) or chat (tokenizer's own)")
+    test_per_category: int = _f(10, "held-out test examples per category, taken before partitioning")
+    test_source: str | None = _f(None, "separate test file or hub dataset (instead of holding out)")
+    max_examples: int | None = _f(None, "use only the first N examples after shuffling")
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def validate(self) -> list[str]:
+        problems = _check_choice("data.template", self.template, TEMPLATES)
+        if self.test_per_category < 0:
+            problems.append(
+                f"data.test_per_category: must be >= 0, got {self.test_per_category}"
+            )
+        if self.max_examples is not None and self.max_examples < 1:
+            problems.append(f"data.max_examples: must be >= 1, got {self.max_examples}")
+        return problems + self.partition.validate() + self.synthetic.validate()
+
+
+@dataclass
+class TrainConfig:
+    """Local training on each client."""
+
+    local_steps: int | None = _f(None, "optimizer steps per client per round (overrides epochs)")
+    local_epochs: float = _f(1.0, "passes over the client's data per round, if local_steps unset")
+    batch_size: int = _f(8, "examples per optimizer step")
+    micro_batch_size: int = _f(8, "examples per forward pass; batch_size / this = grad accumulation")
+    lr: float = _f(3e-4, "peak learning rate (AdamW)")
+    lr_min: float = _f(0.0, "final learning rate of the cosine schedule across rounds")
+    lr_schedule: str = _f("constant", "learning rate across rounds: constant or cosine")
+    warmup_steps: int = _f(0, "linear warmup steps at the start of each local run")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    max_grad_norm: float = _f(1.0, "gradient clipping norm (0 disables)")
+    cutoff_len: int = _f(512, "truncate tokenized examples to this many tokens")
+    train_on_inputs: bool = _f(False, "also compute the loss on the prompt tokens")
+    autocast: str = _f("auto", "mixed precision: auto (bf16 where supported), bf16, fp16, none")
+    group_by_length: bool = _f(True, "batch examples of similar length to cut padding")
+    gradient_checkpointing: bool = _f(False, "trade compute for activation memory")
+
+    def validate(self) -> list[str]:
+        problems = _check_choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        problems += _check_choice("train.autocast", self.autocast, AUTOCAST)
+        for key in ("batch_size", "micro_batch_size", "cutoff_len"):
+            if getattr(self, key) < 1:
+                problems.append(f"train.{key}: must be >= 1, got {getattr(self, key)}")
+        if self.local_steps is not None and self.local_steps < 1:
+            problems.append(f"train.local_steps: must be >= 1, got {self.local_steps}")
+        if self.local_epochs <= 0:
+            problems.append(f"train.local_epochs: must be > 0, got {self.local_epochs}")
+        if self.micro_batch_size >= 1 and self.batch_size % self.micro_batch_size:
+            problems.append(
+                f"train.batch_size: {self.batch_size} is not a multiple of "
+                f"train.micro_batch_size {self.micro_batch_size}"
+            )
+        if self.lr <= 0:
+            problems.append(f"train.lr: must be > 0, got {self.lr}")
+        if self.lr_min < 0 or self.lr_min > self.lr:
+            problems.append(f"train.lr_min: must be in [0, train.lr], got {self.lr_min}")
+        if self.warmup_steps < 0:
+            problems.append(f"train.warmup_steps: must be >= 0, got {self.warmup_steps}")
+        return problems
+
+
+@dataclass
+class FederationConfig:
+    """Clients, rounds and selection."""
+
+    num_clients: int = _f(100, "number of clients the training data is split across")
+    rounds: int = _f(20, "communication rounds")
+    fraction_fit: float = _f(0.05, "fraction of clients selected per round")
+    min_fit_clients: int = _f(1, "select at least this many clients per round")
+    selection: str = _f("random", "client selection: random (seeded per round)")
+
+    def validate(self) -> list[str]:
+        problems = _check_choice("federation.selection", self.selection, SELECTIONS)
+        if self.num_clients < 1:
+            problems.append(f"federation.num_clients: must be >= 1, got {self.num_clients}")
+        if self.rounds < 1:
+            problems.append(f"federation.rounds: must be >= 1, got {self.rounds}")
+        if not 0 < self.fraction_fit <= 1:
+            problems.append(f"federation.fraction_fit: must be in (0, 1], got {self.fraction_fit}")
+        if self.min_fit_clients < 1 or self.min_fit_clients > max(self.num_clients, 1):
+            problems.append(
+                f"federation.min_fit_clients: must be in [1, federation.num_clients], "
+                f"got {self.min_fit_clients}"
+            )
+        return problems
+
+
+@dataclass
+class StrategyConfig:
+    """Server-side aggregation."""
+
+    name: str = _f("fedavg", "aggregation strategy: fedavg")
+
+    def validate(self) -> list[str]:
+        return _check_choice("strategy.name", self.name, STRATEGIES)
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation of the global adapter on the held-out test set."""
+
+    every: int = _f(1, "evaluate every k rounds (the last round is always evaluated)")
+    base: bool = _f(True, "score the base model before round 1")
+    generate: bool = _f(True, "greedy generation for exact-match accuracy")
+    max_new_tokens: int = _f(32, "generation length cap")
+    batch_size: int = _f(16, "evaluation batch size")
+
+    def validate(self) -> list[str]:
+        problems = []
+        for key in ("every", "max_new_tokens", "batch_size"):
+            if getattr(self, key) < 1:
+                problems.append(f"eval.{key}: must be >= 1, got {getattr(self, key)}")
+        return problems
+
+
+@dataclass
+class Config:
+    """A complete FedIT experiment."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = _f(42, "seed for data generation, partitioning, selection and training")
+    output_dir: str = _f("runs/quickstart", "run directory")
+    resume: bool = _f(False, "continue the run in output_dir from its last complete round")
+
+    def validate(self) -> list[str]:
+        problems: list[str] = []
+        for section in (self.model, self.lora, self.data, self.train, self.federation):
+            problems += section.validate()
+        problems += self.strategy.validate() + self.eval.validate()
+        return problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> list[str]:
+    if value not in choices:
+        return [f"{key}: unknown value {value!r}; choose one of {', '.join(choices)}"]
+    return []
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """Turn ``["train.lr=1e-3", "lora.target_modules=[q_proj,k_proj]"]`` into a nested dict.
+
+    Values are parsed as YAML scalars or flow lists, so ``true``, ``3``, ``1e-3`` and ``[a,b]``
+    get their natural types.
+    """
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.lr=1e-3")
+        key, raw = item.split("=", 1)
+        key = key.strip().lstrip("-")
+        if not key:
+            raise ConfigError(f"override {item!r}: empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is both a value and a section")
+        node[parts[-1]] = value
+    return nested
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _coerce(key: str, value: Any, annotation: Any, problems: list[str]) -> Any:
+    """Check ``value`` against a field annotation, converting the harmless cases (int -> float)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            trial: list[str] = []
+            converted = _coerce(key, value, option, trial)
+            if not trial:
+                return converted
+        problems.append(f"{key}: got {value!r}, expected {_type_name(annotation)}")
+        return value
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            problems.append(f"{key}: got {value!r}, expected a list")
+            return value
+        (item_type,) = typing.get_args(annotation) or (Any,)
+        return [_coerce(key, v, item_type, problems) for v in value]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        problems.append(f"{key}: got {value!r}, expected true or false")
+        return value
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        problems.append(f"{key}: got {value!r}, expected an integer")
+        return value
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        problems.append(f"{key}: got {value!r}, expected a number")
+        return value
+    if annotation is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        problems.append(f"{key}: got {value!r}, expected a string")
+        return value
+    return value
+
+
+def _type_name(annotation: Any) -> str:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    names = [getattr(a, "__name__", str(a)) for a in args]
+    return " or ".join(names) + (" or null" if type(None) in typing.get_args(annotation) else "")
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str, problems: list[str]) -> Any:
+    """Build dataclass ``cls`` from ``raw``; every unknown key and bad type lands in problems."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if key not in known:
+            suggestion = ", ".join(sorted(known))
+            problems.append(f"{dotted}: unknown key; valid keys here are {suggestion}")
+            continue
+        annotation = hints[key]
+        if dataclasses.is_dataclass(annotation):
+            if value is None:
+                value = {}
+            if not isinstance(value, dict):
+                problems.append(f"{dotted}: expected a section (mapping), got {value!r}")
+                continue
+            kwargs[key] = _build(annotation, value, dotted + ".", problems)
+        else:
+            kwargs[key] = _coerce(dotted, value, annotation, problems)
+    return cls(**kwargs)
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Build and validate a Config. Raises ConfigError listing every problem."""
+    problems: list[str] = []
+    cfg = _build(Config, raw, "", problems)
+    if not problems:
+        problems = cfg.validate()
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{path}: invalid YAML{where}: {getattr(err, 'problem', err)}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply dotted overrides."""
+    raw = read_yaml(path) if path is not None else {}
+    raw = _merge(raw, parse_overrides(overrides or []))
+    return config_from_dict(raw)
+
+
+def save_config(cfg: Config) -> str:
+    """The fully resolved config as YAML text."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def field_help(cls: type = Config, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """Every leaf key with its default and help, for ``fedit run --help``."""
+    rows: list[tuple[str, Any, str]] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        annotation = hints[f.name]
+        if dataclasses.is_dataclass(annotation):
+            rows += field_help(annotation, f"{prefix}{f.name}.")  # type: ignore[arg-type]
+        else:
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            rows.append((f"{prefix}{f.name}", default, f.metadata.get("help", "")))
+    return rows
