@@ -26,14 +26,16 @@ def build_tiny_model(path: Path, seed: int = 0) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from fedit.data.synthetic import generate_synthetic
-
     corpus = [
         "Below is an instruction that describes a task. Write a response that appropriately "
         "completes the request. ### Instruction: ### Input: ### Response: user assistant system",
         "0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ .,:;!?-+*/=()[]{}\"'",
     ]
-    corpus += [" ".join(e.values()) for e in generate_synthetic(200, seed=0)]
+    corpus += [
+        "What is 12 + 35? 47. Sort these numbers: 5, 3, 9 -> 3, 5, 9. Convert 3 km to meters: 3000.",
+        "Reverse the words: red green blue -> blue green red. Extract the city from the JSON.",
+        "The quick brown fox jumps over the lazy dog. To be, or not to be: that is the question.",
+    ] * 20
     special = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
