@@ -32,7 +32,8 @@ def build_tiny_model(path: Path, seed: int = 0) -> Path:
         "0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ .,:;!?-+*/=()[]{}\"'",
     ]
     corpus += [
-        "What is 12 + 35? 47. Sort these numbers: 5, 3, 9 -> 3, 5, 9. Convert 3 km to meters: 3000.",
+        "What is 12 + 35? 47. Sort these numbers: 5, 3, 9 -> 3, 5, 9.",
+        "Convert 3 km to meters: 3000.",
         "Reverse the words: red green blue -> blue green red. Extract the city from the JSON.",
         "The quick brown fox jumps over the lazy dog. To be, or not to be: that is the question.",
     ] * 20

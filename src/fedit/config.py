@@ -77,7 +77,7 @@ class LoraConfig:
     r: int = _f(16, "LoRA rank")
     alpha: int = _f(16, "LoRA scaling numerator (scale = alpha / r)")
     dropout: float = _f(0.05, "dropout on the LoRA input")
-    target_modules: list[str] | str = _f(
+    target_modules: str | list[str] = _f(
         ["q_proj", "v_proj"], "module names to adapt, or 'all-linear'"
     )
 
@@ -125,7 +125,9 @@ class PartitionConfig:
         if self.alpha <= 0:
             problems.append(f"data.partition.alpha: must be > 0, got {self.alpha}")
         if self.min_per_client < 0:
-            problems.append(f"data.partition.min_per_client: must be >= 0, got {self.min_per_client}")
+            problems.append(
+                f"data.partition.min_per_client: must be >= 0, got {self.min_per_client}"
+            )
         if self.shards_per_client < 1:
             problems.append(
                 f"data.partition.shards_per_client: must be >= 1, got {self.shards_per_client}"
@@ -157,7 +159,9 @@ class DataConfig:
     subset: str | None = _f(None, "hub dataset configuration name")
     columns: ColumnsConfig = field(default_factory=ColumnsConfig)
     template: str = _f("alpaca", "prompt template: alpaca (Shepherd) or chat (tokenizer's own)")
-    test_per_category: int = _f(10, "held-out test examples per category, taken before partitioning")
+    test_per_category: int = _f(
+        10, "held-out test examples per category, taken before partitioning"
+    )
     test_source: str | None = _f(None, "separate test file or hub dataset (instead of holding out)")
     max_examples: int | None = _f(None, "use only the first N examples after shuffling")
     partition: PartitionConfig = field(default_factory=PartitionConfig)
@@ -166,9 +170,7 @@ class DataConfig:
     def validate(self) -> list[str]:
         problems = _check_choice("data.template", self.template, TEMPLATES)
         if self.test_per_category < 0:
-            problems.append(
-                f"data.test_per_category: must be >= 0, got {self.test_per_category}"
-            )
+            problems.append(f"data.test_per_category: must be >= 0, got {self.test_per_category}")
         if self.max_examples is not None and self.max_examples < 1:
             problems.append(f"data.max_examples: must be >= 1, got {self.max_examples}")
         return problems + self.partition.validate() + self.synthetic.validate()
@@ -181,7 +183,9 @@ class TrainConfig:
     local_steps: int | None = _f(None, "optimizer steps per client per round (overrides epochs)")
     local_epochs: float = _f(1.0, "passes over the client's data per round, if local_steps unset")
     batch_size: int = _f(8, "examples per optimizer step")
-    micro_batch_size: int = _f(8, "examples per forward pass; batch_size / this = grad accumulation")
+    micro_batch_size: int = _f(
+        8, "examples per forward pass; batch_size / this = grad accumulation"
+    )
     lr: float = _f(3e-4, "peak learning rate (AdamW)")
     lr_min: float = _f(0.0, "final learning rate of the cosine schedule across rounds")
     lr_schedule: str = _f("constant", "learning rate across rounds: constant or cosine")
@@ -211,7 +215,7 @@ class TrainConfig:
             )
         if self.lr <= 0:
             problems.append(f"train.lr: must be > 0, got {self.lr}")
-        if self.lr_min < 0 or self.lr_min > self.lr:
+        elif self.lr_min < 0 or self.lr_min > self.lr:
             problems.append(f"train.lr_min: must be in [0, train.lr], got {self.lr_min}")
         if self.warmup_steps < 0:
             problems.append(f"train.warmup_steps: must be >= 0, got {self.warmup_steps}")
@@ -286,6 +290,7 @@ class Config:
     seed: int = _f(42, "seed for data generation, partitioning, selection and training")
     output_dir: str = _f("runs/quickstart", "run directory")
     resume: bool = _f(False, "continue the run in output_dir from its last complete round")
+    overwrite: bool = _f(False, "replace an existing run in output_dir")
 
     def validate(self) -> list[str]:
         problems: list[str] = []
@@ -476,6 +481,8 @@ def field_help(cls: type = Config, prefix: str = "") -> list[tuple[str, Any, str
         if dataclasses.is_dataclass(annotation):
             rows += field_help(annotation, f"{prefix}{f.name}.")  # type: ignore[arg-type]
         else:
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            default = (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            )
             rows.append((f"{prefix}{f.name}", default, f.metadata.get("help", "")))
     return rows

@@ -94,9 +94,9 @@ def tokenize_example(
     prompt = build_prompt(example, template, tokenizer)
     full = _full_text(example, prompt, template, tokenizer)
     input_ids = _encode(full, tokenizer, template)
-    if template == "alpaca" and tokenizer.eos_token_id is not None:
-        if not input_ids or input_ids[-1] != tokenizer.eos_token_id:
-            input_ids.append(tokenizer.eos_token_id)
+    eos = tokenizer.eos_token_id
+    if template == "alpaca" and eos is not None and (not input_ids or input_ids[-1] != eos):
+        input_ids.append(eos)
     prompt_len = len(_encode(prompt, tokenizer, template))
     truncated = len(input_ids) > cutoff_len
     input_ids = input_ids[:cutoff_len]

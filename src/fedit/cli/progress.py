@@ -1,0 +1,85 @@
+"""Rich progress bars for rounds, clients and local steps, with ETA."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from fedit.server.observer import RunObserver
+from fedit.types import ClientUpdate
+
+
+class ProgressObserver(RunObserver):
+    """Draws three bars: rounds, clients of the current round, steps of the current client."""
+
+    def __init__(self, console: Console):
+        self.progress = Progress(
+            TextColumn("[bold]{task.description:<14}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self.rounds: TaskID | None = None
+        self.clients: TaskID | None = None
+        self.steps: TaskID | None = None
+
+    def __enter__(self) -> ProgressObserver:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def on_run_start(self, first_round: int, last_round: int) -> None:
+        self.rounds = self.progress.add_task(
+            "rounds", total=last_round, completed=first_round - 1, info=""
+        )
+
+    def on_round_start(self, server_round: int, selected: list[int]) -> None:
+        if self.clients is None:
+            self.clients = self.progress.add_task("clients", total=len(selected), info="")
+        self.progress.reset(self.clients, total=len(selected), description=f"round {server_round}")
+
+    def on_client_start(self, client_id: int, total_steps: int) -> None:
+        if self.steps is None:
+            self.steps = self.progress.add_task("steps", total=total_steps, info="")
+        self.progress.reset(
+            self.steps, total=total_steps, description=f"client {client_id}", info=""
+        )
+
+    def on_step(self, step: int, total_steps: int, loss: float) -> None:
+        if self.steps is not None:
+            self.progress.update(self.steps, completed=step, info=f"loss {loss:.3f}")
+
+    def on_client_end(self, update: ClientUpdate) -> None:
+        if self.clients is not None:
+            self.progress.advance(self.clients)
+            self.progress.update(self.clients, info=f"last loss {update.train_loss:.3f}")
+
+    def on_eval_start(self, label: str) -> None:
+        self.progress.console.log(f"evaluating {label} on the held-out set ...")
+
+    def on_eval_end(self, label: str, metrics: dict[str, Any]) -> None:
+        parts = [f"{k} {metrics[k]:.4f}" for k in ("loss", "accuracy") if k in metrics]
+        self.progress.console.log(f"{label}: " + ", ".join(parts))
+
+    def on_round_end(self, record: dict[str, Any]) -> None:
+        if self.rounds is not None:
+            evaluation = record.get("eval") or {}
+            info = f"acc {evaluation['accuracy']:.3f}" if "accuracy" in evaluation else ""
+            self.progress.update(self.rounds, completed=record["round"], info=info)

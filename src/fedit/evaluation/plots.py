@@ -1,0 +1,88 @@
+"""PNG plots of a run: loss and accuracy per round, accuracy per category (base vs final)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers
+import matplotlib.pyplot as plt  # noqa: E402
+
+from fedit.io import atomic_write_bytes  # noqa: E402
+
+
+def _save(fig: Any, path: Path) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _mean_train_loss(record: dict[str, Any]) -> float | None:
+    losses = list(record.get("train_loss", {}).values())
+    return sum(losses) / len(losses) if losses else None
+
+
+def plot_loss(history: list[dict[str, Any]], path: Path) -> None:
+    """Mean client train loss and held-out eval loss per round (round 0 = base model)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    train = [(r["round"], _mean_train_loss(r)) for r in history if _mean_train_loss(r) is not None]
+    evals = [(r["round"], r["eval"]["loss"]) for r in history if (r.get("eval") or {}).get("loss")]
+    if train:
+        ax.plot(*zip(*train, strict=True), marker="o", label="train loss (mean of clients)")
+    if evals:
+        ax.plot(*zip(*evals, strict=True), marker="s", label="held-out loss (global adapter)")
+    ax.set_xlabel("round (0 = base model)")
+    ax.set_ylabel("loss")
+    ax.set_title("Loss per round")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)
+
+
+def plot_accuracy(history: list[dict[str, Any]], path: Path) -> None:
+    """Overall held-out accuracy of the global adapter per round."""
+    points = [
+        (r["round"], r["eval"]["accuracy"])
+        for r in history
+        if (r.get("eval") or {}).get("accuracy") is not None
+    ]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if points:
+        ax.plot(*zip(*points, strict=True), marker="o", color="tab:green")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("round (0 = base model)")
+    ax.set_ylabel("exact-match accuracy")
+    ax.set_title("Held-out accuracy per round")
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def plot_category_accuracy(base: dict[str, float], final: dict[str, float], path: Path) -> None:
+    """Grouped bars: base model vs final global adapter, per category."""
+    categories = sorted(set(base) | set(final))
+    positions = range(len(categories))
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(categories) + 2), 4))
+    width = 0.4
+    ax.bar(
+        [p - width / 2 for p in positions],
+        [base.get(c, 0) for c in categories],
+        width,
+        label="base model",
+    )
+    ax.bar(
+        [p + width / 2 for p in positions],
+        [final.get(c, 0) for c in categories],
+        width,
+        label="FedIT global adapter",
+    )
+    ax.set_xticks(list(positions), categories, rotation=30, ha="right")
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("exact-match accuracy")
+    ax.set_title("Accuracy per category")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    _save(fig, path)

@@ -1,0 +1,165 @@
+"""The run's report.md and plots, built only from files in the run directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedit.evaluation import plots
+from fedit.io import atomic_write_text, read_jsonl
+
+PLOTS = {
+    "loss": "loss.png",
+    "accuracy": "accuracy.png",
+    "categories": "accuracy_by_category.png",
+}
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _evals(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in history if r.get("eval")]
+
+
+def summary_rows(history: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """(label, eval metrics) for the base model and the final global adapter, when present."""
+    rows = []
+    base = next((r for r in history if r["round"] == 0 and r.get("eval")), None)
+    if base:
+        rows.append(("base model", base["eval"]))
+    trained = [r for r in _evals(history) if r["round"] > 0]
+    if trained:
+        rows.append((f"FedIT (round {trained[-1]['round']})", trained[-1]["eval"]))
+    return rows
+
+
+def _summary_table(history: list[dict[str, Any]]) -> list[str]:
+    rows = summary_rows(history)
+    if not rows:
+        return ["No evaluation was run."]
+    categories = sorted({c for _, e in rows for c in e.get("accuracy_by_category", {})})
+    header = ["model", "held-out loss", "perplexity", "accuracy", *categories]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, evaluation in rows:
+        by_cat = evaluation.get("accuracy_by_category", {})
+        cells = [
+            label,
+            _fmt(evaluation.get("loss")),
+            _fmt(evaluation.get("perplexity"), 2),
+            _fmt(evaluation.get("accuracy"), 3),
+            *[_fmt(by_cat.get(c), 2) for c in categories],
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _round_table(history: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| round | clients | mean train loss | held-out loss | accuracy | lr | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for record in history:
+        if record["round"] == 0:
+            continue
+        losses = list(record["train_loss"].values())
+        evaluation = record.get("eval") or {}
+        lines.append(
+            f"| {record['round']} | {', '.join(map(str, record['selected_clients']))} | "
+            f"{_fmt(sum(losses) / len(losses) if losses else None)} | "
+            f"{_fmt(evaluation.get('loss'))} | {_fmt(evaluation.get('accuracy'), 3)} | "
+            f"{record['lr']:.2e} | {sum(record['seconds'].values()):.1f} |"
+        )
+    return lines
+
+
+def _client_stats(history: list[dict[str, Any]]) -> list[str]:
+    metrics = [m for r in history for m in (r.get("client_metrics") or {}).values()]
+    if not metrics:
+        return []
+    tokens = sum(m.get("tokens", 0) for m in metrics)
+    seconds = sum(m.get("seconds", 0.0) for m in metrics)
+    waste = [m["padding_waste"] for m in metrics if "padding_waste" in m]
+    lines = [f"- Local training: {len(metrics)} client runs, {tokens:,} tokens, {seconds:.1f} s"]
+    if seconds > 0:
+        lines[-1] += f" ({tokens / seconds:.0f} tokens/s)"
+    if waste:
+        lines.append(f"- Padding waste: {100 * sum(waste) / len(waste):.1f}% of processed tokens")
+    return lines
+
+
+def _data_stats(run_dir: Path) -> list[str]:
+    path = run_dir / "partition.json"
+    if not path.is_file():
+        return []
+    table = json.loads(path.read_text(encoding="utf-8"))
+    lines = [
+        f"- Examples: {table.get('num_train', '?')} training, {table.get('num_test', '?')} test"
+    ]
+    tok = table.get("tokenization")
+    if tok:
+        lines.append(
+            f"- Truncated at train.cutoff_len: {tok['truncated']} of {tok['total']} "
+            f"(dropped with no response left: {tok['dropped_no_labels']})"
+        )
+    return lines
+
+
+def write_report(run_dir: Path) -> Path:
+    """Write report.md and the PNG plots into ``run_dir``; return the report's path."""
+    history = read_jsonl(run_dir / "metrics.jsonl")
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    plots.plot_loss(history, run_dir / PLOTS["loss"])
+    plots.plot_accuracy(history, run_dir / PLOTS["accuracy"])
+    rows = summary_rows(history)
+    has_accuracy = len(rows) == 2 and "accuracy_by_category" in rows[-1][1]
+    if has_accuracy:
+        plots.plot_category_accuracy(
+            rows[0][1].get("accuracy_by_category", {}),
+            rows[1][1]["accuracy_by_category"],
+            run_dir / PLOTS["categories"],
+        )
+    fed, model, data = cfg["federation"], cfg["model"], cfg["data"]
+    lines = [
+        "# FedIT run report",
+        "",
+        f"- Model: `{model['name']}` with LoRA r={cfg['lora']['r']}, "
+        f"alpha={cfg['lora']['alpha']}, targets {cfg['lora']['target_modules']}",
+        f"- Data: `{data['source']}`, template `{data['template']}`, "
+        f"partition `{data['partition']['method']}` over {fed['num_clients']} clients",
+        f"- Federation: {fed['rounds']} rounds, fraction_fit {fed['fraction_fit']}, "
+        f"strategy `{cfg['strategy']['name']}`, seed {cfg['seed']}",
+        "",
+        "## Results on the held-out test set",
+        "",
+        *_summary_table(history),
+        "",
+        "## Rounds",
+        "",
+        *_round_table(history),
+        "",
+        "## Training statistics",
+        "",
+        *_client_stats(history),
+        *_data_stats(run_dir),
+        "",
+        "## Plots",
+        "",
+        f"![loss per round]({PLOTS['loss']})",
+        "",
+        f"![accuracy per round]({PLOTS['accuracy']})",
+        "",
+    ]
+    if has_accuracy:
+        lines += [f"![accuracy per category]({PLOTS['categories']})", ""]
+    path = run_dir / "report.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path

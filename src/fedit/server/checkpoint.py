@@ -1,0 +1,137 @@
+"""The run directory: resolved config, per-round checkpoints, metrics, and resuming.
+
+Layout::
+
+    output_dir/
+      config.yaml            fully resolved configuration
+      partition.json         clients x categories counts
+      metrics.jsonl          one object per round (round 0 = the base model)
+      checkpoints/round_NNN/ PEFT adapter + round.json (written last: marks the round complete)
+      global_adapter/        the final adapter, PEFT format
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedit.config import Config, ConfigError, save_config
+from fedit.io import atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+ROUND_MARKER = "round.json"
+
+# Keys that may differ between a run and its resumption: they do not change what was trained.
+RESUMABLE_DIFFERENCES = ("resume", "overwrite", "federation.rounds", "eval.every", "output_dir")
+
+
+@dataclass
+class ResumePoint:
+    """Where a resumed run picks up."""
+
+    next_round: int
+    adapter_dir: Path | None
+    history: list[dict[str, Any]]
+    strategy_state: dict[str, Any]
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+class RunDir:
+    """All reads and writes of one run directory go through here, each write atomic."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    def round_dir(self, server_round: int) -> Path:
+        return self.checkpoints / f"round_{server_round:03d}"
+
+    def is_run(self) -> bool:
+        return (self.path / CONFIG_FILE).is_file()
+
+    def check_fresh(self, overwrite: bool) -> None:
+        """Refuse to mix a new run into an old one unless told to overwrite."""
+        if not self.path.exists() or not any(self.path.iterdir()):
+            return
+        if not self.is_run():
+            raise ConfigError(
+                f"output_dir: {self.path} exists and is not a fedit run; choose another output_dir"
+            )
+        if not overwrite:
+            raise ConfigError(
+                f"output_dir: {self.path} already holds a run; pass resume=true to continue it "
+                "or overwrite=true to replace it"
+            )
+
+    def start(self, cfg: Config, partition_table: dict[str, Any], overwrite: bool) -> None:
+        """Create a fresh run directory with its config and partition."""
+        if overwrite and self.is_run():
+            shutil.rmtree(self.path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path / CONFIG_FILE, save_config(cfg))
+        atomic_write_json(self.path / "partition.json", partition_table)
+        write_jsonl(self.path / METRICS_FILE, [])
+
+    def check_resumable(self, cfg: Config) -> None:
+        """Fail unless this is a run whose training-relevant settings match ``cfg``."""
+        if not self.is_run():
+            raise ConfigError(
+                f"resume: {self.path} is not a fedit run (no {CONFIG_FILE}); "
+                "point output_dir at an existing run or drop resume=true"
+            )
+        saved = yaml.safe_load((self.path / CONFIG_FILE).read_text(encoding="utf-8")) or {}
+        old, new = _flatten(saved), _flatten(cfg.to_dict())
+        changed = [
+            k
+            for k in sorted(set(old) | set(new))
+            if k not in RESUMABLE_DIFFERENCES and old.get(k) != new.get(k)
+        ]
+        if changed:
+            details = ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in changed[:4])
+            raise ConfigError(f"resume: settings differ from the saved run: {details}")
+
+    def resume_point(self) -> ResumePoint:
+        """The last complete round, its adapter, and the metrics up to it."""
+        complete = sorted(
+            int(d.name.split("_")[1])
+            for d in self.checkpoints.glob("round_*")
+            if (d / ROUND_MARKER).is_file()
+        )
+        last = complete[-1] if complete else 0
+        metrics_path = self.path / METRICS_FILE
+        history = read_jsonl(metrics_path) if metrics_path.is_file() else []
+        history = [r for r in history if r["round"] <= last]
+        if last == 0:
+            return ResumePoint(1, None, history, {})
+        marker = json.loads((self.round_dir(last) / ROUND_MARKER).read_text(encoding="utf-8"))
+        log.info("resuming %s after round %d", self.path, last)
+        return ResumePoint(last + 1, self.round_dir(last), history, marker.get("strategy", {}))
+
+    def write_metrics(self, history: list[dict[str, Any]]) -> None:
+        write_jsonl(self.path / METRICS_FILE, history)
+
+    def complete_round(self, server_round: int, strategy_state: dict[str, Any]) -> None:
+        """Mark a round's checkpoint complete; resuming only trusts marked rounds."""
+        marker = {"round": server_round, "strategy": strategy_state}
+        atomic_write_json(self.round_dir(server_round) / ROUND_MARKER, marker)

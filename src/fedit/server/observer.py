@@ -1,0 +1,35 @@
+"""Hooks the round loop and engines call as work progresses; the CLI draws progress bars."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedit.types import ClientUpdate
+
+
+class RunObserver:
+    """No-op hooks. Subclass and override what you want to show or record."""
+
+    def on_run_start(self, first_round: int, last_round: int) -> None:
+        """Called once before the first round that will run."""
+
+    def on_round_start(self, server_round: int, selected: list[int]) -> None:
+        """Called after the clients of a round are selected."""
+
+    def on_client_start(self, client_id: int, total_steps: int) -> None:
+        """Called before a client starts local training."""
+
+    def on_step(self, step: int, total_steps: int, loss: float) -> None:
+        """Called after each local optimizer step."""
+
+    def on_client_end(self, update: ClientUpdate) -> None:
+        """Called with each client's reply."""
+
+    def on_eval_start(self, label: str) -> None:
+        """Called before an evaluation ("base" or "round N")."""
+
+    def on_eval_end(self, label: str, metrics: dict[str, Any]) -> None:
+        """Called with an evaluation's metrics."""
+
+    def on_round_end(self, record: dict[str, Any]) -> None:
+        """Called with the round's metrics.jsonl record once its checkpoint is complete."""

@@ -1,0 +1,167 @@
+"""The round loop with a stand-in engine: checkpoints, metrics, resume, learning-rate schedule."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from fedit.config import ConfigError, load_config
+from fedit.server.checkpoint import RunDir
+from fedit.server.loop import round_lr, run_rounds
+from fedit.server.sampling import client_seed
+from fedit.strategy import build_strategy
+from fedit.types import AdapterState, ClientUpdate
+
+
+class ArithmeticEngine:
+    """Each client moves the adapter toward its own target, with seeded noise."""
+
+    def __init__(self, num_clients: int, seed: int, fail_in_round: int | None = None):
+        self.num_clients = num_clients
+        self.seed = seed
+        self.fail_in_round = fail_in_round
+        self.evaluated: list[bool] = []
+
+    def initial_state(self) -> AdapterState:
+        return {"lora_A": torch.zeros(2, 3), "lora_B": torch.zeros(3, 2)}
+
+    def fit(self, client_ids, global_state, server_round, lr):
+        if server_round == self.fail_in_round:
+            raise RuntimeError("simulated crash")
+        updates = []
+        for cid in client_ids:
+            gen = torch.Generator().manual_seed(client_seed(self.seed, server_round, cid))
+            state = {
+                k: v + lr * (cid + 1) + 0.01 * torch.randn(v.shape, generator=gen)
+                for k, v in global_state.items()
+            }
+            updates.append(
+                ClientUpdate(
+                    cid, state, num_examples=cid + 1, train_loss=1.0 / (cid + 1), num_steps=1
+                )
+            )
+        return updates
+
+    def evaluate(self, state):
+        self.evaluated.append(state is None)
+        if state is None:
+            return {"loss": 2.0, "accuracy": 0.0}
+        return {"loss": float(state["lora_A"].abs().mean()), "accuracy": 0.5}
+
+    def save_adapter(self, state, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        save_file(state, str(path / "adapter_model.safetensors"))
+
+    def load_adapter(self, path: Path):
+        return load_file(str(path / "adapter_model.safetensors"))
+
+
+def _cfg(tmp_path: Path, *extra: str):
+    return load_config(
+        None,
+        [
+            f"output_dir={tmp_path / 'run'}",
+            "federation.num_clients=5",
+            "federation.rounds=4",
+            "federation.fraction_fit=0.4",
+            "train.lr=0.1",
+            *extra,
+        ],
+    )
+
+
+def _start(cfg) -> RunDir:
+    run_dir = RunDir(cfg.output_dir)
+    run_dir.start(cfg, {"clients": []}, overwrite=False)
+    return run_dir
+
+
+def test_rounds_write_checkpoints_and_metrics(tmp_path):
+    cfg = _cfg(tmp_path)
+    run_dir = _start(cfg)
+    engine = ArithmeticEngine(5, cfg.seed)
+    state, history = run_rounds(cfg, engine, build_strategy(cfg), run_dir)
+    assert [r["round"] for r in history] == [0, 1, 2, 3, 4]
+    assert engine.evaluated[0] is True  # base model scored before round 1
+    lines = (run_dir.path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 5
+    first = json.loads(lines[1])
+    assert len(first["selected_clients"]) == 2  # max(int(0.4 * 5), 1)
+    assert set(first["seconds"]) == {"fit", "aggregate", "eval"}
+    for server_round in range(1, 5):
+        assert (run_dir.round_dir(server_round) / "round.json").is_file()
+    torch.testing.assert_close(state, engine.load_adapter(run_dir.round_dir(4)))
+
+
+def test_resume_matches_uninterrupted(tmp_path):
+    cfg = _cfg(tmp_path)
+    full_state, full_history = run_rounds(
+        cfg, ArithmeticEngine(5, cfg.seed), build_strategy(cfg), _start(cfg)
+    )
+
+    crashed = _cfg(tmp_path / "b")
+    run_dir = _start(crashed)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_rounds(
+            crashed,
+            ArithmeticEngine(5, crashed.seed, fail_in_round=3),
+            build_strategy(crashed),
+            run_dir,
+        )
+    assert [r["round"] for r in run_dir.resume_point().history] == [0, 1, 2]
+
+    resumed_cfg = _cfg(tmp_path / "b", "resume=true")
+    run_dir.check_resumable(resumed_cfg)
+    engine = ArithmeticEngine(5, crashed.seed)
+    state, history = run_rounds(resumed_cfg, engine, build_strategy(resumed_cfg), run_dir)
+    assert engine.evaluated == [False, False]  # rounds 3 and 4 only; base not re-scored
+    torch.testing.assert_close(state, full_state)
+    assert [r.get("selected_clients") for r in history] == [
+        r.get("selected_clients") for r in full_history
+    ]
+
+
+def test_incomplete_round_is_ignored(tmp_path):
+    cfg = _cfg(tmp_path, "federation.rounds=2")
+    run_dir = _start(cfg)
+    run_rounds(cfg, ArithmeticEngine(5, cfg.seed), build_strategy(cfg), run_dir)
+    (run_dir.round_dir(2) / "round.json").unlink()  # as if it crashed while saving round 2
+    point = run_dir.resume_point()
+    assert point.next_round == 2 and point.adapter_dir == run_dir.round_dir(1)
+
+
+def test_resume_checks(tmp_path):
+    cfg = _cfg(tmp_path, "resume=true")
+    with pytest.raises(ConfigError, match="is not a fedit run"):
+        RunDir(tmp_path).check_resumable(cfg)
+    _start(_cfg(tmp_path))
+    with pytest.raises(ConfigError, match=r"train.lr \(0.1 -> 0.2\)"):
+        RunDir(cfg.output_dir).check_resumable(_cfg(tmp_path, "resume=true", "train.lr=0.2"))
+    RunDir(cfg.output_dir).check_resumable(_cfg(tmp_path, "resume=true", "federation.rounds=9"))
+
+
+def test_fresh_run_refuses_to_mix(tmp_path):
+    cfg = _cfg(tmp_path)
+    _start(cfg)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        RunDir(cfg.output_dir).check_fresh(overwrite=False)
+    RunDir(cfg.output_dir).check_fresh(overwrite=True)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("x")
+    with pytest.raises(ConfigError, match="is not a fedit run"):
+        RunDir(other).check_fresh(overwrite=True)
+
+
+def test_cosine_schedule(tmp_path):
+    cfg = _cfg(tmp_path, "train.lr_schedule=cosine", "train.lr_min=0.01")
+    lrs = [round_lr(cfg, r) for r in range(1, 5)]
+    assert lrs[0] == pytest.approx(0.1)
+    # t/T = 2/4 -> halfway between lr and lr_min
+    assert lrs[2] == pytest.approx(0.055)
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] > 0.01
+    assert round_lr(_cfg(tmp_path), 3) == pytest.approx(0.1)
