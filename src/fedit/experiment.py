@@ -118,6 +118,8 @@ def run_experiment(cfg: Config, observer: RunObserver | None = None) -> RunOutco
     data = prepare_data(cfg)
     engine, stats = build_engine(cfg, data, observer)
     data.table["tokenization"] = stats
+    if observer is not None:
+        observer.on_prepared(data.table)
     if not cfg.resume:
         run_dir.start(cfg, data.table, cfg.overwrite)
     strategy = build_strategy(cfg)

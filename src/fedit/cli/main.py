@@ -13,6 +13,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -43,7 +44,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fedit.experiment import run_experiment
 
     cfg = _load(args)
-    console.log(f"run directory: {cfg.output_dir}")
     with ProgressObserver(console) as observer:
         outcome = run_experiment(cfg, observer)
     _print_results(outcome.history)
@@ -59,19 +59,21 @@ def _print_results(history: list[dict[str, Any]]) -> None:
     rows = summary_rows(history)
     if not rows:
         return
-    categories = sorted({c for _, e in rows for c in e.get("accuracy_by_category", {})})
     table = Table(title="Held-out results")
-    for name in ["model", "loss", "accuracy", *categories]:
-        table.add_column(name, justify="left" if name == "model" else "right")
-    for label, evaluation in rows:
-        by_cat = evaluation.get("accuracy_by_category", {})
-        table.add_row(
-            label,
-            f"{evaluation['loss']:.4f}" if "loss" in evaluation else "–",
-            f"{evaluation['accuracy']:.3f}" if "accuracy" in evaluation else "–",
-            *[f"{by_cat[c]:.2f}" if c in by_cat else "–" for c in categories],
-        )
+    table.add_column("metric")
+    for label, _ in rows:
+        table.add_column(label, justify="right")
+    table.add_row("loss", *[_cell(e.get("loss"), 4) for _, e in rows])
+    table.add_row("accuracy", *[_cell(e.get("accuracy"), 3) for _, e in rows], end_section=True)
+    categories = sorted({c for _, e in rows for c in e.get("accuracy_by_category", {})})
+    for category in categories:
+        cells = [_cell(e.get("accuracy_by_category", {}).get(category), 2) for _, e in rows]
+        table.add_row(f"  {category}", *cells)
     out.print(table)
+
+
+def _cell(value: float | None, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
 
 
 def cmd_partition(args: argparse.Namespace) -> int:
@@ -172,6 +174,9 @@ def _split_config_and_overrides(args: argparse.Namespace) -> None:
 
 
 def _setup_logging(verbose: bool) -> None:
+    if not verbose:
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module="transformers")
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",

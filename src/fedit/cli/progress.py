@@ -45,6 +45,20 @@ class ProgressObserver(RunObserver):
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
+    def on_prepared(self, partition_table: dict[str, Any]) -> None:
+        from fedit.data.partition import format_count_table
+
+        console = self.progress.console
+        console.print(format_count_table(partition_table), markup=False, highlight=False)
+        tok = partition_table.get("tokenization", {})
+        console.print(
+            f"{partition_table['num_train']} training examples, {partition_table['num_test']} "
+            f"held out; truncated at train.cutoff_len: {tok.get('truncated', 0)} of "
+            f"{tok.get('total', 0)}",
+            markup=False,
+            highlight=False,
+        )
+
     def on_run_start(self, first_round: int, last_round: int) -> None:
         self.rounds = self.progress.add_task(
             "rounds", total=last_round, completed=first_round - 1, info=""

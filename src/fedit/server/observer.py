@@ -10,6 +10,9 @@ from fedit.types import ClientUpdate
 class RunObserver:
     """No-op hooks. Subclass and override what you want to show or record."""
 
+    def on_prepared(self, partition_table: dict[str, Any]) -> None:
+        """Called once the data is split and tokenized, before any training."""
+
     def on_run_start(self, first_round: int, last_round: int) -> None:
         """Called once before the first round that will run."""
 
