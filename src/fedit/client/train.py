@@ -1,0 +1,272 @@
+"""Local training on one client: an explicit AdamW loop over the LoRA parameters.
+
+The same function serves the in-process engine and the Flower client. It works on the model it is
+given (base model + adapter, already loaded), loads the global adapter, trains, and returns the new
+adapter with the client's example count.
+
+Example:
+    update = train_local(model, examples, cfg.train, client_id=3, lr=3e-4, seed=42,
+                         global_state=global_state)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from functools import cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedit.client.batching import Batch, collate, iterate_batches, split_micro_batches
+from fedit.config import ConfigError, TrainConfig
+from fedit.data.templates import IGNORE_INDEX, TokenizedExample
+from fedit.model.lora import get_adapter_state, set_adapter_state
+from fedit.types import AdapterState, ClientUpdate
+
+logger = logging.getLogger(__name__)
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
+
+
+@cache
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU runs bf16 matmuls natively (AVX512-BF16 or AMX), not emulated."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    for name in checks:
+        check = getattr(torch.cpu, name, None)
+        with contextlib.suppress(Exception):
+            if check is not None and check():
+                return True
+    return False
+
+
+def resolve_autocast(device: torch.device, mode: str) -> torch.dtype | None:
+    """The autocast dtype for ``train.autocast`` on ``device`` (None = full precision).
+
+    ``auto`` picks bf16 on a CUDA GPU that supports it and on a CPU with native bf16; otherwise
+    fp32, because emulated bf16 is slower than fp32.
+    """
+    if mode == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        return torch.bfloat16 if device.type == "cpu" and cpu_supports_bf16() else None
+    if mode not in AUTOCAST_DTYPES:
+        raise ConfigError(f"train.autocast: unknown value {mode!r}; choose auto, bf16, fp16, none")
+    return AUTOCAST_DTYPES[mode]
+
+
+def autocast_context(device: torch.device, mode: str) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for ``mode`` on ``device``, or a no-op when it resolves to none."""
+    dtype = resolve_autocast(device, mode)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's inputs go: the device of its input embeddings."""
+    get_embeddings = getattr(model, "get_input_embeddings", None)
+    if get_embeddings is not None and get_embeddings() is not None:
+        return get_embeddings().weight.device
+    return next(model.parameters()).device
+
+
+def num_local_steps(cfg: TrainConfig, num_examples: int) -> int:
+    """``train.local_steps`` if set, else enough steps for ``train.local_epochs`` passes."""
+    if cfg.local_steps is not None:
+        return cfg.local_steps
+    return max(1, math.ceil(cfg.local_epochs * num_examples / cfg.batch_size))
+
+
+def token_loss_sum(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token cross-entropy over label tokens and the per-row sums.
+
+    Returns:
+        (total loss, scalar) and (per-row loss sums, (B,)), both fp32.
+    """
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+    ).logits  # (B, T, vocab)
+    shifted_logits = logits[:, :-1].float()  # (B, T-1, vocab): position t predicts token t+1
+    targets = batch["labels"][:, 1:]  # (B, T-1)
+    losses = F.cross_entropy(
+        shifted_logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
+    )  # (B, T-1), 0 where ignored
+    per_row = losses.sum(dim=1)
+    return per_row.sum(), per_row
+
+
+def count_label_tokens(batch: Batch) -> int:
+    """Tokens that contribute to the loss (labels shifted by one, as in ``token_loss_sum``)."""
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+
+@contextlib.contextmanager
+def _training_mode(model: nn.Module, gradient_checkpointing: bool) -> Iterator[None]:
+    """``model.train()`` (and checkpointing) for the block; ``model.eval()`` afterwards."""
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # With a frozen embedding no input requires grad; peft needs this for checkpointing.
+        model.enable_input_require_grads()
+    model.train()
+    try:
+        yield
+    finally:
+        model.eval()
+        if gradient_checkpointing:
+            model.gradient_checkpointing_disable()
+            model.disable_input_require_grads()
+
+
+def _step(
+    model: nn.Module,
+    micro_batches: Sequence[Sequence[TokenizedExample]],
+    pad_token_id: int,
+    autocast: str,
+    scaler: torch.amp.GradScaler,
+) -> tuple[float, int, int]:
+    """Accumulate gradients of one optimizer step. Returns (loss, real tokens, padded slots).
+
+    Each micro-batch's summed loss is divided by the label tokens of the whole step, so the
+    accumulated gradient equals that of one big batch.
+    """
+    device = model_device(model)
+    batches = [collate(micro, pad_token_id) for micro in micro_batches]
+    label_tokens = max(1, sum(count_label_tokens(batch) for batch in batches))
+    step_loss, real, slots = 0.0, 0, 0
+    for batch in batches:
+        batch = {key: value.to(device) for key, value in batch.items()}
+        with autocast_context(device, autocast):
+            loss_sum, _ = token_loss_sum(model, batch)
+        loss = loss_sum / label_tokens
+        scaler.scale(loss).backward()
+        step_loss += loss.item()
+        real += int(batch["attention_mask"].sum())
+        slots += batch["attention_mask"].numel()
+    return step_loss, real, slots
+
+
+def model_pad_token_id(model: nn.Module) -> int:
+    """The id used to pad batches: the config's pad token, else its EOS, else 0."""
+    pad = getattr(model.config, "pad_token_id", None)
+    if pad is None:
+        pad = getattr(model.config, "eos_token_id", None)
+    if isinstance(pad, list):
+        pad = pad[0]
+    # Padding positions are masked out of attention and labels, so any valid id works.
+    return int(pad) if pad is not None else 0
+
+
+def _optimizer_step(
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    params: list[nn.Parameter],
+    max_grad_norm: float,
+) -> None:
+    scaler.unscale_(optimizer)
+    if max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _train_steps(
+    model: nn.Module,
+    examples: list[TokenizedExample],
+    cfg: TrainConfig,
+    lr: float,
+    seed: int,
+    progress: Callable[[int, int, float], None] | None,
+) -> tuple[list[float], int, int]:
+    """The optimizer steps of one local run. Returns (loss per step, real tokens, padded slots)."""
+    device = model_device(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    # Only fp16 needs loss scaling; a disabled scaler passes everything through.
+    fp16 = resolve_autocast(device, cfg.autocast) == torch.float16
+    scaler = torch.amp.GradScaler(device.type, enabled=fp16)
+    batches = iterate_batches(
+        examples, cfg.batch_size, seed=seed, group_by_length=cfg.group_by_length
+    )
+    pad_token_id = model_pad_token_id(model)
+    total_steps = num_local_steps(cfg, len(examples))
+    losses: list[float] = []
+    real_tokens = padded_slots = 0
+    with _training_mode(model, cfg.gradient_checkpointing):
+        for step in range(1, total_steps + 1):
+            # Linear warmup within the local run, then the round's constant lr.
+            warmup = min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
+            for group in optimizer.param_groups:
+                group["lr"] = lr * warmup
+            micro = split_micro_batches(next(batches), cfg.micro_batch_size)
+            loss, real, slots = _step(model, micro, pad_token_id, cfg.autocast, scaler)
+            _optimizer_step(optimizer, scaler, params, cfg.max_grad_norm)
+            losses.append(loss)
+            real_tokens, padded_slots = real_tokens + real, padded_slots + slots
+            if progress is not None:
+                progress(step, total_steps, loss)
+    return losses, real_tokens, padded_slots
+
+
+def train_local(
+    model: nn.Module,
+    examples: list[TokenizedExample],
+    cfg: TrainConfig,
+    *,
+    client_id: int,
+    lr: float,
+    seed: int,
+    global_state: AdapterState | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> ClientUpdate:
+    """Train the model's adapter on one client's examples and return the new adapter.
+
+    A fresh AdamW over the trainable (LoRA) parameters runs ``train.local_steps`` steps (else
+    ``ceil(local_epochs * len(examples) / batch_size)``, cycling through the data), each
+    accumulating micro-batches into one ``batch_size`` batch, with linear warmup and clipping.
+
+    Args:
+        model: The peft model (base + LoRA); trained in place, left in eval mode.
+        examples: The client's tokenized training examples.
+        cfg: The ``train`` section of the config.
+        client_id: Echoed into the update.
+        lr: Peak learning rate for this round (the server applies the across-round schedule).
+        seed: Seeds dropout and the batch order; same seed + same start state = same result.
+        global_state: Adapter weights to start from (the global model); None keeps the current.
+        progress: Called as ``progress(step, total_steps, loss)`` after every optimizer step.
+
+    Returns:
+        The update: adapter state (CPU fp32), ``num_examples``, mean loss over steps, steps and
+        ``metrics`` (tokens, padding_waste, seconds, tokens_per_second).
+    """
+    if not examples:
+        raise ValueError(f"client {client_id}: no training examples")
+    if global_state is not None:
+        set_adapter_state(model, global_state)
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    losses, real_tokens, padded_slots = _train_steps(model, examples, cfg, lr, seed, progress)
+    seconds = time.perf_counter() - start
+    mean_loss = sum(losses) / len(losses)
+    logger.debug(
+        "client %d: %d steps, loss %.4f, %.1f s", client_id, len(losses), mean_loss, seconds
+    )
+    return ClientUpdate(
+        client_id=client_id,
+        state=get_adapter_state(model),
+        num_examples=len(examples),
+        train_loss=mean_loss,
+        num_steps=len(losses),
+        metrics={
+            "tokens": real_tokens,
+            "padding_waste": 1 - real_tokens / padded_slots if padded_slots else 0.0,
+            "seconds": seconds,
+            "tokens_per_second": real_tokens / seconds if seconds > 0 else 0.0,
+        },
+    )

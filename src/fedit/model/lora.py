@@ -1,0 +1,165 @@
+"""Apply LoRA (peft) to a base model and move adapter weights in and out: the exchange format.
+
+Clients and the server only ever exchange ``AdapterState``: peft's own state-dict keys (no adapter
+name inside), CPU, fp32. ``save_adapter`` writes the same tensors as a standard PEFT folder that
+``PeftModel.from_pretrained(base, path)`` loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import peft
+import torch
+from peft import PeftModel, TaskType, get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from fedit.config import LoraConfig
+from fedit.types import AdapterState
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def _is_quantized(model: nn.Module) -> bool:
+    return bool(
+        getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
+    )
+
+
+def apply_lora(model: nn.Module, cfg: LoraConfig, seed: int | None = None) -> PeftModel:
+    """Wrap ``model`` with a fresh LoRA adapter; base weights are frozen.
+
+    LoRA B starts at zero, so the wrapped model computes exactly what the base model did. A is
+    drawn from torch's RNG: the init is deterministic given the global seed, or given ``seed``
+    (which uses a forked RNG and leaves the global one untouched).
+
+    A bitsandbytes-quantized model first goes through peft's ``prepare_model_for_kbit_training``
+    (norms to fp32, input grads on); gradient checkpointing stays governed by
+    ``train.gradient_checkpointing``.
+
+    Args:
+        model: A causal LM from ``fedit.model.loading.load_model``.
+        cfg: The ``lora`` section of the config.
+        seed: Optional seed for the adapter init.
+
+    Returns:
+        The peft model (it shares the base model's modules; ``model`` is modified in place).
+    """
+    if _is_quantized(model):
+        model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    peft_config = peft.LoraConfig(
+        task_type=TaskType.CAUSAL_LM,
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=cfg.target_modules,
+        bias="none",
+    )
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        peft_model = peft.get_peft_model(model, peft_config)
+    trainable, total = count_parameters(peft_model)
+    logger.info(
+        "LoRA r=%d alpha=%d on %s: %s trainable of %s parameters (%.3f%%)",
+        cfg.r,
+        cfg.alpha,
+        cfg.target_modules,
+        f"{trainable:,}",
+        f"{total:,}",
+        100 * trainable / max(total, 1),
+    )
+    return peft_model
+
+
+def get_adapter_state(model: PeftModel) -> AdapterState:
+    """The adapter weights as detached fp32 CPU copies, keyed by peft's state-dict names."""
+    state = get_peft_model_state_dict(model)
+    return {key: value.detach().to("cpu", torch.float32).clone() for key, value in state.items()}
+
+
+def _check_keys(expected: set[str], given: set[str]) -> None:
+    missing, unexpected = sorted(expected - given), sorted(given - expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"adapter state does not match the model: missing {len(missing)} keys "
+            f"{missing[:3]}, unexpected {len(unexpected)} keys {unexpected[:3]}"
+        )
+
+
+def set_adapter_state(model: PeftModel, state: AdapterState) -> None:
+    """Load ``state`` into the model's adapter (in place, cast to the adapter's dtype/device).
+
+    Raises:
+        ValueError: ``state`` lacks some LoRA keys of the model or has keys the model lacks.
+    """
+    _check_keys(set(get_peft_model_state_dict(model)), set(state))
+    result = set_peft_model_state_dict(model, state)
+    unexpected = [key for key in result.unexpected_keys if "lora_" in key]
+    if unexpected:
+        raise ValueError(f"adapter state has keys the model did not take: {unexpected[:3]}")
+
+
+def _replace_dir(tmp: Path, path: Path) -> None:
+    """Move a finished folder to ``path``, replacing an existing one; never leave a partial one."""
+    old = None
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def save_adapter(model: PeftModel, state: AdapterState, path: str | Path) -> Path:
+    """Write ``state`` as a PEFT adapter folder (adapter_config.json + adapter_model.safetensors).
+
+    The folder is written next to ``path`` and renamed into place, so readers see either the old
+    adapter or the new one.
+
+    Args:
+        model: The peft model whose adapter config describes ``state``.
+        state: Adapter weights, e.g. the aggregated global adapter.
+        path: Destination folder; an existing one is replaced.
+
+    Returns:
+        The folder, loadable with ``PeftModel.from_pretrained(base_model, path)``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        model.peft_config[model.active_adapter].save_pretrained(str(tmp))
+        tensors = {key: value.detach().cpu().contiguous() for key, value in state.items()}
+        save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        _replace_dir(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def load_adapter_state(path: str | Path) -> AdapterState:
+    """Read the adapter weights of a PEFT folder (as written by ``save_adapter``) as fp32 CPU."""
+    weights = Path(path) / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: no adapter weights here (expected a PEFT folder)")
+    return {key: value.to(torch.float32) for key, value in load_file(str(weights)).items()}
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; 4-bit packed weights are counted unpacked."""
+    if isinstance(model, PeftModel):
+        trainable, total = model.get_nb_trainable_parameters()
+        return int(trainable), int(total)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())

@@ -1,0 +1,204 @@
+"""The ``fedit`` CLI end to end on the tiny Llama, and every bad-input case of the core issue."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from fedit.cli.main import main
+from fedit.config import load_config
+from fedit.experiment import run_experiment
+from fedit.server.observer import RunObserver
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tiny_args(model_dir: Path, out: Path, *extra: str) -> list[str]:
+    """Overrides that make the quickstart run in seconds on the tiny model."""
+    return [
+        f"model.name={model_dir}",
+        f"output_dir={out}",
+        "data.synthetic.num_examples=160",
+        "data.test_per_category=2",
+        "federation.num_clients=4",
+        "federation.rounds=2",
+        "federation.fraction_fit=0.5",
+        "train.local_steps=2",
+        "train.batch_size=4",
+        "train.micro_batch_size=2",
+        "eval.max_new_tokens=4",
+        *extra,
+    ]
+
+
+def _adapter_tensors(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / "adapter_model.safetensors"))
+
+
+def test_run_writes_complete_run_dir(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "configs/quickstart.yaml", *tiny_args(tiny_model_dir, out)]) == 0
+    for name in ("config.yaml", "partition.json", "metrics.jsonl", "report.md", "loss.png",
+                 "accuracy.png", "accuracy_by_category.png"):
+        assert (out / name).is_file(), name
+    assert (out / "checkpoints" / "round_002" / "round.json").is_file()
+
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [0, 1, 2]
+    assert "accuracy_by_category" in records[0]["eval"]  # base model scored before round 1
+    for record in records[1:]:
+        assert len(record["selected_clients"]) == 2
+        assert set(record["train_loss"]) == {str(c) for c in record["selected_clients"]}
+        assert {"loss", "accuracy"} <= set(record["eval"])
+        assert {"fit", "aggregate", "eval"} <= set(record["seconds"])
+
+    partition = json.loads((out / "partition.json").read_text())
+    assert len(partition["clients"]) == 4
+    assert sum(c["num_examples"] for c in partition["clients"]) == partition["num_train"]
+
+    printed = capsys.readouterr().out
+    assert "Held-out results" in printed and "report:" in printed
+
+    # The global adapter is a real PEFT adapter: it loads and changes the model's output.
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        before = base(ids).logits
+        peft_model = PeftModel.from_pretrained(base, str(out / "global_adapter"))
+        after = peft_model(ids).logits
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(
+        _adapter_tensors(out / "global_adapter"),
+        _adapter_tensors(out / "checkpoints" / "round_002"),
+    )
+    report = (out / "report.md").read_text()
+    assert "base model" in report and "FedIT (round 2)" in report
+
+
+class CrashInRound(RunObserver):
+    def __init__(self, server_round: int):
+        self.server_round = server_round
+
+    def on_round_start(self, server_round: int, selected: list[int]) -> None:
+        if server_round == self.server_round:
+            raise KeyboardInterrupt
+
+
+def test_resume_gives_same_adapter_as_uninterrupted(tiny_model_dir, tmp_path):
+    qs = ROOT / "configs" / "quickstart.yaml"
+    full = load_config(qs, tiny_args(tiny_model_dir, tmp_path / "full", "federation.rounds=3"))
+    run_experiment(full)
+
+    args = tiny_args(tiny_model_dir, tmp_path / "crashed", "federation.rounds=3")
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(load_config(qs, args), CrashInRound(3))
+    assert not (tmp_path / "crashed" / "global_adapter").exists()
+    assert main(["run", str(qs), *args, "resume=true"]) == 0
+
+    torch.testing.assert_close(
+        _adapter_tensors(tmp_path / "full" / "global_adapter"),
+        _adapter_tensors(tmp_path / "crashed" / "global_adapter"),
+        rtol=0,
+        atol=0,
+    )
+    rounds = [json.loads(x)["round"] for x in (tmp_path / "crashed" / "metrics.jsonl").open()]
+    assert rounds == [0, 1, 2, 3]
+
+
+def test_rerun_refuses_existing_run_unless_overwrite(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = tiny_args(tiny_model_dir, out, "federation.rounds=1", "eval.base=false")
+    assert main(["run", *args]) == 0
+    capsys.readouterr()
+    assert main(["run", *args]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["run", *args, "overwrite=true"]) == 0
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+BAD_INPUTS = {
+    "missing file": (["data.source=/no/such/data.jsonl"], "/no/such/data.jsonl"),
+    "unknown key": (["train.learning_rate=1"], "train.learning_rate: unknown key"),
+    "missing column": (["data.source={qa}"], "columns found: question, answer"),
+    "more clients than examples": (
+        ["data.synthetic.num_examples=30", "federation.num_clients=50", "data.test_per_category=0"],
+        "federation.num_clients",
+    ),
+    "alpha zero": (["data.partition.method=dirichlet", "data.partition.alpha=0"],
+                   "data.partition.alpha"),
+    "unknown model": (["model.name=no-such-model-xyz"], "no-such-model-xyz"),
+    "malformed json line": (["data.source={broken}"], "broken.jsonl:2"),
+    "resume of a non-run": (["resume=true", "output_dir={notrun}"], "is not a fedit run"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS), ids=list(BAD_INPUTS))
+def test_bad_input_one_line_exit_2_nothing_written(case, tiny_model_dir, tmp_path, capsys):
+    files = {
+        "qa": _write(tmp_path / "qa.jsonl", '{"question": "q", "answer": "a"}\n'),
+        "broken": _write(tmp_path / "broken.jsonl", '{"instruction": "a", "output": "b"}\n{oops\n'),
+        "notrun": tmp_path / "notrun",
+    }
+    (tmp_path / "notrun").mkdir()
+    overrides, expected = BAD_INPUTS[case]
+    overrides = [o.format(**files) for o in overrides]
+    out = tmp_path / "out"
+    args = [*tiny_args(tiny_model_dir, out), *overrides]
+    if case == "resume of a non-run":
+        args = [a for a in args if not a.startswith("output_dir=")] + [f"output_dir={out}"]
+        args[-1] = f"output_dir={files['notrun']}"
+    code = main(["run", *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("fedit: error:") and expected in err, err
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in err
+    assert not out.exists()
+    assert list((tmp_path / "notrun").iterdir()) == []
+
+
+def test_script_exit_code_and_no_traceback(tmp_path):
+    fedit = Path(sys.executable).with_name("fedit")
+    result = subprocess.run(
+        [str(fedit), "validate", str(tmp_path / "missing.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"fedit: error: {tmp_path / 'missing.yaml'}: config file not found"
+
+
+def test_validate_and_partition_commands(capsys, shared_data):
+    assert main(["validate", "configs/shepherd_dolly.yaml"]) == 0
+    assert "valid" in capsys.readouterr().out
+    shakespeare = ROOT / "configs" / "shakespeare.yaml"
+    assert main(["partition", str(shakespeare), f"data.source={shared_data}/shakespeare/train.json",
+                 f"data.test_source={shared_data}/shakespeare/test.json"]) == 0
+    printed = capsys.readouterr().out
+    assert "THE_WINTER_S_TALE_THIRD_GENTLEMAN" in printed and "total" in printed
+
+
+def test_generate_command(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", *tiny_args(tiny_model_dir, out, "federation.rounds=1",
+                                   "eval.base=false")]) == 0
+    capsys.readouterr()
+    code = main(["generate", "--adapter", str(out / "global_adapter"), "--max-new-tokens", "5",
+                 "What is 2 + 3?"])
+    assert code == 0  # the base model was found through the run's config.yaml
+    capsys.readouterr()
+    assert main(["generate", "--adapter", str(tmp_path), "hi"]) == 2
+    assert "is not a PEFT adapter" in capsys.readouterr().err
