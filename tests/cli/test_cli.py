@@ -46,8 +46,15 @@ def _adapter_tensors(path: Path) -> dict[str, torch.Tensor]:
 def test_run_writes_complete_run_dir(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["run", "configs/quickstart.yaml", *tiny_args(tiny_model_dir, out)]) == 0
-    for name in ("config.yaml", "partition.json", "metrics.jsonl", "report.md", "loss.png",
-                 "accuracy.png", "accuracy_by_category.png"):
+    for name in (
+        "config.yaml",
+        "partition.json",
+        "metrics.jsonl",
+        "report.md",
+        "loss.png",
+        "accuracy.png",
+        "accuracy_by_category.png",
+    ):
         assert (out / name).is_file(), name
     assert (out / "checkpoints" / "round_002" / "round.json").is_file()
 
@@ -136,8 +143,10 @@ BAD_INPUTS = {
         ["data.synthetic.num_examples=30", "federation.num_clients=50", "data.test_per_category=0"],
         "federation.num_clients",
     ),
-    "alpha zero": (["data.partition.method=dirichlet", "data.partition.alpha=0"],
-                   "data.partition.alpha"),
+    "alpha zero": (
+        ["data.partition.method=dirichlet", "data.partition.alpha=0"],
+        "data.partition.alpha",
+    ),
     "unknown model": (["model.name=no-such-model-xyz"], "no-such-model-xyz"),
     "malformed json line": (["data.source={broken}"], "broken.jsonl:2"),
     "resume of a non-run": (["resume=true", "output_dir={notrun}"], "is not a fedit run"),
@@ -178,26 +187,47 @@ def test_script_exit_code_and_no_traceback(tmp_path):
         check=False,
     )
     assert result.returncode == 2
-    assert result.stderr.strip() == f"fedit: error: {tmp_path / 'missing.yaml'}: config file not found"
+    assert (
+        result.stderr.strip() == f"fedit: error: {tmp_path / 'missing.yaml'}: config file not found"
+    )
 
 
 def test_validate_and_partition_commands(capsys, shared_data):
     assert main(["validate", "configs/shepherd_dolly.yaml"]) == 0
     assert "valid" in capsys.readouterr().out
     shakespeare = ROOT / "configs" / "shakespeare.yaml"
-    assert main(["partition", str(shakespeare), f"data.source={shared_data}/shakespeare/train.json",
-                 f"data.test_source={shared_data}/shakespeare/test.json"]) == 0
+    assert (
+        main(
+            [
+                "partition",
+                str(shakespeare),
+                f"data.source={shared_data}/shakespeare/train.json",
+                f"data.test_source={shared_data}/shakespeare/test.json",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "THE_WINTER_S_TALE_THIRD_GENTLEMAN" in printed and "total" in printed
 
 
 def test_generate_command(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["run", *tiny_args(tiny_model_dir, out, "federation.rounds=1",
-                                   "eval.base=false")]) == 0
+    assert (
+        main(["run", *tiny_args(tiny_model_dir, out, "federation.rounds=1", "eval.base=false")])
+        == 0
+    )
     capsys.readouterr()
-    code = main(["generate", "--adapter", str(out / "global_adapter"), "--max-new-tokens", "5",
-                 "What is 2 + 3?"])
+    code = main(
+        [
+            "generate",
+            "--adapter",
+            str(out / "global_adapter"),
+            "--max-new-tokens",
+            "5",
+            "What is 2 + 3?",
+        ]
+    )
     assert code == 0  # the base model was found through the run's config.yaml
     capsys.readouterr()
     assert main(["generate", "--adapter", str(tmp_path), "hi"]) == 2

@@ -121,3 +121,28 @@ def test_resolve_autocast(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_autocast(cpu, "auto") is torch.bfloat16
     monkeypatch.setattr(train_module, "cpu_supports_bf16", lambda: False)
     assert resolve_autocast(cpu, "auto") is None
+
+
+@pytest.mark.parametrize("train_on_inputs", [False, True])
+def test_token_loss_matches_full_logits_cross_entropy(
+    tiny_model_dir: Path, train_on_inputs: bool
+) -> None:
+    """Skipping the vocabulary projection on unscored positions must not change the loss."""
+    from fedit.client.batching import collate
+
+    model, tokenizer = load_model(ModelConfig(name=str(tiny_model_dir), device="cpu"))
+    model = apply_lora(model, LoraConfig(r=4, alpha=8, dropout=0.0), seed=0)
+    examples, _ = tokenize_examples(EXAMPLES, tokenizer, "alpaca", 256, train_on_inputs)
+    batch = collate(examples[:5], tokenizer.pad_token_id)  # prompts of different lengths
+    model.eval()
+    with torch.no_grad():
+        total, per_row = train_module.token_loss_sum(model, batch)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        expected = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]),
+            batch["labels"][:, 1:].reshape(-1),
+            ignore_index=-100,
+            reduction="none",
+        ).view(5, -1)
+    torch.testing.assert_close(per_row, expected.sum(dim=1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(total, expected.sum(), rtol=1e-5, atol=1e-5)

@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
 import time
@@ -83,20 +84,47 @@ def num_local_steps(cfg: TrainConfig, num_examples: int) -> int:
     return max(1, math.ceil(cfg.local_epochs * num_examples / cfg.batch_size))
 
 
+@cache
+def _accepts_logits_to_keep(model_type: type) -> bool:
+    return "logits_to_keep" in inspect.signature(model_type.forward).parameters
+
+
+def _base_model(model: nn.Module) -> nn.Module:
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
 def token_loss_sum(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed next-token cross-entropy over label tokens and the per-row sums.
+
+    Positions before the batch's first label token predict nothing that is scored, so the
+    vocabulary projection skips them (``logits_to_keep``, where the model supports it). With the
+    loss on responses only, that removes most of the (B, T, vocab) logits work.
 
     Returns:
         (total loss, scalar) and (per-row loss sums, (B,)), both fp32.
     """
+    labels = batch["labels"]  # (B, T)
+    scored = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero()  # logit positions with a target
+    first = int(scored[0]) if len(scored) else 0
+    kwargs: dict[str, int] = {}
+    if first > 0 and _accepts_logits_to_keep(type(_base_model(model))):
+        kwargs["logits_to_keep"] = labels.shape[1] - first  # logits of positions first..T-1
+    else:
+        first = 0
     logits = model(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-    ).logits  # (B, T, vocab)
-    shifted_logits = logits[:, :-1].float()  # (B, T-1, vocab): position t predicts token t+1
-    targets = batch["labels"][:, 1:]  # (B, T-1)
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        use_cache=False,
+        **kwargs,
+    ).logits[:, :-1]  # (B, T-1-first, vocab): position t predicts token t+1
+    targets = labels[:, first + 1 :]  # (B, T-1-first)
     losses = F.cross_entropy(
-        shifted_logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
-    )  # (B, T-1), 0 where ignored
+        logits.reshape(-1, logits.shape[-1]).float(),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    ).view(targets.shape)  # (B, T-1-first), 0 where ignored
     per_row = losses.sum(dim=1)
     return per_row.sum(), per_row
 

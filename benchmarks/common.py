@@ -1,0 +1,58 @@
+"""Shared benchmark plumbing: machine facts and updating one section of docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "benchmarks.md"
+HEADER = """# Benchmarks
+
+Each section is written by the script named in its command; rerun the command to refresh it.
+All numbers are from the machine named in the section. Timings need an otherwise idle machine:
+on 2 cores, a second busy process slows small torch operations by an order of magnitude.
+"""
+
+
+def machine() -> str:
+    """One line naming the CPU, cores, torch build and threads."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, Python {platform.python_version()}"
+    )
+
+
+def command_line() -> str:
+    """The exact command that ran this benchmark, relative to the repository root."""
+    script = Path(sys.argv[0]).resolve().relative_to(ROOT)
+    return " ".join([".venv/bin/python", str(script), *map(shlex.quote, sys.argv[1:])])
+
+
+def record(section: str, title: str, body: str) -> None:
+    """Replace (or append) the section ``section`` of docs/benchmarks.md, atomically."""
+    from fedit.io import atomic_write_text
+
+    text = DOC.read_text(encoding="utf-8") if DOC.is_file() else HEADER
+    start, end = f"<!-- {section}:start -->", f"<!-- {section}:end -->"
+    block = (
+        f"{start}\n## {title}\n\n```bash\n{command_line()}\n```\n\n"
+        f"Machine: {machine()}\n\n{body.strip()}\n{end}"
+    )
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else f"{text}\n{block}\n"
+    atomic_write_text(DOC, text)
+    print(block)

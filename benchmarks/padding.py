@@ -1,0 +1,79 @@
+"""Padding waste: the fraction of processed token slots that are padding, on the quickstart data.
+
+Target: 10% or less with length-grouped batches (train.group_by_length=true).
+
+    .venv/bin/python benchmarks/padding.py [--config configs/quickstart.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from common import ROOT, record
+
+from fedit.client.batching import batch_indices, collate, padding_stats, split_micro_batches
+from fedit.config import load_config
+from fedit.data.templates import tokenize_examples
+from fedit.experiment import prepare_data
+from fedit.model.loading import load_model
+
+TARGET = 0.10
+
+
+def client_waste(examples, batch_size: int, micro: int, pad_id: int, grouped: bool) -> dict:
+    """Padding statistics of one epoch of one client's micro-batches."""
+    lengths = [len(e.input_ids) for e in examples]
+    batches = []
+    for indices in batch_indices(lengths, batch_size, seed=0, group_by_length=grouped):
+        for part in split_micro_batches([examples[i] for i in indices], micro):
+            batches.append(collate(part, pad_id))
+    return padding_stats(batches)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", default=str(ROOT / "configs" / "quickstart.yaml"))
+    args = parser.parse_args()
+    cfg = load_config(args.config)
+    data = prepare_data(cfg)
+    _, tokenizer = load_model(cfg.model)
+    rows = []
+    for grouped in (True, False):
+        real = slots = 0
+        for indices in data.parts:
+            tokenized, _ = tokenize_examples(
+                [data.train[i] for i in indices],
+                tokenizer,
+                cfg.data.template,
+                cfg.train.cutoff_len,
+                cfg.train.train_on_inputs,
+            )
+            stats = client_waste(
+                tokenized,
+                cfg.train.batch_size,
+                cfg.train.micro_batch_size,
+                tokenizer.pad_token_id,
+                grouped,
+            )
+            real, slots = real + stats["real_tokens"], slots + stats["padded_tokens"]
+        rows.append((grouped, real, slots, (slots - real) / slots))
+    lines = [
+        "| group_by_length | real tokens | token slots | padding waste | target |",
+        "|---|---|---|---|---|",
+    ]
+    for grouped, real, slots, waste in rows:
+        verdict = ("met" if waste <= TARGET else "missed") if grouped else "(reference)"
+        lines.append(
+            f"| {grouped} | {real:,} | {slots:,} | {100 * waste:.1f}% | "
+            f"≤ {100 * TARGET:.0f}%: {verdict} |"
+        )
+    body = (
+        f"One epoch of every client's micro-batches ({cfg.train.micro_batch_size} examples), "
+        f"data `{cfg.data.source}`, template `{cfg.data.template}`, "
+        f"{len(data.parts)} clients.\n\n" + "\n".join(lines)
+    )
+    record("padding", "Padding waste (quickstart data)", body)
+
+
+if __name__ == "__main__":
+    main()
