@@ -419,7 +419,7 @@ def _build(cls: type, raw: dict[str, Any], prefix: str, problems: list[str]) -> 
             problems.append(f"{dotted}: unknown key; valid keys here are {suggestion}")
             continue
         annotation = hints[key]
-        if dataclasses.is_dataclass(annotation):
+        if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
             if value is None:
                 value = {}
             if not isinstance(value, dict):

@@ -232,3 +232,29 @@ def test_generate_command(tiny_model_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(["generate", "--adapter", str(tmp_path), "hi"]) == 2
     assert "is not a PEFT adapter" in capsys.readouterr().err
+
+
+def test_shakespeare_config_runs_with_natural_partition(tiny_model_dir, tmp_path, shared_data):
+    out = tmp_path / "shakespeare"
+    code = main(
+        [
+            "run",
+            str(ROOT / "configs" / "shakespeare.yaml"),
+            f"model.name={tiny_model_dir}",
+            f"output_dir={out}",
+            f"data.source={shared_data}/shakespeare/train.json",
+            f"data.test_source={shared_data}/shakespeare/test.json",
+            "data.max_examples=40",
+            "federation.rounds=1",
+            "train.local_steps=1",
+            "train.batch_size=4",
+            "train.micro_batch_size=4",
+            "eval.max_new_tokens=2",
+        ]
+    )
+    assert code == 0
+    partition = json.loads((out / "partition.json").read_text())
+    assert len(partition["clients"]) == 2  # one client per speaking role
+    assert partition["num_test"] == 260  # the separate test file, not a hold-out
+    for client in partition["clients"]:
+        assert sum(1 for n in client["counts"].values() if n) == 1

@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from fedit.io import atomic_write_bytes  # noqa: E402
 
@@ -36,6 +37,7 @@ def plot_loss(history: list[dict[str, Any]], path: Path) -> None:
     if evals:
         ax.plot(*zip(*evals, strict=True), marker="s", label="held-out loss (global adapter)")
     ax.set_xlabel("round (0 = base model)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("loss")
     ax.set_title("Loss per round")
     ax.grid(alpha=0.3)
@@ -55,6 +57,7 @@ def plot_accuracy(history: list[dict[str, Any]], path: Path) -> None:
         ax.plot(*zip(*points, strict=True), marker="o", color="tab:green")
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("round (0 = base model)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("exact-match accuracy")
     ax.set_title("Held-out accuracy per round")
     ax.grid(alpha=0.3)
