@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from fedit.config import Config
 from fedit.data.partition import count_table, partition_examples, split_test
 from fedit.data.sources import load_examples, load_test_examples
@@ -74,9 +72,10 @@ def build_engine(
     Returns:
         The simulation engine and tokenization statistics (truncated / dropped examples).
     """
-    torch.manual_seed(cfg.seed)  # LoRA A init is the first random draw: same seed, same start
     model, tokenizer = load_model(cfg.model)
-    model = apply_lora(model, cfg.lora)
+    # Seeded right here: loading may draw random numbers (the one-time GGUF conversion builds a
+    # randomly initialised model), and the LoRA init must not depend on whether it ran.
+    model = apply_lora(model, cfg.lora, seed=cfg.seed)
     train_cfg = cfg.train
     stats = {"total": 0, "truncated": 0, "dropped_no_labels": 0}
     client_data = []

@@ -82,7 +82,7 @@ def cmd_partition(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     data = prepare_data(cfg)
-    out.print(format_count_table(data.table))
+    out.print(format_count_table(data.table), markup=False, highlight=False, soft_wrap=True)
     out.print(f"{data.table['num_train']} training examples, {data.table['num_test']} held out")
     return 0
 

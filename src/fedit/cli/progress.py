@@ -49,7 +49,10 @@ class ProgressObserver(RunObserver):
         from fedit.data.partition import format_count_table
 
         console = self.progress.console
-        console.print(format_count_table(partition_table), markup=False, highlight=False)
+        # soft_wrap: a wide clients x categories table scrolls rather than folding its rows.
+        console.print(
+            format_count_table(partition_table), markup=False, highlight=False, soft_wrap=True
+        )
         tok = partition_table.get("tokenization", {})
         console.print(
             f"{partition_table['num_train']} training examples, {partition_table['num_test']} "
