@@ -20,7 +20,7 @@ from fedit.data.templates import tokenize_examples
 from fedit.engines.simulation import SimulationEngine
 from fedit.evaluation.report import write_report
 from fedit.model.loading import load_model
-from fedit.model.lora import apply_lora, save_adapter
+from fedit.model.lora import apply_lora
 from fedit.server.checkpoint import RunDir
 from fedit.server.loop import run_rounds
 from fedit.server.observer import RunObserver
@@ -123,6 +123,6 @@ def run_experiment(cfg: Config, observer: RunObserver | None = None) -> RunOutco
         run_dir.start(cfg, data.table, cfg.overwrite)
     strategy = build_strategy(cfg)
     state, history = run_rounds(cfg, engine, strategy, run_dir, observer)
-    save_adapter(engine.model, state, run_dir.path / "global_adapter")
+    engine.save_adapter(state, run_dir.path / "global_adapter")
     report = write_report(run_dir.path)
     return RunOutcome(run_dir.path, history, report, time.perf_counter() - started)

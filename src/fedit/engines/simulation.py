@@ -6,13 +6,12 @@ adapter to it means writing the LoRA tensors into the shared model before it tra
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fedit.client.evaluate import evaluate_accuracy, evaluate_loss
-from fedit.client.train import train_local
+from fedit.client.train import num_local_steps, train_local
 from fedit.config import Config
 from fedit.data.templates import TokenizedExample
 from fedit.model.lora import get_adapter_state, load_adapter_state, save_adapter, set_adapter_state
@@ -51,12 +50,7 @@ class SimulationEngine:
 
     def local_steps(self, client_id: int) -> int:
         """Optimizer steps one client takes per round."""
-        train = self.cfg.train
-        if train.local_steps is not None:
-            return train.local_steps
-        return max(
-            1, math.ceil(train.local_epochs * len(self.client_data[client_id]) / train.batch_size)
-        )
+        return num_local_steps(self.cfg.train, len(self.client_data[client_id]))
 
     def fit(
         self, client_ids: list[int], global_state: AdapterState, server_round: int, lr: float

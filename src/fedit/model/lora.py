@@ -8,10 +8,6 @@ name inside), CPU, fp32. ``save_adapter`` writes the same tensors as a standard 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
-import uuid
 from pathlib import Path
 
 import peft
@@ -21,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from fedit.config import LoraConfig
+from fedit.io import atomic_directory
 from fedit.types import AdapterState
 
 logger = logging.getLogger(__name__)
@@ -109,17 +106,6 @@ def set_adapter_state(model: PeftModel, state: AdapterState) -> None:
         raise ValueError(f"adapter state has keys the model did not take: {unexpected[:3]}")
 
 
-def _replace_dir(tmp: Path, path: Path) -> None:
-    """Move a finished folder to ``path``, replacing an existing one; never leave a partial one."""
-    old = None
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def save_adapter(model: PeftModel, state: AdapterState, path: str | Path) -> Path:
     """Write ``state`` as a PEFT adapter folder (adapter_config.json + adapter_model.safetensors).
 
@@ -135,16 +121,10 @@ def save_adapter(model: PeftModel, state: AdapterState, path: str | Path) -> Pat
         The folder, loadable with ``PeftModel.from_pretrained(base_model, path)``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+    with atomic_directory(path) as tmp:
         model.peft_config[model.active_adapter].save_pretrained(str(tmp))
         tensors = {key: value.detach().cpu().contiguous() for key, value in state.items()}
         save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-        _replace_dir(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
