@@ -54,15 +54,6 @@ def build_prompt(example: Example, template: str, tokenizer: Any) -> str:
     raise ConfigError(f"data.template: unknown value {template!r}; choose alpaca or chat")
 
 
-def build_chat_prompt(messages: list[dict[str, str]], template: str, tokenizer: Any) -> str:
-    """A multi-turn prompt: the chat template as is, or turns folded into one Alpaca instruction."""
-    if template == "chat":
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    history = "\n\n".join(f"{m['role']}: {m['content']}" for m in messages[:-1])
-    example = {"instruction": messages[-1]["content"], "input": history}
-    return build_prompt(example, "alpaca", tokenizer)
-
-
 def _full_text(example: Example, prompt: str, template: str, tokenizer: Any) -> str:
     if template == "chat":
         messages = [
