@@ -98,3 +98,37 @@ def test_shipped_configs_load(path):
 def test_shipped_configs_exist():
     names = {p.name for p in (ROOT / "configs").glob("*.yaml")}
     assert {"quickstart.yaml", "shepherd_dolly.yaml", "shakespeare.yaml"} <= names
+
+
+def test_mixed_ranks_need_exact():
+    with pytest.raises(ConfigError, match=r"lora.client_ranks: .*strategy.name=exact"):
+        load_config(None, ["lora.r=8", "lora.client_ranks=[4,8]"])
+    cfg = load_config(None, ["lora.r=8", "lora.client_ranks=[4,8]", "strategy.name=exact"])
+    assert [cfg.lora.rank_of(c) for c in range(4)] == [4, 8, 4, 8]
+    with pytest.raises(ConfigError, match=r"lora.client_ranks: 16 is not in \[1, lora.r=8\]"):
+        load_config(None, ["lora.r=8", "lora.client_ranks=[16]", "strategy.name=exact"])
+
+
+def test_strategy_and_federation_choices_are_checked():
+    with pytest.raises(ConfigError) as info:
+        load_config(
+            None,
+            [
+                "strategy.name=fedsgd",
+                "federation.upload_compression=zip",
+                "federation.selection=lottery",
+                "federation.availability=0",
+                "strategy.beta1=1.5",
+                "strategy.server_lr=-1",
+            ],
+        )
+    text = str(info.value)
+    for key in (
+        "strategy.name: unknown value 'fedsgd'",
+        "federation.upload_compression: unknown value 'zip'",
+        "federation.selection: unknown value 'lottery'",
+        "federation.availability",
+        "strategy.beta1",
+        "strategy.server_lr",
+    ):
+        assert key in text

@@ -41,8 +41,20 @@ DEVICES = ("cpu", "cuda", "auto")
 QUANTIZATIONS = ("none", "4bit", "8bit")
 TEMPLATES = ("alpaca", "chat")
 PARTITION_METHODS = ("iid", "dirichlet", "shards", "natural")
-SELECTIONS = ("random",)
-STRATEGIES = ("fedavg",)
+SELECTIONS = ("random", "weighted", "round_robin", "availability")
+STRATEGIES = (
+    "fedavg",
+    "fedprox",
+    "fedavgm",
+    "fedadam",
+    "fedyogi",
+    "fedadagrad",
+    "scaffold",
+    "ffa_lora",
+    "exact",
+)
+# Upload compression (fedit.communication implements them).
+COMPRESSIONS = ("none", "fp16", "bf16", "int8", "int8_channel")
 LR_SCHEDULES = ("constant", "cosine")
 AUTOCAST = ("auto", "bf16", "fp16", "none")
 
@@ -80,9 +92,23 @@ class LoraConfig:
     target_modules: str | list[str] = _f(
         ["q_proj", "v_proj"], "module names to adapt, or 'all-linear'"
     )
+    client_ranks: list[int] | None = _f(
+        None,
+        "per-client LoRA ranks, cycled over clients (client i gets client_ranks[i % len]); "
+        "each <= lora.r; mixed ranks need strategy.name=exact",
+    )
+
+    def rank_of(self, client_id: int) -> int:
+        """The LoRA rank client ``client_id`` trains with (``r`` unless client_ranks is set)."""
+        if not self.client_ranks:
+            return self.r
+        return self.client_ranks[client_id % len(self.client_ranks)]
 
     def validate(self) -> list[str]:
         problems = []
+        for rank in self.client_ranks or []:
+            if not 1 <= rank <= self.r:
+                problems.append(f"lora.client_ranks: {rank} is not in [1, lora.r={self.r}]")
         if self.r < 1:
             problems.append(f"lora.r: must be >= 1, got {self.r}")
         if self.alpha <= 0:
@@ -230,10 +256,25 @@ class FederationConfig:
     rounds: int = _f(20, "communication rounds")
     fraction_fit: float = _f(0.05, "fraction of clients selected per round")
     min_fit_clients: int = _f(1, "select at least this many clients per round")
-    selection: str = _f("random", "client selection: random (seeded per round)")
+    selection: str = _f(
+        "random",
+        "client selection, seeded per round: random, weighted (by data size), round_robin, "
+        "or availability (random, then each client is online with federation.availability)",
+    )
+    availability: float = _f(
+        0.8, "availability selection: probability that a selected client answers in a round"
+    )
+    upload_compression: str = _f(
+        "none", "client uploads: none, fp16, bf16, int8 or int8_channel (lossy ones send deltas)"
+    )
 
     def validate(self) -> list[str]:
         problems = _check_choice("federation.selection", self.selection, SELECTIONS)
+        problems += _check_choice(
+            "federation.upload_compression", self.upload_compression, COMPRESSIONS
+        )
+        if not 0 < self.availability <= 1:
+            problems.append(f"federation.availability: must be in (0, 1], got {self.availability}")
         if self.num_clients < 1:
             problems.append(f"federation.num_clients: must be >= 1, got {self.num_clients}")
         if self.rounds < 1:
@@ -252,10 +293,30 @@ class FederationConfig:
 class StrategyConfig:
     """Server-side aggregation."""
 
-    name: str = _f("fedavg", "aggregation strategy: fedavg")
+    name: str = _f("fedavg", "aggregation strategy: " + ", ".join(STRATEGIES))
+    proximal_mu: float = _f(0.01, "fedprox: weight mu of the proximal term mu/2 ||w - w_global||^2")
+    server_lr: float | None = _f(
+        None,
+        "server learning rate eta; default 1.0 for fedavgm and scaffold, 0.01 for "
+        "fedadam/fedyogi/fedadagrad",
+    )
+    server_momentum: float = _f(0.9, "fedavgm: server momentum beta (Hsu et al. 2019)")
+    beta1: float = _f(0.9, "fedadam/fedyogi/fedadagrad: first-moment decay beta_1")
+    beta2: float = _f(0.99, "fedadam/fedyogi: second-moment decay beta_2")
+    tau: float = _f(1e-3, "fedadam/fedyogi/fedadagrad: adaptivity tau (Reddi et al. 2021)")
 
     def validate(self) -> list[str]:
-        return _check_choice("strategy.name", self.name, STRATEGIES)
+        problems = _check_choice("strategy.name", self.name, STRATEGIES)
+        if self.proximal_mu < 0:
+            problems.append(f"strategy.proximal_mu: must be >= 0, got {self.proximal_mu}")
+        if self.server_lr is not None and self.server_lr <= 0:
+            problems.append(f"strategy.server_lr: must be > 0, got {self.server_lr}")
+        for key in ("server_momentum", "beta1", "beta2"):
+            if not 0 <= getattr(self, key) < 1:
+                problems.append(f"strategy.{key}: must be in [0, 1), got {getattr(self, key)}")
+        if self.tau <= 0:
+            problems.append(f"strategy.tau: must be > 0, got {self.tau}")
+        return problems
 
 
 @dataclass
@@ -297,6 +358,13 @@ class Config:
         for section in (self.model, self.lora, self.data, self.train, self.federation):
             problems += section.validate()
         problems += self.strategy.validate() + self.eval.validate()
+        ranks = {self.lora.r, *(self.lora.client_ranks or [])}
+        if len(ranks) > 1 and self.strategy.name != "exact":
+            problems.append(
+                f"lora.client_ranks: client ranks other than lora.r={self.lora.r} need "
+                f"strategy.name=exact; {self.strategy.name} averages A and B element-wise, "
+                "which needs one shape"
+            )
         return problems
 
     def to_dict(self) -> dict[str, Any]:

@@ -11,13 +11,36 @@ from torch import Tensor
 # e.g. "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight" -> (r, d_in).
 AdapterState = dict[str, Tensor]
 
+# ClientUpdate.extras key of SCAFFOLD's control-variate change Δc_i.
+CONTROL_DELTA = "control_delta"
+
 # One instruction example, normalised: instruction / input / output / category (all str).
 Example = dict[str, str]
 
 
 @dataclass
+class FitInstruction:
+    """What the server sends one client for one round (Flower's ``Message`` content, typed).
+
+    ``state`` is the adapter the client starts from, at the client's own rank. ``config`` holds
+    scalars the client obeys: ``lr``, ``proximal_mu`` (FedProx), ``trainable`` ("all" or
+    "lora_B" for FFA-LoRA), ``compression`` of the upload, ``rank``. ``extras`` holds named
+    tensor side-channels, e.g. SCAFFOLD's ``server_control`` and ``client_control``.
+    """
+
+    client_id: int
+    state: AdapterState
+    config: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, AdapterState] = field(default_factory=dict)
+
+
+@dataclass
 class ClientUpdate:
-    """What a client sends back after local training: only its adapter and its example count."""
+    """What a client sends back after local training: its adapter and its example count.
+
+    ``extras`` carries strategy-specific tensors (SCAFFOLD's ``control_delta``); ``metrics``
+    carries scalars (tokens, seconds, bytes sent and received, compression error).
+    """
 
     client_id: int
     state: AdapterState
@@ -25,6 +48,7 @@ class ClientUpdate:
     train_loss: float
     num_steps: int
     metrics: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, AdapterState] = field(default_factory=dict)
 
 
 @dataclass

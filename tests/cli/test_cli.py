@@ -16,27 +16,9 @@ from transformers import AutoModelForCausalLM
 from fedit.cli.main import main
 from fedit.config import load_config
 from fedit.experiment import run_experiment
-from fedit.server.observer import RunObserver
+from helpers import CrashInRound, tiny_args
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def tiny_args(model_dir: Path, out: Path, *extra: str) -> list[str]:
-    """Overrides that make the quickstart run in seconds on the tiny model."""
-    return [
-        f"model.name={model_dir}",
-        f"output_dir={out}",
-        "data.synthetic.num_examples=160",
-        "data.test_per_category=2",
-        "federation.num_clients=4",
-        "federation.rounds=2",
-        "federation.fraction_fit=0.5",
-        "train.local_steps=2",
-        "train.batch_size=4",
-        "train.micro_batch_size=2",
-        "eval.max_new_tokens=4",
-        *extra,
-    ]
 
 
 def _adapter_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -88,15 +70,6 @@ def test_run_writes_complete_run_dir(tiny_model_dir, tmp_path, capsys):
     )
     report = (out / "report.md").read_text()
     assert "base model" in report and "FedIT (round 2)" in report
-
-
-class CrashInRound(RunObserver):
-    def __init__(self, server_round: int):
-        self.server_round = server_round
-
-    def on_round_start(self, server_round: int, selected: list[int]) -> None:
-        if server_round == self.server_round:
-            raise KeyboardInterrupt
 
 
 def test_resume_gives_same_adapter_as_uninterrupted(tiny_model_dir, tmp_path):

@@ -29,15 +29,20 @@ class ArithmeticEngine:
     def initial_state(self) -> AdapterState:
         return {"lora_A": torch.zeros(2, 3), "lora_B": torch.zeros(3, 2)}
 
-    def fit(self, client_ids, global_state, server_round, lr):
+    @property
+    def client_sizes(self) -> list[int]:
+        return [cid + 1 for cid in range(self.num_clients)]
+
+    def fit(self, instructions, server_round):
         if server_round == self.fail_in_round:
             raise RuntimeError("simulated crash")
         updates = []
-        for cid in client_ids:
+        for instruction in instructions:
+            cid, lr = instruction.client_id, instruction.config["lr"]
             gen = torch.Generator().manual_seed(client_seed(self.seed, server_round, cid))
             state = {
                 k: v + lr * (cid + 1) + 0.01 * torch.randn(v.shape, generator=gen)
-                for k, v in global_state.items()
+                for k, v in instruction.state.items()
             }
             updates.append(
                 ClientUpdate(

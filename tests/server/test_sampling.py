@@ -1,8 +1,16 @@
-"""Client selection: Shepherd's count rule, seeding per round, determinism."""
+"""Client selection: Shepherd's count rule, the selectors, seeding per round, determinism."""
 
 import pytest
 
-from fedit.server.sampling import client_seed, num_selected, select_clients
+from fedit.server.sampling import (
+    build_selector,
+    client_seed,
+    num_selected,
+    select_clients,
+    select_random,
+    select_round_robin,
+    select_weighted,
+)
 
 
 @pytest.mark.parametrize(
@@ -42,3 +50,32 @@ def test_client_seed_unique_and_stable():
     seeds = {client_seed(42, r, c) for r in range(1, 4) for c in range(5)}
     assert len(seeds) == 15
     assert client_seed(42, 2, 3) == client_seed(42, 2, 3)
+
+
+def test_weighted_selection_prefers_large_clients():
+    sizes = [1, 1, 1, 1, 96]
+    picks = [select_weighted(r, sizes, 1, seed=3).selected[0] for r in range(1, 201)]
+    share = picks.count(4) / len(picks)
+    assert 0.9 < share <= 1.0  # expected 96%
+    assert select_weighted(5, sizes, 2, seed=3) == select_weighted(5, sizes, 2, seed=3)
+
+
+def test_weighted_selection_skips_empty_clients():
+    assert select_weighted(1, [0, 5, 0, 5], 4, seed=0).selected == [1, 3]
+
+
+def test_round_robin_visits_everyone_in_turn():
+    rounds = [select_round_robin(r, [1] * 5, 2, seed=0).selected for r in range(1, 6)]
+    assert rounds == [[0, 1], [2, 3], [0, 4], [1, 2], [3, 4]]
+
+
+def test_availability_drops_about_the_offline_share():
+    select = build_selector("availability", availability=0.7)
+    selections = [select(r, [1] * 50, 10, 11) for r in range(1, 101)]
+    dropped = sum(len(s.dropped) for s in selections) / 1000
+    assert 0.25 < dropped < 0.35  # expected 0.3
+    assert all(set(s.participants) | set(s.dropped) == set(s.selected) for s in selections)
+    again = build_selector("availability", availability=0.7)(7, [1] * 50, 10, 11)
+    assert again == selections[6]  # seeded per round
+    always = build_selector("availability", availability=1.0)(7, [1] * 50, 10, 11)
+    assert always.dropped == [] and always.selected == select_random(7, [1] * 50, 10, 11).selected

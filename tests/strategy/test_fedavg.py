@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from fedit.config import load_config
 from fedit.strategy import FedAvg
 from fedit.strategy.aggregate import (
     EmptyRoundError,
@@ -30,18 +31,19 @@ def test_weighted_average_equal_weights_is_mean():
 
 
 def test_fedavg_weights_by_num_examples():
-    strategy = FedAvg(fraction_fit=1.0, min_fit_clients=1, seed=0)
+    strategy = FedAvg(load_config())
     global_state = {"w": torch.zeros(1)}
     updates = [_update(0, [10.0], 10), _update(1, [0.0], 30)]
     # 10 * 10/40 + 0 * 30/40 = 2.5
-    new = strategy.aggregate_fit(1, global_state, updates)
+    new, metrics = strategy.aggregate_fit(1, global_state, updates)
+    assert metrics == {}
     torch.testing.assert_close(new["w"], torch.tensor([2.5]))
 
 
 def test_fedavg_output_does_not_alias_inputs():
-    strategy = FedAvg(1.0, 1, 0)
+    strategy = FedAvg(load_config())
     update = _update(0, [1.0], 1)
-    new = strategy.aggregate_fit(1, {"w": torch.zeros(1)}, [update])
+    new, _ = strategy.aggregate_fit(1, {"w": torch.zeros(1)}, [update])
     new["w"] += 1
     assert update.state["w"].item() == 1.0
 

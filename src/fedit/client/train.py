@@ -17,6 +17,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from functools import cache
 
 import torch
@@ -26,7 +27,7 @@ from torch import nn
 from fedit.client.batching import Batch, collate, iterate_batches, split_micro_batches
 from fedit.config import ConfigError, TrainConfig
 from fedit.data.templates import IGNORE_INDEX, TokenizedExample
-from fedit.model.lora import get_adapter_state, set_adapter_state
+from fedit.model.lora import adapter_parameters, get_adapter_state, set_adapter_state
 from fedit.types import AdapterState, ClientUpdate
 
 logger = logging.getLogger(__name__)
@@ -190,18 +191,79 @@ def model_pad_token_id(model: nn.Module) -> int:
     return int(pad) if pad is not None else 0
 
 
+@dataclass
+class LocalObjective:
+    """What a strategy changes in a client's local run; the default is plain FedAvg training.
+
+    Attributes:
+        proximal_mu: FedProx's μ; adds μ/2 ‖w − w_global‖² to the loss (as its gradient).
+        step_correction: SCAFFOLD's c − c_i, keyed like the adapter state. Every step moves
+            the parameters by ``−η_t (c − c_i)`` on top of the optimizer's own step. With SGD
+            that is the paper's ``y ← y − η (g + c − c_i)``; applying it to the step rather
+            than the gradient keeps it in the same units as the variates (which option II
+            measures as parameter change per unit of step size) under AdamW.
+        trainable: "all" LoRA parameters, or only "lora_B" (FFA-LoRA freezes A).
+    """
+
+    proximal_mu: float = 0.0
+    step_correction: AdapterState | None = None
+    trainable: str = "all"
+
+
+def _add_proximal_gradient(named: dict[str, nn.Parameter], mu: float, anchor: AdapterState) -> None:
+    """∇ μ/2 ‖w − w_global‖² = μ (w − w_global), added to each LoRA gradient (FedProx)."""
+    for name, param in named.items():
+        if param.grad is not None:
+            param.grad.add_(param.detach() - anchor[name].to(param.device), alpha=mu)
+
+
+@torch.no_grad()
+def _apply_step_correction(
+    named: dict[str, nn.Parameter], correction: AdapterState, step_lr: float
+) -> None:
+    """y ← y − η_t (c − c_i) for the trainable LoRA parameters (SCAFFOLD)."""
+    for name, param in named.items():
+        if param.requires_grad:
+            param.add_(correction[name].to(param.device, param.dtype), alpha=-step_lr)
+
+
 def _optimizer_step(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     params: list[nn.Parameter],
     max_grad_norm: float,
+    correct: Callable[[], None] | None = None,
 ) -> None:
     scaler.unscale_(optimizer)
+    if correct is not None:
+        correct()  # on unscaled gradients, before clipping: part of the objective's gradient
     if max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
+
+
+@contextlib.contextmanager
+def _frozen(params: list[nn.Parameter]) -> Iterator[None]:
+    """Temporarily stop gradients for ``params`` (FFA-LoRA's frozen A)."""
+    for param in params:
+        param.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for param in params:
+            param.requires_grad_(True)
+
+
+@dataclass
+class StepStats:
+    """What one local run measured."""
+
+    losses: list[float]
+    real_tokens: int
+    padded_slots: int
+    lr_sum: float  # Σ_t η_t over the optimizer steps (SCAFFOLD option II divides by it)
 
 
 def _train_steps(
@@ -211,8 +273,10 @@ def _train_steps(
     lr: float,
     seed: int,
     progress: Callable[[int, int, float], None] | None,
-) -> tuple[list[float], int, int]:
-    """The optimizer steps of one local run. Returns (loss per step, real tokens, padded slots)."""
+    correct: Callable[[], None] | None = None,
+    after_step: Callable[[float], None] | None = None,
+) -> StepStats:
+    """The optimizer steps of one local run."""
     device = model_device(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
@@ -224,8 +288,7 @@ def _train_steps(
     )
     pad_token_id = model_pad_token_id(model)
     total_steps = num_local_steps(cfg, len(examples))
-    losses: list[float] = []
-    real_tokens = padded_slots = 0
+    stats = StepStats([], 0, 0, 0.0)
     with _training_mode(model, cfg.gradient_checkpointing):
         for step in range(1, total_steps + 1):
             # Linear warmup within the local run, then the round's constant lr.
@@ -234,12 +297,16 @@ def _train_steps(
                 group["lr"] = lr * warmup
             micro = split_micro_batches(next(batches), cfg.micro_batch_size)
             loss, real, slots = _step(model, micro, pad_token_id, cfg.autocast, scaler)
-            _optimizer_step(optimizer, scaler, params, cfg.max_grad_norm)
-            losses.append(loss)
-            real_tokens, padded_slots = real_tokens + real, padded_slots + slots
+            _optimizer_step(optimizer, scaler, params, cfg.max_grad_norm, correct)
+            if after_step is not None:
+                after_step(lr * warmup)
+            stats.losses.append(loss)
+            stats.real_tokens += real
+            stats.padded_slots += slots
+            stats.lr_sum += lr * warmup
             if progress is not None:
                 progress(step, total_steps, loss)
-    return losses, real_tokens, padded_slots
+    return stats
 
 
 def train_local(
@@ -252,6 +319,7 @@ def train_local(
     seed: int,
     global_state: AdapterState | None = None,
     progress: Callable[[int, int, float], None] | None = None,
+    objective: LocalObjective | None = None,
 ) -> ClientUpdate:
     """Train the model's adapter on one client's examples and return the new adapter.
 
@@ -268,19 +336,48 @@ def train_local(
         seed: Seeds dropout and the batch order; same seed + same start state = same result.
         global_state: Adapter weights to start from (the global model); None keeps the current.
         progress: Called as ``progress(step, total_steps, loss)`` after every optimizer step.
+        objective: Strategy changes to the local run (FedProx, SCAFFOLD, FFA-LoRA).
 
     Returns:
         The update: adapter state (CPU fp32), ``num_examples``, mean loss over steps, steps and
-        ``metrics`` (tokens, padding_waste, seconds, tokens_per_second).
+        ``metrics`` (tokens, padding_waste, seconds, tokens_per_second, lr_sum).
     """
     if not examples:
         raise ValueError(f"client {client_id}: no training examples")
+    objective = objective or LocalObjective()
+    if objective.trainable not in ("all", "lora_B"):
+        raise ValueError(f"trainable: unknown value {objective.trainable!r}; use all or lora_B")
+    if objective.proximal_mu > 0 and global_state is None:
+        raise ValueError("proximal_mu > 0 needs the global_state to stay close to")
     if global_state is not None:
         set_adapter_state(model, global_state)
+    named = adapter_parameters(model)
+    frozen = [p for n, p in named.items() if objective.trainable == "lora_B" and ".lora_A." in n]
+    anchor = {k: v.detach().clone() for k, v in global_state.items()} if global_state else None
+
+    mu, correction = objective.proximal_mu, objective.step_correction
+
+    def proximal() -> None:
+        _add_proximal_gradient(named, mu, anchor or {})
+
+    def control(step_lr: float) -> None:
+        _apply_step_correction(named, correction or {}, step_lr)
+
     torch.manual_seed(seed)
     start = time.perf_counter()
-    losses, real_tokens, padded_slots = _train_steps(model, examples, cfg, lr, seed, progress)
+    with _frozen(frozen):
+        stats = _train_steps(
+            model,
+            examples,
+            cfg,
+            lr,
+            seed,
+            progress,
+            proximal if mu > 0 else None,
+            control if correction is not None else None,
+        )
     seconds = time.perf_counter() - start
+    losses, real_tokens, padded_slots = stats.losses, stats.real_tokens, stats.padded_slots
     mean_loss = sum(losses) / len(losses)
     logger.debug(
         "client %d: %d steps, loss %.4f, %.1f s", client_id, len(losses), mean_loss, seconds
@@ -296,5 +393,6 @@ def train_local(
             "padding_waste": 1 - real_tokens / padded_slots if padded_slots else 0.0,
             "seconds": seconds,
             "tokens_per_second": real_tokens / seconds if seconds > 0 else 0.0,
+            "lr_sum": stats.lr_sum,
         },
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
-from fedit.types import AdapterState, ClientUpdate
+from fedit.types import AdapterState, ClientUpdate, FitInstruction
 
 
 class Engine(Protocol):
@@ -13,14 +13,21 @@ class Engine(Protocol):
 
     num_clients: int
 
+    @property
+    def client_sizes(self) -> list[int]:
+        """Training examples per client (weighted selection and SCAFFOLD's N use it)."""
+        ...
+
     def initial_state(self) -> AdapterState:
         """The freshly initialised global adapter (seeded)."""
         ...
 
-    def fit(
-        self, client_ids: list[int], global_state: AdapterState, server_round: int, lr: float
-    ) -> list[ClientUpdate]:
-        """Train each client from ``global_state``; return their updates."""
+    def fit(self, instructions: list[FitInstruction], server_round: int) -> list[ClientUpdate]:
+        """Deliver each instruction, let its client train, and return the replies.
+
+        Each reply's ``metrics`` includes ``bytes_down`` and ``bytes_up``: the serialised sizes
+        of what was sent to and received from that client.
+        """
         ...
 
     def evaluate(self, state: AdapterState | None) -> dict[str, Any]:

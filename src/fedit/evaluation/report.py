@@ -62,21 +62,72 @@ def _summary_table(history: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def communication_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Bytes moved over the whole run, from the rounds' ``communication`` records."""
+    rounds = [r for r in history if r["round"] > 0 and "communication" in r]
+    client_metrics = [m for r in rounds for m in (r.get("client_metrics") or {}).values()]
+    errors = [
+        m["compression_error"]["relative_error"] for m in client_metrics if "compression_error" in m
+    ]
+    down = sum(r["communication"]["bytes_down"] for r in rounds)
+    up = sum(r["communication"]["bytes_up"] for r in rounds)
+    return {
+        "rounds": len(rounds),
+        "client_rounds": len(client_metrics),
+        "bytes_down": down,
+        "bytes_up": up,
+        "bytes_total": down + up,
+        "dropped": sum(len(r.get("dropped_clients") or []) for r in rounds),
+        "mean_compression_error": sum(errors) / len(errors) if errors else None,
+    }
+
+
+def _mb(num_bytes: float) -> str:
+    return f"{num_bytes / 1e6:.2f}"
+
+
+def _communication(history: list[dict[str, Any]], compression: str) -> list[str]:
+    totals = communication_summary(history)
+    if not totals["client_rounds"]:
+        return []
+    per_client = totals["bytes_up"] / totals["client_rounds"]
+    lines = [
+        f"- Sent to clients: {_mb(totals['bytes_down'])} MB; received from clients: "
+        f"{_mb(totals['bytes_up'])} MB; total {_mb(totals['bytes_total'])} MB "
+        f"over {totals['client_rounds']} client rounds",
+        f"- Upload per client per round: {_mb(per_client)} MB (compression `{compression}`)",
+    ]
+    if totals["mean_compression_error"] is not None:
+        lines.append(
+            f"- Mean relative reconstruction error of compressed uploads: "
+            f"{totals['mean_compression_error']:.2e}"
+        )
+    if totals["dropped"]:
+        lines.append(f"- Dropped out (selected, never answered): {totals['dropped']} client rounds")
+    return lines
+
+
 def _round_table(history: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| round | clients | mean train loss | held-out loss | accuracy | lr | seconds |",
-        "|---|---|---|---|---|---|---|",
+        "| round | clients | mean train loss | held-out loss | accuracy | lr | MB down / up "
+        "| seconds |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for record in history:
         if record["round"] == 0:
             continue
         losses = list(record["train_loss"].values())
         evaluation = record.get("eval") or {}
+        comm = record.get("communication") or {}
+        moved = f"{_mb(comm['bytes_down'])} / {_mb(comm['bytes_up'])}" if comm else "–"
+        clients = ", ".join(map(str, record["selected_clients"]))
+        if record.get("dropped_clients"):
+            clients += f" (dropped {', '.join(map(str, record['dropped_clients']))})"
         lines.append(
-            f"| {record['round']} | {', '.join(map(str, record['selected_clients']))} | "
+            f"| {record['round']} | {clients} | "
             f"{_fmt(sum(losses) / len(losses) if losses else None)} | "
             f"{_fmt(evaluation.get('loss'))} | {_fmt(evaluation.get('accuracy'), 3)} | "
-            f"{record['lr']:.2e} | {sum(record['seconds'].values()):.1f} |"
+            f"{record['lr']:.2e} | {moved} | {sum(record['seconds'].values()):.1f} |"
         )
     return lines
 
@@ -150,6 +201,10 @@ def write_report(run_dir: Path) -> Path:
         "",
         *_client_stats(history),
         *_data_stats(run_dir),
+        "",
+        "## Communication",
+        "",
+        *(_communication(history, fed.get("upload_compression", "none")) or ["Not recorded."]),
         "",
         "## Plots",
         "",

@@ -79,9 +79,44 @@ def apply_lora(model: nn.Module, cfg: LoraConfig, seed: int | None = None) -> Pe
 
 
 def get_adapter_state(model: PeftModel) -> AdapterState:
-    """The adapter weights as detached fp32 CPU copies, keyed by peft's state-dict names."""
-    state = get_peft_model_state_dict(model)
+    """The active adapter's weights as detached fp32 CPU copies, keyed by peft's names."""
+    state = get_peft_model_state_dict(model, adapter_name=model.active_adapter)
     return {key: value.detach().to("cpu", torch.float32).clone() for key, value in state.items()}
+
+
+def adapter_parameters(model: PeftModel) -> dict[str, nn.Parameter]:
+    """The active adapter's trainable parameters, keyed like ``get_adapter_state``.
+
+    peft names a parameter ``...q_proj.lora_A.<adapter>.weight`` and its state-dict entry
+    ``...q_proj.lora_A.weight``; this maps the second onto the first's tensor.
+    """
+    marker = f".{model.active_adapter}."
+    return {
+        name.replace(marker, "."): param
+        for name, param in model.named_parameters()
+        if "lora_" in name and marker in name
+    }
+
+
+def add_rank_adapter(model: PeftModel, cfg: LoraConfig, rank: int) -> str:
+    """Add (once) an adapter of rank ``rank`` beside the default one; returns its name.
+
+    Clients with a smaller rank (``lora.client_ranks``) train it. Its alpha is scaled with the
+    rank so that the LoRA scale alpha/r, and so the meaning of B·A, is the same for all ranks.
+    """
+    name = f"rank_{rank}"
+    if name not in model.peft_config:
+        default = model.peft_config["default"]
+        config = peft.LoraConfig(
+            task_type=TaskType.CAUSAL_LM,
+            r=rank,
+            lora_alpha=cfg.alpha * rank / cfg.r,
+            lora_dropout=cfg.dropout,
+            target_modules=default.target_modules,
+            bias="none",
+        )
+        model.add_adapter(name, config)
+    return name
 
 
 def _check_keys(expected: set[str], given: set[str]) -> None:
@@ -99,8 +134,9 @@ def set_adapter_state(model: PeftModel, state: AdapterState) -> None:
     Raises:
         ValueError: ``state`` lacks some LoRA keys of the model or has keys the model lacks.
     """
-    _check_keys(set(get_peft_model_state_dict(model)), set(state))
-    result = set_peft_model_state_dict(model, state)
+    adapter = model.active_adapter
+    _check_keys(set(get_peft_model_state_dict(model, adapter_name=adapter)), set(state))
+    result = set_peft_model_state_dict(model, state, adapter_name=adapter)
     unexpected = [key for key in result.unexpected_keys if "lora_" in key]
     if unexpected:
         raise ValueError(f"adapter state has keys the model did not take: {unexpected[:3]}")

@@ -6,13 +6,13 @@ Layout::
       config.yaml            fully resolved configuration
       partition.json         clients x categories counts
       metrics.jsonl          one object per round (round 0 = the base model)
-      checkpoints/round_NNN/ PEFT adapter + round.json (written last: marks the round complete)
+      checkpoints/round_NNN/ PEFT adapter, strategy.safetensors (server optimiser state, if
+                             any) and round.json (written last: marks the round complete)
       global_adapter/        the final adapter, PEFT format
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -20,15 +20,24 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from safetensors.torch import load, save
+from torch import Tensor
 
 from fedit.config import Config, ConfigError, save_config
-from fedit.io import atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
+from fedit.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    read_jsonl,
+    write_jsonl,
+)
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 ROUND_MARKER = "round.json"
+STRATEGY_FILE = "strategy.safetensors"
 
 # Keys that may differ between a run and its resumption: they do not change what was trained.
 RESUMABLE_DIFFERENCES = ("resume", "overwrite", "federation.rounds", "eval.every", "output_dir")
@@ -41,7 +50,7 @@ class ResumePoint:
     next_round: int
     adapter_dir: Path | None
     history: list[dict[str, Any]]
-    strategy_state: dict[str, Any]
+    strategy_state: dict[str, Tensor]
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -124,14 +133,19 @@ class RunDir:
         history = [r for r in history if r["round"] <= last]
         if last == 0:
             return ResumePoint(1, None, history, {})
-        marker = json.loads((self.round_dir(last) / ROUND_MARKER).read_text(encoding="utf-8"))
+        strategy_file = self.round_dir(last) / STRATEGY_FILE
+        strategy_state = load(strategy_file.read_bytes()) if strategy_file.is_file() else {}
         log.info("resuming %s after round %d", self.path, last)
-        return ResumePoint(last + 1, self.round_dir(last), history, marker.get("strategy", {}))
+        return ResumePoint(last + 1, self.round_dir(last), history, strategy_state)
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         write_jsonl(self.path / METRICS_FILE, history)
 
-    def complete_round(self, server_round: int, strategy_state: dict[str, Any]) -> None:
-        """Mark a round's checkpoint complete; resuming only trusts marked rounds."""
-        marker = {"round": server_round, "strategy": strategy_state}
-        atomic_write_json(self.round_dir(server_round) / ROUND_MARKER, marker)
+    def complete_round(self, server_round: int, strategy_state: dict[str, Tensor]) -> None:
+        """Save the strategy's tensors, then mark the round complete (resume trusts marks only)."""
+        folder = self.round_dir(server_round)
+        if strategy_state:
+            tensors = {key: value.contiguous() for key, value in strategy_state.items()}
+            atomic_write_bytes(folder / STRATEGY_FILE, save(tensors))
+        marker = {"round": server_round, "strategy_tensors": len(strategy_state)}
+        atomic_write_json(folder / ROUND_MARKER, marker)

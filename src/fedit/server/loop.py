@@ -12,7 +12,7 @@ from fedit.engines.base import Engine
 from fedit.server.checkpoint import RunDir
 from fedit.server.observer import RunObserver
 from fedit.strategy.base import Strategy
-from fedit.types import AdapterState, RoundResult
+from fedit.types import AdapterState, ClientUpdate, RoundResult
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +75,21 @@ def run_rounds(
     for server_round in range(first_round, cfg.federation.rounds + 1):
         started = time.perf_counter()
         lr = round_lr(cfg, server_round)
-        selected = strategy.configure_fit(server_round, engine.num_clients)
-        observer.on_round_start(server_round, selected)
-        updates = engine.fit(selected, state, server_round, lr)
+        selection, instructions = strategy.configure_fit(
+            server_round, state, engine.client_sizes, lr
+        )
+        observer.on_round_start(server_round, selection.participants)
+        updates = engine.fit(instructions, server_round)
         fit_done = time.perf_counter()
-        state = strategy.aggregate_fit(server_round, state, updates)
+        aggregation: dict[str, Any] = {}
+        if len(updates) >= max(1, cfg.federation.min_fit_clients):
+            state, aggregation = strategy.aggregate_fit(server_round, state, updates)
+        else:
+            aggregation["skipped"] = (
+                f"{len(updates)} of federation.min_fit_clients="
+                f"{cfg.federation.min_fit_clients} clients replied; global adapter unchanged"
+            )
+            log.warning("round %d: %s", server_round, aggregation["skipped"])
         aggregate_done = time.perf_counter()
         evaluation = None
         if _eval_due(cfg, server_round):
@@ -88,7 +98,7 @@ def run_rounds(
 
         record = RoundResult(
             round=server_round,
-            selected_clients=selected,
+            selected_clients=selection.selected,
             train_loss={u.client_id: u.train_loss for u in updates},
             num_examples={u.client_id: u.num_examples for u in updates},
             eval=evaluation,
@@ -99,7 +109,10 @@ def run_rounds(
             },
             lr=lr,
         ).to_json()
+        record["dropped_clients"] = selection.dropped
         record["client_metrics"] = {str(u.client_id): u.metrics for u in updates}
+        record["communication"] = communication_totals(updates)
+        record["aggregation"] = aggregation
         engine.save_adapter(state, run_dir.round_dir(server_round))
         history.append(record)
         run_dir.write_metrics(history)
@@ -107,6 +120,14 @@ def run_rounds(
         log.info("round %d/%d: %s", server_round, cfg.federation.rounds, _summary(record))
         observer.on_round_end(record)
     return state, history
+
+
+def communication_totals(updates: list[ClientUpdate]) -> dict[str, int]:
+    """Bytes sent to and received from this round's clients, as serialised."""
+    return {
+        "bytes_down": sum(int(u.metrics.get("bytes_down", 0)) for u in updates),
+        "bytes_up": sum(int(u.metrics.get("bytes_up", 0)) for u in updates),
+    }
 
 
 def _since(started: float) -> float:

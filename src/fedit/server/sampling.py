@@ -1,8 +1,28 @@
-"""Client selection, seeded per round so a resumed run picks the same clients."""
+"""Client selection, seeded per round so a resumed run picks the same clients.
+
+Every selector is a plain function ``(round, client_sizes, count, seed) -> Selection`` in the
+``SELECTORS`` registry, picked by ``federation.selection``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
 import numpy as np
+
+
+@dataclass
+class Selection:
+    """The clients asked to train in a round, and those of them that dropped out (offline)."""
+
+    selected: list[int]
+    dropped: list[int] = field(default_factory=list)
+
+    @property
+    def participants(self) -> list[int]:
+        """Selected clients that answer."""
+        return [c for c in self.selected if c not in set(self.dropped)]
 
 
 def num_selected(num_clients: int, fraction_fit: float, min_fit_clients: int) -> int:
@@ -10,13 +30,77 @@ def num_selected(num_clients: int, fraction_fit: float, min_fit_clients: int) ->
     return min(num_clients, max(int(fraction_fit * num_clients), 1, min_fit_clients))
 
 
+def _rng(seed: int, server_round: int) -> np.random.Generator:
+    return np.random.default_rng([seed, server_round])
+
+
 def select_clients(
     num_clients: int, fraction_fit: float, min_fit_clients: int, seed: int, server_round: int
 ) -> list[int]:
     """Uniformly sample clients without replacement; the same (seed, round) gives the same set."""
-    rng = np.random.default_rng([seed, server_round])
     count = num_selected(num_clients, fraction_fit, min_fit_clients)
-    return sorted(int(c) for c in rng.choice(num_clients, size=count, replace=False))
+    return select_random(server_round, [1] * num_clients, count, seed).selected
+
+
+def select_random(server_round: int, sizes: list[int], count: int, seed: int) -> Selection:
+    """Uniform without replacement (Shepherd, FedAvg)."""
+    chosen = _rng(seed, server_round).choice(len(sizes), size=count, replace=False)
+    return Selection(sorted(int(c) for c in chosen))
+
+
+def select_weighted(server_round: int, sizes: list[int], count: int, seed: int) -> Selection:
+    """Without replacement, with probability proportional to each client's number of examples."""
+    weights = np.asarray(sizes, dtype=np.float64)
+    if weights.sum() <= 0:
+        return select_random(server_round, sizes, count, seed)
+    # Clients without data can only fill the sample once every client with data is taken.
+    count_with_data = int((weights > 0).sum())
+    chosen = _rng(seed, server_round).choice(
+        len(sizes), size=min(count, count_with_data), replace=False, p=weights / weights.sum()
+    )
+    return Selection(sorted(int(c) for c in chosen))
+
+
+def select_round_robin(server_round: int, sizes: list[int], count: int, seed: int) -> Selection:
+    """Consecutive blocks of ``count`` clients, wrapping around: every client takes turns."""
+    del seed  # deterministic by construction
+    start = (server_round - 1) * count
+    return Selection(sorted({(start + i) % len(sizes) for i in range(count)}))
+
+
+def availability_selector(probability: float) -> Selector:
+    """Random selection after which each selected client is online with ``probability``.
+
+    Offline clients are the round's dropouts: they were asked to train and never answered,
+    which is what a server sees when a device goes away mid-round.
+    """
+
+    def select(server_round: int, sizes: list[int], count: int, seed: int) -> Selection:
+        selection = select_random(server_round, sizes, count, seed)
+        online = np.random.default_rng([seed, server_round, 1]).random(len(selection.selected))
+        pairs = zip(selection.selected, online, strict=True)
+        selection.dropped = [client for client, draw in pairs if draw >= probability]
+        return selection
+
+    return select
+
+
+Selector = Callable[[int, list[int], int, int], Selection]
+
+SELECTORS: dict[str, Selector] = {
+    "random": select_random,
+    "weighted": select_weighted,
+    "round_robin": select_round_robin,
+}
+
+
+def build_selector(name: str, availability: float = 1.0) -> Selector:
+    """The selector named by ``federation.selection``."""
+    if name == "availability":
+        return availability_selector(availability)
+    if name not in SELECTORS:
+        raise ValueError(f"federation.selection: unknown value {name!r}")
+    return SELECTORS[name]
 
 
 def client_seed(seed: int, server_round: int, client_id: int) -> int:

@@ -1,41 +1,107 @@
-"""The Strategy interface: how clients are picked and how their adapters are combined."""
+"""The Strategy interface: which clients train, what they are sent, how replies are combined."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Any
 
-from fedit.server.sampling import select_clients
-from fedit.types import AdapterState, ClientUpdate
+from torch import Tensor
+
+from fedit.config import Config
+from fedit.server.sampling import Selection, build_selector, num_selected
+from fedit.types import AdapterState, ClientUpdate, FitInstruction
+
+# Server-side strategy state (momenta, control variates), checkpointed as safetensors.
+StrategyState = dict[str, Tensor]
 
 
 class Strategy(ABC):
     """A federated strategy in two phases, after Flower's ``configure_train``/``aggregate_train``.
 
-    Subclasses override ``aggregate_fit`` (and optionally ``configure_fit``); the round loop only
-    calls these methods, so new strategies plug in without touching it.
+    ``configure_fit`` picks the round's clients and builds what each is sent; ``aggregate_fit``
+    turns their replies into the next global adapter. Variants subclass ``FedAvg`` and override
+    ``fit_config``, ``client_state`` or ``aggregate_fit``; the round loop only calls these
+    methods, so a new strategy plugs in without touching it.
     """
 
-    def __init__(self, fraction_fit: float, min_fit_clients: int, seed: int):
-        self.fraction_fit = fraction_fit
-        self.min_fit_clients = min_fit_clients
-        self.seed = seed
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        federation = cfg.federation
+        self.selector = build_selector(federation.selection, federation.availability)
+        self.num_clients = federation.num_clients
 
-    def configure_fit(self, server_round: int, num_clients: int) -> list[int]:
-        """Pick the clients that train in ``server_round`` (seeded per round)."""
-        return select_clients(
-            num_clients, self.fraction_fit, self.min_fit_clients, self.seed, server_round
-        )
+    def configure_fit(
+        self, server_round: int, global_state: AdapterState, client_sizes: list[int], lr: float
+    ) -> tuple[Selection, list[FitInstruction]]:
+        """Select this round's clients (seeded per round) and build one instruction each.
+
+        Args:
+            server_round: 1-based round number.
+            global_state: The current global adapter.
+            client_sizes: Training examples per client (weighted selection uses them).
+            lr: The round's client learning rate.
+
+        Returns:
+            The selection (with dropouts, if any) and instructions for the clients that answer.
+        """
+        self.num_clients = len(client_sizes)
+        federation = self.cfg.federation
+        count = num_selected(len(client_sizes), federation.fraction_fit, federation.min_fit_clients)
+        selection = self.selector(server_round, client_sizes, count, self.cfg.seed)
+        instructions = [
+            FitInstruction(
+                client_id=client_id,
+                state=self.client_state(server_round, global_state, client_id),
+                config=self.fit_config(client_id, lr),
+                extras=self.client_extras(client_id, global_state),
+            )
+            for client_id in selection.participants
+        ]
+        return selection, instructions
+
+    def fit_config(self, client_id: int, lr: float) -> dict[str, Any]:
+        """Scalars the client obeys this round; subclasses add their own keys."""
+        return {
+            "lr": lr,
+            "rank": self.cfg.lora.rank_of(client_id),
+            "compression": self.cfg.federation.upload_compression,
+            "trainable": "all",
+            "proximal_mu": 0.0,
+        }
+
+    def client_state(
+        self, server_round: int, global_state: AdapterState, client_id: int
+    ) -> AdapterState:
+        """The adapter a client starts from: the global one, unless a subclass adapts it."""
+        del server_round, client_id
+        return global_state
+
+    def client_extras(self, client_id: int, global_state: AdapterState) -> dict[str, AdapterState]:
+        """Tensor side-channels sent with the adapter (none by default)."""
+        del client_id, global_state
+        return {}
 
     @abstractmethod
     def aggregate_fit(
         self, server_round: int, global_state: AdapterState, updates: list[ClientUpdate]
-    ) -> AdapterState:
-        """Combine the clients' adapters into the next global adapter."""
+    ) -> tuple[AdapterState, dict[str, float]]:
+        """Combine the clients' replies into the next global adapter and aggregation metrics."""
 
-    def state_dict(self) -> dict[str, object]:
-        """Server-side strategy state to checkpoint (stateless strategies return {})."""
+    def state_dict(self) -> StrategyState:
+        """Server-side tensors to checkpoint (stateless strategies return {})."""
         return {}
 
-    def load_state_dict(self, state: dict[str, object]) -> None:
+    def load_state_dict(self, state: StrategyState) -> None:
         """Restore what ``state_dict`` returned."""
         del state  # stateless by default
+
+
+def prefixed(prefix: str, state: AdapterState) -> StrategyState:
+    """``state`` with every key under ``prefix/`` (to flatten several states into one file)."""
+    return {f"{prefix}/{key}": value for key, value in state.items()}
+
+
+def unprefixed(prefix: str, state: StrategyState) -> AdapterState:
+    """The entries of ``state`` under ``prefix/``, with the prefix removed."""
+    start = f"{prefix}/"
+    return {key[len(start) :]: value for key, value in state.items() if key.startswith(start)}

@@ -8,10 +8,19 @@ from fedit.types import AdapterState, ClientUpdate
 
 
 class FedAvg(Strategy):
-    """McMahan et al. 2017. Each LoRA tensor is averaged with weights n_k / Σ n."""
+    """McMahan et al. 2017. Each LoRA tensor is averaged with weights n_k / Σ n.
+
+    Averaging A and B separately is what FedIT and Shepherd do; it is not the average of the
+    products B·A (see ``Exact`` for that).
+    """
 
     def aggregate_fit(
         self, server_round: int, global_state: AdapterState, updates: list[ClientUpdate]
-    ) -> AdapterState:
+    ) -> tuple[AdapterState, dict[str, float]]:
         validate_updates(global_state, updates)
+        return self.average(updates), {}
+
+    @staticmethod
+    def average(updates: list[ClientUpdate]) -> AdapterState:
+        """The example-weighted mean of the updates' adapters."""
         return weighted_average([u.state for u in updates], [u.num_examples for u in updates])

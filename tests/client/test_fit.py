@@ -1,0 +1,104 @@
+"""Strategy-specific local training: FedProx's pull, SCAFFOLD's variates, FFA-LoRA's frozen A."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedit.client import train as train_module
+from fedit.client.fit import fit_client
+from fedit.config import LoraConfig, ModelConfig, TrainConfig
+from fedit.data.templates import tokenize_examples
+from fedit.model import apply_lora, get_adapter_state, load_model
+from fedit.model.lora import adapter_parameters
+from fedit.types import CONTROL_DELTA, FitInstruction
+
+EXAMPLES = [
+    {"instruction": f"What is {a} + {b}?", "input": "", "output": str(a + b), "category": "math"}
+    for a, b in [(1, 2), (30, 12), (7, 8), (40, 2), (5, 5), (9, 90)]
+]
+TRAIN = TrainConfig(local_steps=3, batch_size=2, micro_batch_size=2, autocast="none")
+
+
+@pytest.fixture
+def setup(tiny_model_dir: Path):
+    model, tokenizer = load_model(ModelConfig(name=str(tiny_model_dir), device="cpu"))
+    model = apply_lora(model, LoraConfig(r=4, alpha=8, dropout=0.0), seed=0)
+    tokenized, _ = tokenize_examples(EXAMPLES, tokenizer, "alpaca", cutoff_len=128)
+    return model, tokenized, get_adapter_state(model)
+
+
+def _instruction(state, **config) -> FitInstruction:
+    return FitInstruction(0, state, {"lr": 5e-2, **config})
+
+
+def _distance(a, b) -> float:
+    return sum(float((a[k] - b[k]).pow(2).sum()) for k in a) ** 0.5
+
+
+def test_ffa_lora_never_changes_a(setup):
+    model, examples, start = setup
+    # B starts at zero; move it off zero so that A would receive gradient if it were trainable.
+    start = {k: (v + 0.1 if ".lora_B." in k else v) for k, v in start.items()}
+    update = fit_client(model, examples, TRAIN, _instruction(start, trainable="lora_B"), seed=1)
+    for key, value in update.state.items():
+        if ".lora_A." in key:
+            assert torch.equal(value, start[key]), key
+        else:
+            assert not torch.equal(value, start[key]), key
+    assert all(p.requires_grad for p in adapter_parameters(model).values())  # restored
+
+
+def test_fedprox_pulls_towards_the_global_adapter(setup):
+    model, examples, start = setup
+    free = fit_client(model, examples, TRAIN, _instruction(start, proximal_mu=0.0), seed=1)
+    held = fit_client(model, examples, TRAIN, _instruction(start, proximal_mu=50.0), seed=1)
+    assert _distance(held.state, start) < 0.8 * _distance(free.state, start)
+
+
+def test_proximal_gradient_matches_autograd():
+    param = torch.nn.Parameter(torch.tensor([1.0, -2.0, 3.0]))
+    anchor = {"w": torch.tensor([0.5, 0.0, 3.0])}
+    param.grad = torch.zeros(3)
+    train_module._add_proximal_gradient({"w": param}, 0.3, anchor)
+    reference = torch.nn.Parameter(param.detach().clone())
+    (0.3 / 2 * (reference - anchor["w"]).pow(2).sum()).backward()
+    torch.testing.assert_close(param.grad, reference.grad)
+
+
+def test_scaffold_reply_carries_option_ii_control_delta(setup):
+    model, examples, start = setup
+    server = {k: torch.full_like(v, 1e-3) for k, v in start.items()}
+    client = {k: torch.zeros_like(v) for k, v in start.items()}
+    instruction = FitInstruction(
+        0,
+        start,
+        {"lr": 5e-2, "scaffold": True},
+        {"server_control": server, "client_control": client},
+    )
+    update = fit_client(model, examples, TRAIN, instruction, seed=1)
+    lr_sum = update.metrics["lr_sum"]
+    assert lr_sum == pytest.approx(3 * 5e-2)
+    for key, delta in update.extras[CONTROL_DELTA].items():
+        # Δc_i = c_i⁺ − c_i = (x − y_i) / Σ η_t − c
+        expected = (start[key] - update.state[key]) / lr_sum - server[key]
+        torch.testing.assert_close(delta, expected)
+
+
+def test_scaffold_correction_shifts_every_step(setup):
+    model, examples, start = setup
+    plain = fit_client(model, examples, TRAIN, _instruction(start), seed=1)
+    correction = {k: torch.full_like(v, 0.01) for k, v in start.items()}
+    zeros = {k: torch.zeros_like(v) for k, v in start.items()}
+    instruction = FitInstruction(
+        0,
+        start,
+        {"lr": 5e-2, "scaffold": True},
+        {"server_control": correction, "client_control": zeros},
+    )
+    corrected = fit_client(model, examples, TRAIN, instruction, seed=1)
+    # Each of the 3 steps moves every parameter by −η (c − c_i) = −5e-4 on top of AdamW's step.
+    shift = torch.cat([(corrected.state[k] - plain.state[k]).flatten() for k in start])
+    assert shift.mean().item() == pytest.approx(-3 * 5e-2 * 0.01, rel=0.3)
