@@ -26,9 +26,21 @@ HISTORY = [
         "eval": None,
         "seconds": {"fit": 2.0, "aggregate": 0.1, "eval": 0.0},
         "client_metrics": {
-            "0": {"tokens": 100, "seconds": 1.0, "padding_waste": 0.05},
-            "2": {"tokens": 300, "seconds": 1.0, "padding_waste": 0.15},
+            "0": {
+                "tokens": 100,
+                "seconds": 1.0,
+                "padding_waste": 0.05,
+                "compression_error": {"max_abs_error": 1e-4, "relative_error": 0.01},
+            },
+            "2": {
+                "tokens": 300,
+                "seconds": 1.0,
+                "padding_waste": 0.15,
+                "compression_error": {"max_abs_error": 1e-4, "relative_error": 0.03},
+            },
         },
+        "dropped_clients": [3],
+        "communication": {"bytes_down": 2_000_000, "bytes_up": 1_000_000},
     },
     {
         "round": 2,
@@ -73,7 +85,13 @@ def test_report_tables_and_plots(tmp_path):
     report = write_report(run_dir).read_text()
     assert "| base model | 2.0000 | 7.39 | 0.100 | 0.00 | 0.20 |" in report
     assert "| FedIT (round 2) | 0.8000 | 2.23 | 0.600 | 0.50 | 0.70 |" in report
-    assert "| 1 | 0, 2 | 1.2500 | – | – | 3.00e-04 | 2.1 |" in report  # mean of 1.5 and 1.0
+    # 1.2500 is the mean of 1.5 and 1.0
+    assert "| 1 | 0, 2 (dropped 3) | 1.2500 | – | – | 3.00e-04 | 2.00 / 1.00 | 2.1 |" in report
+    assert "| 2 | 1, 2 | 0.6000 | 0.8000 | 0.600 | 1.00e-04 | – | 3.1 |" in report
+    assert "total 3.00 MB over 2 client rounds" in report
+    assert "Upload per client per round: 0.50 MB" in report
+    assert "reconstruction error of compressed uploads: 2.00e-02" in report
+    assert "Dropped out (selected, never answered): 1 client rounds" in report
     assert "400 tokens, 2.0 s (200 tokens/s)" in report
     assert "Padding waste: 10.0%" in report
     assert "Truncated at train.cutoff_len: 3 of 60" in report
