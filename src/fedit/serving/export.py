@@ -1,0 +1,131 @@
+"""Export a run's adapter for use outside fedit (``fedit export``).
+
+``--merge`` folds the LoRA weights into the base weights (peft's ``merge_and_unload``) and writes
+a standalone Hugging Face model folder: config, safetensors weights, generation config and the
+tokenizer. It loads with plain ``AutoModelForCausalLM.from_pretrained(out)``, needs neither peft
+nor the base model, and gives the same greedy output as base plus adapter.
+
+Without ``--merge`` the folder holds the adapter (a few MB) plus the tokenizer, with
+``base_model_name_or_path`` pointing at the resolved base model (hub id or local folder), so
+``AutoModelForCausalLM.from_pretrained(out)`` with peft installed, or
+``peft.AutoPeftModelForCausalLM.from_pretrained(out)``, loads base plus adapter.
+
+Both write ``fedit_export.json``: the source adapter, the base model and the prompt template the
+adapter was trained with (prompt the exported model the same way). The folder is written to a
+temporary sibling and renamed into place, so a failed export leaves nothing half-written.
+
+Example:
+    fedit export --adapter runs/quickstart/global_adapter --out exported/quickstart --merge
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from fedit.config import ConfigError, ModelConfig
+from fedit.io import atomic_directory, atomic_write_json
+from fedit.serving.generate import run_settings
+
+logger = logging.getLogger(__name__)
+
+EXPORT_INFO = "fedit_export.json"
+
+
+def _check_paths(adapter: Path, out: Path, overwrite: bool) -> None:
+    if not (adapter / "adapter_config.json").is_file():
+        raise ConfigError(f"--adapter: {adapter} is not a PEFT adapter (no adapter_config.json)")
+    resolved_out, resolved_adapter = out.resolve(), adapter.resolve()
+    if resolved_out == resolved_adapter or resolved_adapter in resolved_out.parents:
+        raise ConfigError(f"--out: {out} must not be the adapter folder or inside it")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out: {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"--out: {out} is not empty; pass --overwrite to replace it")
+
+
+def _base_name(adapter: Path, model_name: str | None) -> tuple[str, str]:
+    recorded, template = run_settings(adapter)
+    name = model_name or recorded
+    if not name:
+        raise ConfigError("--model: the adapter does not record its base model; pass --model")
+    return name, template or "alpaca"
+
+
+def _write_merged(adapter: Path, target: Path, base_name: str, dtype: str) -> None:
+    from peft import PeftModel
+
+    from fedit.model.loading import load_model
+
+    base, tokenizer = load_model(ModelConfig(name=base_name, dtype=dtype, device="cpu"))
+    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    merged.save_pretrained(target)  # safetensors
+    tokenizer.save_pretrained(target)
+
+
+def _write_adapter(adapter: Path, target: Path, base_name: str) -> None:
+    from transformers import AutoTokenizer
+
+    from fedit.model.loading import resolve_model_path
+
+    base_path = resolve_model_path(base_name)
+    for item in adapter.iterdir():
+        if item.is_file():
+            shutil.copy2(item, target / item.name)
+    config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = base_path
+    (target / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    AutoTokenizer.from_pretrained(base_path).save_pretrained(target)
+
+
+def export_model(
+    adapter: Path,
+    out: Path,
+    merge: bool = False,
+    model_name: str | None = None,
+    dtype: str = "fp32",
+    overwrite: bool = False,
+) -> Path:
+    """Write ``adapter`` (merged into its base model, or as a self-contained adapter) to ``out``.
+
+    Args:
+        adapter: A PEFT adapter folder, e.g. ``RUN/global_adapter``.
+        out: The folder to write (replaced atomically).
+        merge: Merge the LoRA weights into the base model (a standalone model).
+        model_name: Base model (default: the run's ``model.name``).
+        dtype: Weight dtype of the merged model (fp32, bf16 or fp16).
+        overwrite: Replace a non-empty ``out``.
+
+    Returns:
+        ``out``.
+
+    Raises:
+        ConfigError: Not an adapter, unknown base model, or an ``out`` that would be clobbered.
+    """
+    _check_paths(adapter, out, overwrite)
+    base_name, template = _base_name(adapter, model_name)
+    start = time.perf_counter()
+    with atomic_directory(out) as tmp:
+        if merge:
+            _write_merged(adapter, tmp, base_name, dtype)
+        else:
+            _write_adapter(adapter, tmp, base_name)
+        info = {
+            "source_adapter": str(adapter.resolve()),
+            "base_model": base_name,
+            "template": template,
+            "merged": merge,
+            "dtype": dtype if merge else None,
+        }
+        atomic_write_json(tmp / EXPORT_INFO, info)
+    logger.info(
+        "exported %s (%s) to %s in %.1f s",
+        adapter,
+        "merged" if merge else "adapter",
+        out,
+        time.perf_counter() - start,
+    )
+    return out
