@@ -55,6 +55,8 @@ def test_run_writes_complete_run_dir(tiny_model_dir, tmp_path, capsys):
 
     printed = capsys.readouterr().out
     assert "Held-out results" in printed and "report:" in printed
+    down = sum(r["communication"]["bytes_down"] for r in records[1:]) / 1e6
+    assert f"communication: {down:.2f} MB sent to clients" in printed
 
     # The global adapter is a real PEFT adapter: it loads and changes the model's output.
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)

@@ -49,6 +49,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     with ProgressObserver(console) as observer:
         outcome = run_experiment(cfg, observer)
     _print_results(outcome.history)
+    _print_communication(outcome.history)
     out.print(f"report: {outcome.report}")
     out.print(f"global adapter: {outcome.run_dir / 'global_adapter'}")
     out.print(f"finished in {outcome.seconds / 60:.1f} min")
@@ -72,6 +73,19 @@ def _print_results(history: list[dict[str, Any]]) -> None:
         cells = [_cell(e.get("accuracy_by_category", {}).get(category), 2) for _, e in rows]
         table.add_row(f"  {category}", *cells)
     out.print(table)
+
+
+def _print_communication(history: list[dict[str, Any]]) -> None:
+    from fedit.evaluation.report import communication_summary
+
+    totals = communication_summary(history)
+    if totals["client_rounds"]:
+        out.print(
+            f"communication: {totals['bytes_down'] / 1e6:.2f} MB sent to clients, "
+            f"{totals['bytes_up'] / 1e6:.2f} MB received, "
+            f"{totals['bytes_total'] / 1e6:.2f} MB in total over {totals['client_rounds']} "
+            "client rounds"
+        )
 
 
 def _cell(value: float | None, digits: int) -> str:
