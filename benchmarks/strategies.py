@@ -92,14 +92,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", nargs="*", help="labels of the variants to run")
     parser.add_argument("--output-dir", default="runs/bench_strategies")
+    parser.add_argument(
+        "--resume", action="store_true", help="keep the variants already in results.json"
+    )
     args = parser.parse_args()
     variants = [v for v in VARIANTS if not args.only or v[0] in args.only]
-    results = []
     results_file = ROOT / args.output_dir / "results.json"
-    for index, (label, overrides) in enumerate(variants):
+    results = json.loads(results_file.read_text()) if args.resume else []
+    done = {r["label"] for r in results}
+    for label, overrides in variants:
+        if label in done:
+            continue
         out = ROOT / args.output_dir / label.replace(" ", "_").replace(",", "").replace("/", "-")
         print(f"== {label}", flush=True)
-        results.append(run_variant(label, overrides, base=index == 0, out=out))
+        results.append(run_variant(label, overrides, base=not results, out=out))
         results_file.write_text(json.dumps(results, indent=1))
     body = (
         "Quickstart experiment (8 clients, 2 category shards each, 4 rounds, 4 clients per "
