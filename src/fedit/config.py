@@ -57,6 +57,7 @@ STRATEGIES = (
 COMPRESSIONS = ("none", "fp16", "bf16", "int8", "int8_channel")
 LR_SCHEDULES = ("constant", "cosine")
 AUTOCAST = ("auto", "bf16", "fp16", "none")
+ENGINES = ("simulation", "flower")
 
 
 @dataclass
@@ -338,6 +339,39 @@ class EvalConfig:
 
 
 @dataclass
+class FlowerConfig:
+    """The Flower engine (engine: flower): where the SuperLink is and how long to wait."""
+
+    superlink: str = _f("127.0.0.1:8000", "SuperLink address (host:port) that flwr run submits to")
+    insecure: bool = _f(False, "connect without TLS (warns; for loopback experiments only)")
+    root_certificates: str | None = _f(
+        None, "CA certificate (PEM) that signed the SuperLink's TLS certificate"
+    )
+    connect_timeout: float = _f(
+        300.0, "seconds the server waits for every client's SuperNode to connect"
+    )
+    reply_timeout: float = _f(
+        600.0, "seconds the server waits for a round's replies before going on without the rest"
+    )
+
+    def validate(self) -> list[str]:
+        problems = []
+        if ":" not in self.superlink:
+            problems.append(f"flower.superlink: expected host:port, got {self.superlink!r}")
+        if self.insecure and self.root_certificates:
+            problems.append("flower.root_certificates: set it or flower.insecure=true, not both")
+        if not self.insecure and not self.root_certificates:
+            problems.append(
+                "flower.root_certificates: TLS needs the CA certificate (PEM); or set "
+                "flower.insecure=true to run without TLS on a trusted network"
+            )
+        for key in ("connect_timeout", "reply_timeout"):
+            if getattr(self, key) <= 0:
+                problems.append(f"flower.{key}: must be > 0 seconds, got {getattr(self, key)}")
+        return problems
+
+
+@dataclass
 class Config:
     """A complete FedIT experiment."""
 
@@ -348,6 +382,8 @@ class Config:
     federation: FederationConfig = field(default_factory=FederationConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    engine: str = _f("simulation", "simulation (in-process) or flower (SuperLink + SuperNodes)")
+    flower: FlowerConfig = field(default_factory=FlowerConfig)
     seed: int = _f(42, "seed for data generation, partitioning, selection and training")
     output_dir: str = _f("runs/quickstart", "run directory")
     resume: bool = _f(False, "continue the run in output_dir from its last complete round")
@@ -358,6 +394,9 @@ class Config:
         for section in (self.model, self.lora, self.data, self.train, self.federation):
             problems += section.validate()
         problems += self.strategy.validate() + self.eval.validate()
+        problems += _check_choice("engine", self.engine, ENGINES)
+        if self.engine == "flower":
+            problems += self.flower.validate()
         ranks = {self.lora.r, *(self.lora.client_ranks or [])}
         if len(ranks) > 1 and self.strategy.name != "exact":
             problems.append(

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedit.config import Config
+from fedit.config import Config, ConfigError
 from fedit.data.partition import count_table, partition_examples, split_test
 from fedit.data.sources import load_examples, load_test_examples
 from fedit.data.synthetic import score_answer
 from fedit.data.templates import tokenize_examples
+from fedit.engines.base import Engine
 from fedit.engines.simulation import SimulationEngine
 from fedit.evaluation.report import write_report
 from fedit.model.loading import load_model
@@ -106,8 +108,22 @@ def build_engine(
     return engine, stats
 
 
-def run_experiment(cfg: Config, observer: RunObserver | None = None) -> RunOutcome:
-    """Run (or resume) a whole experiment and write its run directory."""
+EngineBuilder = Callable[[Config, PreparedData, RunObserver | None], tuple[Engine, dict[str, int]]]
+
+
+def run_experiment(
+    cfg: Config, observer: RunObserver | None = None, make_engine: EngineBuilder | None = None
+) -> RunOutcome:
+    """Run (or resume) a whole experiment and write its run directory.
+
+    Args:
+        cfg: The experiment.
+        observer: Progress hooks.
+        make_engine: Builds the engine from the prepared data (default: ``build_engine``, the
+            in-process simulation). The Flower ServerApp passes one that talks to SuperNodes.
+    """
+    if cfg.engine == "flower" and make_engine is None:
+        raise ConfigError("engine=flower: start it with `fedit flower run CONFIG` (docs/deploy.md)")
     started = time.perf_counter()
     run_dir = RunDir(cfg.output_dir)
     if cfg.resume:
@@ -115,7 +131,7 @@ def run_experiment(cfg: Config, observer: RunObserver | None = None) -> RunOutco
     else:
         run_dir.check_fresh(cfg.overwrite)
     data = prepare_data(cfg)
-    engine, stats = build_engine(cfg, data, observer)
+    engine, stats = (make_engine or build_engine)(cfg, data, observer)
     data.table["tokenization"] = stats
     if observer is not None:
         observer.on_prepared(data.table)

@@ -7,6 +7,7 @@ Usage:
     fedit generate --adapter RUN/global_adapter "What is 12 + 30?"
     fedit serve --adapter RUN/global_adapter [--adapter name=DIR ...] [--port 8000]
     fedit export --adapter RUN/global_adapter --out DIR [--merge]
+    fedit flower superlink|supernode|run|certificates ...   # across machines (docs/deploy.md)
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from fedit.cli.flower import add_flower_args, cmd_flower
 from fedit.config import Config, ConfigError, field_help, load_config, read_yaml
 
 console = Console(stderr=True)
@@ -46,6 +48,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fedit.experiment import run_experiment
 
     cfg = _load(args)
+    if cfg.engine == "flower":
+        from fedit.engines.flower_launch import run_on_flower
+
+        return run_on_flower(cfg)
     with ProgressObserver(console) as observer:
         outcome = run_experiment(cfg, observer)
     _print_results(outcome.history)
@@ -267,6 +273,11 @@ COMMANDS: dict[str, Command] = {
         _add_serve_args,
     ),
     "export": (cmd_export, "export an adapter, merged into a standalone model", _add_export_args),
+    "flower": (
+        cmd_flower,
+        "run across machines with Flower (SuperLink, SuperNodes)",
+        add_flower_args,
+    ),
 }
 CONFIG_COMMANDS = ("run", "partition", "validate")  # these take config keys: list them in --help
 

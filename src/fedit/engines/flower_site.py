@@ -1,0 +1,127 @@
+"""One Flower site (SuperNode): its client id, its data, and one round of training.
+
+Kept free of ``flwr`` so it can be tested without it; ``engines/flower.py``'s ClientApp calls it.
+A site names its data in its node config:
+
+* ``data-path='/site/data.jsonl'`` (any format ``data.source`` accepts) and ``client-id=K``:
+  a real deployment, every example in the file is training data;
+* ``partition-id=K num-partitions=N``: a simulation-style run, partition K of the run's own
+  data exactly as the in-process engine splits it (N must equal ``federation.num_clients``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from fedit.client.fit import fit_client
+from fedit.config import Config, ConfigError
+from fedit.data.sources import load_examples
+from fedit.data.templates import TokenizedExample, tokenize_examples
+from fedit.model.loading import load_model
+from fedit.model.lora import add_rank_adapter, apply_lora
+from fedit.server.sampling import client_seed
+from fedit.types import ClientUpdate, Example, FitInstruction
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Site:
+    """A SuperNode's client id and its tokenized training examples."""
+
+    client_id: int
+    examples: list[TokenizedExample]
+    model: Any
+    load_seconds: float
+
+
+def _int_key(node_config: dict[str, Any], key: str) -> int:
+    try:
+        return int(node_config[key])
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"node config {key}: expected an integer, got {node_config[key]!r}"
+        ) from None
+
+
+def site_examples(cfg: Config, node_config: dict[str, Any]) -> tuple[int, list[Example]]:
+    """The client id and raw training examples named by the node config."""
+    if "data-path" in node_config:
+        if "client-id" not in node_config and "partition-id" not in node_config:
+            raise ConfigError("node config: data-path needs client-id=K (this site's client id)")
+        client_id = _int_key(
+            node_config, "client-id" if "client-id" in node_config else "partition-id"
+        )
+        data = dataclasses.replace(
+            cfg.data, source=str(node_config["data-path"]), test_source=None, max_examples=None
+        )
+        return client_id, load_examples(data, cfg.seed)
+    if "partition-id" not in node_config:
+        raise ConfigError(
+            "node config: give data-path='FILE' client-id=K, or partition-id=K num-partitions=N"
+        )
+    from fedit.experiment import prepare_data
+
+    client_id = _int_key(node_config, "partition-id")
+    num_partitions = _int_key(node_config, "num-partitions")
+    if num_partitions != cfg.federation.num_clients:
+        raise ConfigError(
+            f"node config num-partitions={num_partitions} differs from "
+            f"federation.num_clients={cfg.federation.num_clients}"
+        )
+    prepared = prepare_data(cfg)
+    return client_id, [prepared.train[i] for i in prepared.parts[client_id]]
+
+
+def load_site(cfg: Config, node_config: dict[str, Any]) -> Site:
+    """Load the base model with the run's LoRA and tokenize this site's examples.
+
+    A ClientApp is a fresh process per message, so this runs every round; the embedded model
+    loads from its cached safetensors copy.
+    """
+    started = time.perf_counter()
+    client_id, raw = site_examples(cfg, node_config)
+    if not 0 <= client_id < cfg.federation.num_clients:
+        raise ConfigError(
+            f"node config: client id {client_id} is not in [0, federation.num_clients)"
+        )
+    model_cfg = cfg.model
+    if "model-name" in node_config:  # the site's own copy of the base model
+        model_cfg = dataclasses.replace(model_cfg, name=str(node_config["model-name"]))
+    base, tokenizer = load_model(model_cfg)
+    model = apply_lora(base, cfg.lora, seed=cfg.seed)
+    train = cfg.train
+    examples, _ = tokenize_examples(
+        raw, tokenizer, cfg.data.template, train.cutoff_len, train.train_on_inputs
+    )
+    seconds = time.perf_counter() - started
+    log.info("client %d: %d examples, loaded in %.2f s", client_id, len(examples), seconds)
+    return Site(client_id, examples, model, seconds)
+
+
+def train_site(
+    cfg: Config, node_config: dict[str, Any], instruction: FitInstruction, server_round: int
+) -> ClientUpdate:
+    """One round on this site: the same ``fit_client`` call as the in-process engine."""
+    site = load_site(cfg, node_config)
+    if instruction.client_id != site.client_id:
+        raise ConfigError(
+            f"instruction for client {instruction.client_id} reached client {site.client_id}"
+        )
+    model = site.model
+    rank = int(instruction.config.get("rank", cfg.lora.r))
+    if rank != cfg.lora.r:
+        model.set_adapter(add_rank_adapter(model, cfg.lora, rank))
+    update = fit_client(
+        model,
+        site.examples,
+        cfg.train,
+        instruction,
+        seed=client_seed(cfg.seed, server_round, site.client_id),
+    )
+    update.metrics["load_seconds"] = site.load_seconds
+    return update

@@ -1,0 +1,133 @@
+"""A real SuperLink and SuperNodes on 127.0.0.1 for the Flower tests, always cleaned up."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fedit.engines.flower_launch import flower_env, superlink_command, supernode_command
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:g} s")
+
+
+class Federation:
+    """One SuperLink and one SuperNode per node config, each with its own log file.
+
+    Use as a context manager: every process it started is terminated (then killed) on exit.
+    """
+
+    def __init__(self, root: Path, certificates: Path | None = None, auth: bool = False):
+        self.root = root
+        self.home = root / "flwr-home"
+        self.env = flower_env(self.home)
+        self.env.update(FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1")
+        self.certificates = certificates
+        self.auth = auth
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.nodes: list[subprocess.Popen[bytes]] = []
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def _start(self, command: list[str], name: str) -> subprocess.Popen[bytes]:
+        log = (self.root / f"{name}.log").open("wb")
+        process = subprocess.Popen(
+            command,
+            env=self.env,
+            cwd=self.root,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: its children die with it
+        )
+        self.processes.append(process)
+        return process
+
+    def __enter__(self) -> Federation:
+        insecure = self.certificates is None
+        command = superlink_command(self.address, self.certificates, insecure, self.auth)
+        self._start(command, "superlink")
+        wait_for_port(self.port)
+        return self
+
+    def add_node(self, node_config: dict[str, Any], auth_key: Path | None = None) -> None:
+        ca = self.certificates / "ca.crt" if self.certificates else None
+        command = supernode_command(
+            self.address, node_config, free_port(), ca, ca is None, auth_key=auth_key
+        )
+        self.nodes.append(self._start(command, f"supernode{len(self.nodes)}"))
+
+    def run(self, *items: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """``fedit flower run ITEMS`` against this SuperLink (blocks until the run ends)."""
+        security = (
+            [f"flower.root_certificates={self.certificates / 'ca.crt'}"]
+            if self.certificates
+            else ["flower.insecure=true"]
+        )
+        command = [sys.executable, "-m", "fedit.cli.main", "flower", "run", *items]
+        command += [f"flower.superlink={self.address}", *security]
+        return subprocess.run(
+            command, env=self.env, cwd=self.root, capture_output=True, text=True, timeout=timeout
+        )
+
+    def start_run(self, *items: str) -> subprocess.Popen[str]:
+        """As ``run``, in the background."""
+        security = (
+            [f"flower.root_certificates={self.certificates / 'ca.crt'}"]
+            if self.certificates
+            else ["flower.insecure=true"]
+        )
+        command = [sys.executable, "-m", "fedit.cli.main", "flower", "run", *items]
+        command += [f"flower.superlink={self.address}", *security]
+        process = subprocess.Popen(
+            command,
+            env=self.env,
+            cwd=self.root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.processes.append(process)  # type: ignore[arg-type]
+        return process
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace")[-3000:] for p in self.root.glob("*.log"))
+
+    def kill_node(self, index: int) -> None:
+        """SIGKILL one SuperNode and the ClientApp it may be running."""
+        _signal_group(self.nodes[index], signal.SIGKILL)
+        self.nodes[index].wait()
+
+    def __exit__(self, *exc: object) -> None:
+        for process in reversed(self.processes):
+            _signal_group(process, signal.SIGTERM)
+        for process in self.processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=10)
+            _signal_group(process, signal.SIGKILL)  # stragglers in the group
+            process.wait()
+
+
+def _signal_group(process: subprocess.Popen[Any], sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)  # the group that start_new_session made for it

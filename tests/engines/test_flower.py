@@ -1,0 +1,416 @@
+"""The Flower engine: records, reply checks, and real SuperLink + SuperNodes on 127.0.0.1.
+
+The process tests start a SuperLink and two SuperNodes (own FLWR_HOME, free ports) and run
+the tiny experiment through ``fedit flower run``; every process is killed on teardown.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+pytest.importorskip("flwr")
+
+from flower_support import Federation  # noqa: E402
+from flwr.app import Error, Message, RecordDict  # noqa: E402
+
+from fedit.config import ConfigError, load_config  # noqa: E402
+from fedit.engines import flower  # noqa: E402
+from fedit.engines.flower_launch import write_app, write_certificates  # noqa: E402
+from fedit.engines.messages import pack_update, unpack_update  # noqa: E402
+from fedit.experiment import run_experiment  # noqa: E402
+from fedit.types import ClientUpdate, FitInstruction  # noqa: E402
+from helpers import tiny_args  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+# Two clients, both selected each round: the smallest federation that still averages.
+FAST = (
+    "eval.generate=false",
+    "data.synthetic.num_examples=80",
+    "federation.num_clients=2",
+    "federation.fraction_fit=1.0",
+    "flower.connect_timeout=60",
+)
+
+
+def _state(seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        "layer.lora_A.weight": torch.randn(4, 8, generator=generator),
+        "layer.lora_B.weight": torch.randn(8, 4, generator=generator),
+    }
+
+
+def _instruction(compression: str = "none") -> FitInstruction:
+    config = {"lr": 1e-3, "compression": compression, "trainable": "all"}
+    return FitInstruction(1, _state(0), config, {"server_control": _state(2)})
+
+
+def _update(client_id: int = 1) -> ClientUpdate:
+    return ClientUpdate(client_id, _state(1), 12, 0.5, 2, {"tokens": 99})
+
+
+# --- records: no processes --------------------------------------------------------------------
+
+
+def test_instruction_round_trips_through_records():
+    instruction = _instruction()
+    received = flower.instruction_from_content(flower.instruction_to_content(instruction))
+    assert received.client_id == 1 and received.config == instruction.config
+    for name, tensor in instruction.state.items():
+        assert torch.equal(received.state[name], tensor)
+    assert torch.equal(
+        received.extras["server_control"]["layer.lora_A.weight"],
+        instruction.extras["server_control"]["layer.lora_A.weight"],
+    )
+
+
+@pytest.mark.parametrize("compression", ["none", "fp16", "bf16", "int8", "int8_channel"])
+def test_update_records_decode_like_the_in_process_bytes(compression):
+    instruction = _instruction(compression)
+    content = flower.update_to_content(_update(), instruction)
+    via_flower = flower.update_from_content(content, instruction)
+    via_bytes = unpack_update(
+        pack_update(_update(), instruction.state, instruction.config), _state(0)
+    )
+    for name in instruction.state:
+        assert torch.equal(via_flower.state[name], via_bytes.state[name])
+    assert via_flower.num_examples == 12 and via_flower.metrics["tokens"] == 99
+
+
+def test_lossy_uploads_are_smaller_on_the_wire():
+    big = {"layer.lora_A.weight": torch.randn(64, 256), "layer.lora_B.weight": torch.randn(256, 64)}
+    sizes = {}
+    for compression in ("none", "int8"):
+        instruction = FitInstruction(1, big, {"lr": 1e-3, "compression": compression})
+        update = ClientUpdate(1, {k: v + 1e-3 for k, v in big.items()}, 12, 0.5, 2)
+        sizes[compression] = flower.content_size(flower.update_to_content(update, instruction))
+    assert sizes["int8"] < 0.5 * sizes["none"]
+
+
+def _malformed(kind: str) -> RecordDict:
+    update = _update()
+    if kind == "nan":
+        update.state["layer.lora_B.weight"][0, 0] = math.nan
+    if kind == "shape":
+        update.state["layer.lora_B.weight"] = torch.zeros(8, 3)
+    if kind == "client":
+        update.client_id = 0
+    content = flower.update_to_content(update, _instruction())
+    if kind == "missing":
+        del content.array_records["state"]
+    if kind == "header":
+        content.config_records["header"]["json"] = '{"client_id": 1}'
+    return content
+
+
+@pytest.mark.parametrize("kind", ["nan", "shape", "client", "missing", "header"])
+def test_malformed_replies_are_rejected_naming_the_client(kind):
+    with pytest.raises(flower.MalformedReplyError, match="client 1: malformed reply"):
+        flower.update_from_content(_malformed(kind), _instruction())
+
+
+@pytest.fixture
+def run_identity():
+    """Messages built outside a ServerApp need a run id."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = 1
+    yield
+    TaskIdentity._run_id = TaskIdentity._node_id = TaskIdentity._task_id = None
+
+
+class FakeGrid:
+    """Answers train messages with canned replies; node id = client id + 100."""
+
+    def __init__(self, contents: dict[int, RecordDict | None]):
+        self.contents = contents
+        self.timeouts: list[float | None] = []
+
+    def get_node_ids(self):
+        return [client + 100 for client in self.contents]
+
+    def send_and_receive(self, messages, *, timeout=None):
+        self.timeouts.append(timeout)
+        replies = []
+        for message in messages:
+            client = message.metadata.dst_node_id - 100
+            if message.metadata.message_type == "query":
+                content = flower._content({"client_id": client, "num_examples": 10 + client}, {})
+            elif self.contents[client] is None:
+                continue  # this node never answers
+            else:
+                content = self.contents[client]
+            replies.append(Message(content=content, reply_to=message))
+        return replies
+
+
+def _engine(tmp_path, grid: FakeGrid, min_fit_clients: int):
+    cfg = load_config(
+        QUICKSTART,
+        tiny_args(
+            Path("unused"),
+            tmp_path,
+            *FAST,
+            "engine=flower",
+            "flower.insecure=true",
+            "flower.reply_timeout=5",
+            f"federation.min_fit_clients={min_fit_clients}",
+        ),
+    )
+    return flower.FlowerEngine(cfg, grid, evaluator=SimpleNamespace())  # type: ignore[arg-type]
+
+
+def _instructions():
+    return [FitInstruction(c, _state(0), {"lr": 1e-3, "compression": "none"}) for c in (0, 1)]
+
+
+def test_engine_maps_nodes_to_clients_and_bounds_every_wait(tmp_path, run_identity):
+    good = flower.update_to_content(_update(0), _instructions()[0])
+    grid = FakeGrid({0: good, 1: flower.update_to_content(_update(1), _instructions()[1])})
+    engine = _engine(tmp_path, grid, 2)
+    assert engine.client_sizes == [10, 11]
+    updates = engine.fit(_instructions(), 1)
+    assert [u.client_id for u in updates] == [0, 1]
+    assert all(u.metrics["bytes_up"] > 0 and u.metrics["bytes_down"] > 0 for u in updates)
+    assert None not in grid.timeouts
+
+
+def test_engine_drops_a_malformed_reply_and_goes_on(tmp_path, run_identity, caplog):
+    good = flower.update_to_content(_update(0), _instructions()[0])
+    engine = _engine(tmp_path, FakeGrid({0: good, 1: _malformed("nan")}), 1)
+    updates = engine.fit(_instructions(), 1)
+    assert [u.client_id for u in updates] == [0]
+    assert "client 1: malformed reply rejected" in caplog.text
+
+
+def test_engine_fails_naming_missing_clients_below_min_fit(tmp_path, run_identity):
+    good = flower.update_to_content(_update(0), _instructions()[0])
+    engine = _engine(tmp_path, FakeGrid({0: good, 1: None}), 2)
+    with pytest.raises(flower.FlowerRunError, match=r"no usable reply from clients \[1\]"):
+        engine.fit(_instructions(), 1)
+
+
+def test_error_reply_counts_as_missing(tmp_path, run_identity):
+    good = flower.update_to_content(_update(0), _instructions()[0])
+    grid = FakeGrid({0: good, 1: good})
+    original = grid.send_and_receive
+
+    def with_error(messages, *, timeout=None):
+        replies = list(original(messages, timeout=timeout))
+        if messages and messages[0].metadata.message_type == "train":
+            replies[1] = Message(error=Error(code=1, reason="boom"), reply_to=messages[1])
+        return replies
+
+    grid.send_and_receive = with_error  # type: ignore[method-assign]
+    engine = _engine(tmp_path, grid, 2)
+    with pytest.raises(flower.FlowerRunError, match=r"clients \[1\]"):
+        engine.fit(_instructions(), 1)
+
+
+def test_missing_supernode_fails_after_connect_timeout(tmp_path, run_identity):
+    class NoNodes(FakeGrid):
+        def get_node_ids(self):
+            return [100]
+
+    cfg_args = ("flower.connect_timeout=1",)
+    with pytest.raises(flower.FlowerRunError, match=r"clients \[1\] have no SuperNode"):
+        cfg = load_config(
+            QUICKSTART,
+            tiny_args(
+                Path("x"), tmp_path, *FAST, "engine=flower", "flower.insecure=true", *cfg_args
+            ),
+        )
+        flower.connect_clients(NoNodes({0: None, 1: None}), cfg)  # type: ignore[arg-type]
+
+
+def test_config_round_trips_through_run_config_and_app(tmp_path):
+    cfg = load_config(QUICKSTART, ["engine=flower", "flower.insecure=true", "seed=7"])
+    assert flower.from_run_config(flower.to_run_config(cfg)) == cfg
+    from flwr.common.config import get_fab_config, validate_config
+
+    app = write_app(cfg, tmp_path / "app")
+    import tomli
+
+    config = tomli.loads((app / "pyproject.toml").read_text())
+    assert validate_config(config, check_module=True, project_dir=app)[0]
+    assert flower.from_run_config(config["tool"]["flwr"]["app"]["config"]) == cfg
+    assert get_fab_config  # the same parser flwr run uses
+
+
+def test_flower_engine_needs_tls_or_explicit_insecure():
+    with pytest.raises(ConfigError, match="flower.root_certificates"):
+        load_config(QUICKSTART, ["engine=flower"])
+    with pytest.raises(ConfigError, match="fedit flower run"):
+        run_experiment(load_config(QUICKSTART, ["engine=flower", "flower.insecure=true"]))
+
+
+def test_cli_refuses_a_run_without_tls_or_insecure(capsys):
+    from fedit.cli.main import main
+
+    assert main(["flower", "run", str(QUICKSTART)]) == 2
+    assert "flower.root_certificates" in capsys.readouterr().err
+
+
+def test_cli_supernode_needs_its_data_and_security(capsys, tmp_path):
+    from fedit.cli.main import main
+
+    with pytest.raises(SystemExit):  # neither --root-certificates nor --insecure
+        main(["flower", "supernode", "--superlink", "127.0.0.1:1", "--partition-id", "0"])
+    args = ["flower", "supernode", "--superlink", "127.0.0.1:1", "--insecure"]
+    assert main(args) == 2
+    assert "--data-path" in capsys.readouterr().err
+    assert main([*args, "--data-path", str(tmp_path / "a.jsonl")]) == 2
+    assert "--client-id" in capsys.readouterr().err
+
+
+def test_certificates_are_signed_by_the_ca(tmp_path):
+    import subprocess
+
+    folder = write_certificates(tmp_path, ["127.0.0.1", "localhost"], bits=2048)
+    verify = ["openssl", "verify", "-CAfile", folder / "ca.crt", folder / "server.pem"]
+    assert subprocess.run(verify, capture_output=True).returncode == 0
+    text = subprocess.run(
+        ["openssl", "x509", "-in", folder / "server.pem", "-noout", "-text"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert "IP Address:127.0.0.1" in text and "DNS:localhost" in text
+
+
+def test_site_reads_its_own_data_file(tiny_model_dir, tmp_path):
+    from fedit.engines.flower_site import site_examples
+
+    rows = [{"instruction": f"Say {i}", "output": str(i)} for i in range(5)]
+    path = tmp_path / "site.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    cfg = load_config(QUICKSTART, tiny_args(tiny_model_dir, tmp_path / "x", *FAST))
+    client_id, examples = site_examples(cfg, {"data-path": str(path), "client-id": 1})
+    assert client_id == 1 and sorted(e["output"] for e in examples) == [str(i) for i in range(5)]
+    with pytest.raises(ConfigError, match="num-partitions=3"):
+        site_examples(cfg, {"partition-id": 0, "num-partitions": 3})
+
+
+# --- real processes on 127.0.0.1 --------------------------------------------------------------
+
+
+def _adapter(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "global_adapter" / "adapter_model.safetensors"))
+
+
+def _files(run: Path) -> list[str]:
+    return sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+
+
+def _in_process(model_dir: Path, out: Path, *extra: str) -> Path:
+    return run_experiment(load_config(QUICKSTART, tiny_args(model_dir, out, *FAST, *extra))).run_dir
+
+
+def _check_same_as_in_process(federation: Federation, model_dir: Path, tmp: Path, *extra: str):
+    for client in range(2):
+        federation.add_node({"partition-id": client, "num-partitions": 2})
+    result = federation.run(str(QUICKSTART), *tiny_args(model_dir, tmp / "flower", *FAST, *extra))
+    assert (tmp / "flower" / "global_adapter").is_dir(), result.stdout + federation.logs()
+    expected = _in_process(model_dir, tmp / "local", *extra)
+    local, remote = _adapter(expected), _adapter(tmp / "flower")
+    assert local.keys() == remote.keys()
+    assert max((local[k] - remote[k]).abs().max().item() for k in local) <= 1e-5
+    assert _files(tmp / "flower") == _files(expected)
+    return result
+
+
+def test_flower_with_tls_matches_in_process(tiny_model_dir, tmp_path):
+    certificates = write_certificates(tmp_path / "certs", ["127.0.0.1", "localhost"], bits=2048)
+    with Federation(tmp_path, certificates) as federation:
+        _check_same_as_in_process(federation, tiny_model_dir, tmp_path)
+
+
+@pytest.mark.slow  # the TLS test above runs the same path; this one adds only --insecure
+def test_flower_insecure_matches_in_process(tiny_model_dir, tmp_path):
+    with Federation(tmp_path) as federation:
+        result = _check_same_as_in_process(federation, tiny_model_dir, tmp_path)
+    assert "without TLS" in result.stderr  # insecure was asked for explicitly, and warned about
+
+
+def _run_with_a_dead_node(federation: Federation, model_dir: Path, out: Path, *extra: str):
+    for client in range(2):
+        federation.add_node({"partition-id": client, "num-partitions": 2})
+    run = federation.start_run(
+        str(QUICKSTART),
+        *tiny_args(model_dir, out, *FAST, "federation.rounds=1", "flower.reply_timeout=45", *extra),
+    )
+    deadline = time.monotonic() + 120
+    while not (out / "metrics.jsonl").is_file():  # the rounds are about to start
+        assert run.poll() is None and time.monotonic() < deadline, federation.logs()
+        time.sleep(0.5)
+    federation.kill_node(1)
+    killed = time.monotonic()
+    output, _ = run.communicate(timeout=150)
+    return output, time.monotonic() - killed, run
+
+
+def test_killed_supernode_round_completes_with_the_rest(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    with Federation(tmp_path) as federation:
+        output, seconds, run = _run_with_a_dead_node(federation, tiny_model_dir, out)
+    assert (out / "global_adapter").is_dir(), output
+    assert run.returncode == 0
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["selected_clients"] == [0, 1]
+    assert list(record["train_loss"]) == ["0"]  # aggregated from the client that answered
+    assert "going on without clients [1]" in output
+    assert "without TLS" in output  # insecure was asked for explicitly, and warned about
+    assert seconds < 150
+
+
+@pytest.mark.slow
+def test_killed_supernode_below_min_fit_fails_clearly(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    with Federation(tmp_path) as federation:
+        output, seconds, run = _run_with_a_dead_node(
+            federation, tiny_model_dir, out, "federation.min_fit_clients=2"
+        )
+    assert "no usable reply from clients [1]" in output
+    assert run.returncode == 1  # fedit flower run reports the failed run
+    assert not (out / "global_adapter").exists()
+    assert seconds < 150
+
+
+@pytest.mark.slow
+def test_only_registered_supernodes_join(tiny_model_dir, tmp_path):
+    import subprocess
+
+    from fedit.engines.flower_launch import executable, write_connection
+
+    certificates = write_certificates(tmp_path / "certs", ["127.0.0.1"], bits=2048)
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    for name in ("registered", "stranger"):
+        command = ["ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-f", keys / name]
+        subprocess.run(command, check=True)
+    with Federation(tmp_path, certificates, auth=True) as federation:
+        cfg = load_config(
+            QUICKSTART,
+            ["engine=flower", f"flower.superlink={federation.address}"]
+            + [f"flower.root_certificates={certificates / 'ca.crt'}"],
+        )
+        write_connection(federation.home, cfg)
+        register = [executable("flwr"), "supernode", "register", keys / "registered.pub", "fedit"]
+        subprocess.run(register, env=federation.env, check=True, capture_output=True)
+        node = {"partition-id": 0, "num-partitions": 1}
+        federation.add_node(node, auth_key=keys / "registered")
+        federation.add_node(node, auth_key=keys / "stranger")
+        items = tiny_args(tiny_model_dir, tmp_path / "run", *FAST, "federation.rounds=1")
+        result = federation.run(str(QUICKSTART), *items, "federation.num_clients=1")
+        assert (tmp_path / "run" / "global_adapter").is_dir(), result.stdout + federation.logs()
+        stranger = (tmp_path / "supernode1.log").read_text(errors="replace")
+    assert "client 0 is node" in result.stdout + result.stderr
+    assert "Failed to activate SuperNode" in stranger, stranger[-2000:]  # refused (exit 305)
