@@ -357,6 +357,7 @@ def _run_with_a_dead_node(federation: Federation, model_dir: Path, out: Path, *e
     return output, time.monotonic() - killed, run
 
 
+@pytest.mark.slow  # ~85 s of real processes; keeps `make test` well under 10 minutes
 def test_killed_supernode_round_completes_with_the_rest(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     with Federation(tmp_path) as federation:
