@@ -38,11 +38,9 @@ from fedit.communication import (
     PAYLOAD_FORMAT,
     PAYLOAD_VERSION,
     decode_state,
-    encode_state,
-    reconstruction_error,
 )
 from fedit.config import Config, ConfigError, config_from_dict, save_config
-from fedit.engines.messages import uploaded_keys
+from fedit.engines.messages import encode_upload
 from fedit.engines.simulation import SimulationEngine
 from fedit.server.observer import RunObserver
 from fedit.strategy.aggregate import validate_updates
@@ -153,15 +151,7 @@ def update_to_content(update: ClientUpdate, received: FitInstruction) -> RecordD
     Without compression the uploaded keys travel as fp32; otherwise the change from the
     received adapter, in the codec's own tensors (fp16, bf16, or int8 plus scales).
     """
-    compression = str(received.config.get("compression", "none"))
-    keys = uploaded_keys(update.state, str(received.config.get("trainable", "all")))
-    if compression == "none":
-        payload = {name: update.state[name] for name in keys}
-    else:
-        payload = {name: update.state[name] - received.state[name] for name in keys}
-    encoded = encode_state(payload, compression)
-    if compression != "none":
-        update.metrics["compression_error"] = reconstruction_error(payload, decode_state(encoded))
+    encoded, compression = encode_upload(update, received.state, received.config)
     header = {
         "client_id": update.client_id,
         "num_examples": update.num_examples,

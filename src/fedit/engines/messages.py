@@ -27,13 +27,11 @@ class MessageError(ValueError):
     """A message that cannot be decoded."""
 
 
-def _join(header: dict[str, Any], parts: list[tuple[str, AdapterState, str]]) -> bytes:
-    """Header plus one payload per (name, tensors, compression) part."""
-    payloads = [encode_state(tensors, compression) for _, tensors, compression in parts]
-    sizes = [[name, len(payload)] for (name, _, _), payload in zip(parts, payloads, strict=True)]
-    header = {**header, "parts": sizes}
+def _join(header: dict[str, Any], parts: list[tuple[str, bytes]]) -> bytes:
+    """Header plus one encoded payload per (name, payload) part."""
+    header = {**header, "parts": [[name, len(payload)] for name, payload in parts]}
     head = json.dumps(header, sort_keys=True).encode("utf-8")
-    return b"".join([_LENGTH.pack(len(head)), head, *payloads])
+    return b"".join([_LENGTH.pack(len(head)), head, *(payload for _, payload in parts)])
 
 
 def _split(message: bytes) -> tuple[dict[str, Any], dict[str, AdapterState]]:
@@ -60,8 +58,8 @@ def _extras(parts: dict[str, AdapterState]) -> dict[str, AdapterState]:
 def pack_instruction(instruction: FitInstruction) -> bytes:
     """Serialise what the server sends one client (downloads are never compressed)."""
     header = {"client_id": instruction.client_id, "config": instruction.config}
-    parts = [("state", instruction.state, "none")]
-    parts += [(f"extras.{name}", extra, "none") for name, extra in instruction.extras.items()]
+    parts = [("state", encode_state(instruction.state))]
+    parts += [(f"extras.{name}", encode_state(extra)) for name, extra in instruction.extras.items()]
     return _join(header, parts)
 
 
@@ -78,10 +76,13 @@ def uploaded_keys(state: AdapterState, trainable: str) -> list[str]:
     return list(state)
 
 
-def pack_update(update: ClientUpdate, received: AdapterState, config: dict[str, Any]) -> bytes:
-    """Serialise a client's reply, compressed as ``config["compression"]`` says.
+def encode_upload(
+    update: ClientUpdate, received: AdapterState, config: dict[str, Any]
+) -> tuple[bytes, str]:
+    """The adapter part of a reply, encoded as ``config`` says; returns (payload, compression).
 
-    Records the compression's reconstruction error in ``update.metrics`` before packing.
+    Both engines call this, so in-process and Flower uploads are the same bytes. A lossy
+    compression's reconstruction error is recorded in ``update.metrics``.
     """
     compression = str(config.get("compression", "none"))
     keys = uploaded_keys(update.state, str(config.get("trainable", "all")))
@@ -89,8 +90,15 @@ def pack_update(update: ClientUpdate, received: AdapterState, config: dict[str, 
         payload = {name: update.state[name] for name in keys}
     else:
         payload = {name: update.state[name] - received[name] for name in keys}
-        restored = decode_state(encode_state(payload, compression))
-        update.metrics["compression_error"] = reconstruction_error(payload, restored)
+    encoded = encode_state(payload, compression)
+    if compression != "none":
+        update.metrics["compression_error"] = reconstruction_error(payload, decode_state(encoded))
+    return encoded, compression
+
+
+def pack_update(update: ClientUpdate, received: AdapterState, config: dict[str, Any]) -> bytes:
+    """Serialise a client's reply, compressed as ``config["compression"]`` says."""
+    encoded, compression = encode_upload(update, received, config)
     header = {
         "client_id": update.client_id,
         "num_examples": update.num_examples,
@@ -99,9 +107,9 @@ def pack_update(update: ClientUpdate, received: AdapterState, config: dict[str, 
         "metrics": update.metrics,
         "mode": "state" if compression == "none" else "delta",
     }
-    parts = [("state", payload, compression)]
+    parts = [("state", encoded)]
     # Strategy side-channels (SCAFFOLD's Δc) travel uncompressed.
-    parts += [(f"extras.{name}", extra, "none") for name, extra in update.extras.items()]
+    parts += [(f"extras.{name}", encode_state(extra)) for name, extra in update.extras.items()]
     return _join(header, parts)
 
 
