@@ -320,6 +320,47 @@ class StrategyConfig:
         return problems
 
 
+JUDGE_MODES = ("single", "pairwise", "both")
+
+
+@dataclass
+class JudgeConfig:
+    """The LLM judge: any OpenAI-compatible chat endpoint (GPT-4, vLLM, ``fedit serve``)."""
+
+    base_url: str | None = _f(
+        None, "judge API root, e.g. https://api.openai.com/v1 (none: judge suites are skipped)"
+    )
+    model: str = _f("gpt-4", "judge model name, as the endpoint knows it")
+    api_key_env: str = _f("OPENAI_API_KEY", "environment variable that holds the judge's API key")
+    prompts: str | None = _f(
+        None, "judge prompt templates: FastChat's judge_prompts.jsonl (single-v1, pair-v2, ...)"
+    )
+    mode: str = _f("single", "single (1-10 grades), pairwise (both orders) or both")
+    repeats: int = _f(1, "times each judgment is asked (mean and spread are reported)")
+    concurrency: int = _f(4, "judge requests in flight at once")
+    max_retries: int = _f(5, "retries with exponential backoff on 429, 5xx and connection errors")
+    timeout: float = _f(120.0, "seconds one judge request may take")
+    temperature: float = _f(0.0, "judge sampling temperature")
+    max_tokens: int = _f(1024, "judge reply length cap")
+    cache: str | None = _f(None, "judgment cache folder (default: $FEDIT_CACHE/judge)")
+    answer_max_new_tokens: int = _f(256, "answer length cap of the judged model, per turn")
+
+    def validate(self) -> list[str]:
+        problems = _check_choice("eval.judge.mode", self.mode, JUDGE_MODES)
+        for key in ("repeats", "concurrency", "max_tokens", "answer_max_new_tokens"):
+            if getattr(self, key) < 1:
+                problems.append(f"eval.judge.{key}: must be >= 1, got {getattr(self, key)}")
+        if self.max_retries < 0:
+            problems.append(f"eval.judge.max_retries: must be >= 0, got {self.max_retries}")
+        if self.timeout <= 0:
+            problems.append(f"eval.judge.timeout: must be > 0 seconds, got {self.timeout}")
+        if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
+            problems.append(
+                f"eval.judge.base_url: expected an http:// or https:// URL, got {self.base_url!r}"
+            )
+        return problems
+
+
 @dataclass
 class EvalConfig:
     """Evaluation of the global adapter on the held-out test set."""
@@ -329,12 +370,41 @@ class EvalConfig:
     generate: bool = _f(True, "greedy generation for exact-match accuracy")
     max_new_tokens: int = _f(32, "generation length cap")
     batch_size: int = _f(16, "evaluation batch size")
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
 
     def validate(self) -> list[str]:
         problems = []
         for key in ("every", "max_new_tokens", "batch_size"):
             if getattr(self, key) < 1:
                 problems.append(f"eval.{key}: must be >= 1, got {getattr(self, key)}")
+        return problems + self.judge.validate()
+
+
+@dataclass
+class CompareConfig:
+    """``fedit compare``: base model, Local-k, FedIT and Centralized on the same split."""
+
+    num_local: int = _f(3, "k: clients trained alone on their own data (Local-k)")
+    local_clients: list[int] | None = _f(
+        None, "which clients to train alone (default: the k that FedIT trained the most)"
+    )
+    suites: list[str] = _f(
+        ["heldout"], "suites every model is scored on (see fedit eval --help); judge suites "
+        "run only when eval.judge.base_url is set"
+    )
+    centralized: bool = _f(True, "also train on all clients' data pooled, same total steps")
+
+    def validate(self, num_clients: int) -> list[str]:
+        problems = []
+        if self.num_local < 0:
+            problems.append(f"compare.num_local: must be >= 0, got {self.num_local}")
+        for client in self.local_clients or []:
+            if not 0 <= client < num_clients:
+                problems.append(
+                    f"compare.local_clients: client {client} is not in 0..{num_clients - 1}"
+                )
+        if not self.suites:
+            problems.append("compare.suites: name at least one suite, e.g. [heldout]")
         return problems
 
 
@@ -384,6 +454,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     engine: str = _f("simulation", "simulation (in-process) or flower (SuperLink + SuperNodes)")
     flower: FlowerConfig = field(default_factory=FlowerConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
     seed: int = _f(42, "seed for data generation, partitioning, selection and training")
     output_dir: str = _f("runs/quickstart", "run directory")
     resume: bool = _f(False, "continue the run in output_dir from its last complete round")
@@ -394,6 +465,7 @@ class Config:
         for section in (self.model, self.lora, self.data, self.train, self.federation):
             problems += section.validate()
         problems += self.strategy.validate() + self.eval.validate()
+        problems += self.compare.validate(self.federation.num_clients)
         problems += _check_choice("engine", self.engine, ENGINES)
         if self.engine == "flower":
             problems += self.flower.validate()

@@ -41,6 +41,12 @@ STRATEGY_FILE = "strategy.safetensors"
 
 # Keys that may differ between a run and its resumption: they do not change what was trained.
 RESUMABLE_DIFFERENCES = ("resume", "overwrite", "federation.rounds", "eval.every", "output_dir")
+# Whole sections that only say how to score or compare a run, never what it trains.
+RESUMABLE_SECTIONS = ("eval.judge.", "compare.")
+
+
+def _may_differ(key: str) -> bool:
+    return key in RESUMABLE_DIFFERENCES or key.startswith(RESUMABLE_SECTIONS)
 
 
 @dataclass
@@ -114,7 +120,7 @@ class RunDir:
         changed = [
             k
             for k in sorted(set(old) | set(new))
-            if k not in RESUMABLE_DIFFERENCES and old.get(k) != new.get(k)
+            if not _may_differ(k) and old.get(k) != new.get(k)
         ]
         if changed:
             details = ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in changed[:4])
