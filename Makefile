@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BROWSER_STAMP := $(VENV)/.browser-checked
 
-.PHONY: install run test test-slow check bench clean
+.PHONY: install run compare test test-slow check bench clean
 
 install: $(STAMP) $(BROWSER_STAMP)
 
@@ -36,6 +36,10 @@ $(BROWSER_STAMP): $(STAMP)
 
 run: install
 	$(BIN)/fedit run configs/quickstart.yaml overwrite=true
+
+# The paper's comparison (base, Local-k, FedIT, Centralized); reuses a finished `make run`.
+compare: install
+	$(BIN)/fedit compare configs/quickstart.yaml
 
 test: install
 	$(BIN)/pytest -q

@@ -343,11 +343,10 @@ class JudgeConfig:
     temperature: float = _f(0.0, "judge sampling temperature")
     max_tokens: int = _f(1024, "judge reply length cap")
     cache: str | None = _f(None, "judgment cache folder (default: $FEDIT_CACHE/judge)")
-    answer_max_new_tokens: int = _f(256, "answer length cap of the judged model, per turn")
 
     def validate(self) -> list[str]:
         problems = _check_choice("eval.judge.mode", self.mode, JUDGE_MODES)
-        for key in ("repeats", "concurrency", "max_tokens", "answer_max_new_tokens"):
+        for key in ("repeats", "concurrency", "max_tokens"):
             if getattr(self, key) < 1:
                 problems.append(f"eval.judge.{key}: must be >= 1, got {getattr(self, key)}")
         if self.max_retries < 0:
@@ -370,11 +369,14 @@ class EvalConfig:
     generate: bool = _f(True, "greedy generation for exact-match accuracy")
     max_new_tokens: int = _f(32, "generation length cap")
     batch_size: int = _f(16, "evaluation batch size")
+    long_max_new_tokens: int = _f(
+        256, "generation length cap for open-ended suites (judge questions per turn, gsm8k)"
+    )
     judge: JudgeConfig = field(default_factory=JudgeConfig)
 
     def validate(self) -> list[str]:
         problems = []
-        for key in ("every", "max_new_tokens", "batch_size"):
+        for key in ("every", "max_new_tokens", "batch_size", "long_max_new_tokens"):
             if getattr(self, key) < 1:
                 problems.append(f"eval.{key}: must be >= 1, got {getattr(self, key)}")
         return problems + self.judge.validate()
@@ -389,8 +391,9 @@ class CompareConfig:
         None, "which clients to train alone (default: the k that FedIT trained the most)"
     )
     suites: list[str] = _f(
-        ["heldout"], "suites every model is scored on (see fedit eval --help); judge suites "
-        "run only when eval.judge.base_url is set"
+        ["heldout"],
+        "suites every model is scored on (see fedit eval --help); judge suites "
+        "run only when eval.judge.base_url is set",
     )
     centralized: bool = _f(True, "also train on all clients' data pooled, same total steps")
 

@@ -7,6 +7,8 @@ Usage:
     fedit generate --adapter RUN/global_adapter "What is 12 + 30?"
     fedit serve --adapter RUN/global_adapter [--adapter name=DIR ...] [--port 8000]
     fedit export --adapter RUN/global_adapter --out DIR [--merge]
+    fedit eval --adapter RUN/global_adapter --suite heldout [--suite mc:FILE ...]
+    fedit compare CONFIG [key=value ...]          # base vs Local-k vs FedIT vs Centralized
     fedit flower superlink|supernode|run|certificates ...   # across machines (docs/deploy.md)
 """
 
@@ -26,6 +28,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from fedit.cli import evaluate
 from fedit.cli.flower import add_flower_args, cmd_flower
 from fedit.config import Config, ConfigError, field_help, load_config, read_yaml
 
@@ -182,6 +185,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    return evaluate.cmd_eval(args, out)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    return evaluate.cmd_compare(args, out, console)
+
+
 def _keys_epilog() -> str:
     rows = [f"  {key:<32} {help_} (default: {default})" for key, default, help_ in field_help()]
     return "configuration keys (override with key=value):\n" + "\n".join(rows)
@@ -273,13 +284,28 @@ COMMANDS: dict[str, Command] = {
         _add_serve_args,
     ),
     "export": (cmd_export, "export an adapter, merged into a standalone model", _add_export_args),
+    "eval": (
+        cmd_eval,
+        "score a base model or an adapter on evaluation suites (held-out, MC, GSM8K, judge)",
+        evaluate.add_eval_args,
+    ),
+    "compare": (
+        cmd_compare,
+        "the paper's comparison: base vs Local-k vs FedIT vs Centralized on the same split",
+        _add_required_config_args,
+    ),
     "flower": (
         cmd_flower,
         "run across machines with Flower (SuperLink, SuperNodes)",
         add_flower_args,
     ),
 }
-CONFIG_COMMANDS = ("run", "partition", "validate")  # these take config keys: list them in --help
+CONFIG_COMMANDS = (
+    "run",
+    "partition",
+    "validate",
+    "compare",
+)  # these take config keys: list them in --help
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -68,7 +68,7 @@ def load_examples(data: DataConfig, seed: int) -> list[Example]:
         )
         examples = normalize_records(records, ColumnsConfig(), "the synthetic suite")
     else:
-        examples = _load_source(data.source, "data.source", "train", data)
+        examples = load_source(data.source, "data.source", "train", data)
     if data.max_examples is not None:
         order = np.random.default_rng(seed).permutation(len(examples))
         examples = [examples[i] for i in order[: data.max_examples]]
@@ -98,12 +98,12 @@ def load_test_examples(data: DataConfig, seed: int) -> list[Example] | None:
             data.synthetic.num_examples, seed=seed, categories=data.synthetic.categories
         )
         return normalize_records(records, ColumnsConfig(), "the synthetic suite")
-    examples = _load_source(data.test_source, "data.test_source", "test", data)
+    examples = load_source(data.test_source, "data.test_source", "test", data)
     logger.info("loaded %d test examples from %s", len(examples), data.test_source)
     return examples
 
 
-def _load_source(source: str, key: str, folder_split: str, data: DataConfig) -> list[Example]:
+def load_source(source: str, key: str, folder_split: str, data: DataConfig) -> list[Example]:
     """Read a local file, a folder (its ``folder_split``.* file) or a hub dataset."""
     path = Path(source).expanduser()
     if path.exists():

@@ -66,26 +66,47 @@ def plot_accuracy(history: list[dict[str, Any]], path: Path) -> None:
 
 def plot_category_accuracy(base: dict[str, float], final: dict[str, float], path: Path) -> None:
     """Grouped bars: base model vs final global adapter, per category."""
-    categories = sorted(set(base) | set(final))
+    series = {"base model": base, "FedIT global adapter": final}
+    grouped_bars(series, sorted(set(base) | set(final)), "exact-match accuracy", path, (0, 1.02))
+
+
+def grouped_bars(
+    series: dict[str, dict[str, float]],
+    categories: list[str],
+    ylabel: str,
+    path: Path,
+    ylim: tuple[float, float] | None = None,
+    title: str | None = None,
+) -> None:
+    """One group of bars per category, one bar per series (missing values drawn as 0)."""
     positions = range(len(categories))
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(categories) + 2), 4))
-    width = 0.4
-    ax.bar(
-        [p - width / 2 for p in positions],
-        [base.get(c, 0) for c in categories],
-        width,
-        label="base model",
-    )
-    ax.bar(
-        [p + width / 2 for p in positions],
-        [final.get(c, 0) for c in categories],
-        width,
-        label="FedIT global adapter",
-    )
+    width = 0.8 / max(len(series), 1)
+    fig, ax = plt.subplots(figsize=(max(6, (0.4 + 0.25 * len(series)) * len(categories) + 2), 4))
+    for index, (label, values) in enumerate(series.items()):
+        offset = (index - (len(series) - 1) / 2) * width
+        heights = [values.get(c) or 0 for c in categories]
+        ax.bar([p + offset for p in positions], heights, width, label=label)
     ax.set_xticks(list(positions), categories, rotation=30, ha="right")
-    ax.set_ylim(0, 1.02)
-    ax.set_ylabel("exact-match accuracy")
-    ax.set_title("Accuracy per category")
-    ax.legend()
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or f"{ylabel.capitalize()} per category")
+    ax.legend(fontsize="small")
     ax.grid(axis="y", alpha=0.3)
     _save(fig, path)
+
+
+def plot_compare(
+    rows: list[tuple[str, dict[str, Any]]], metric: str, by_key: str, title: str, path: Path
+) -> None:
+    """``fedit compare``'s chart: every model's ``metric`` per category, then overall."""
+    from fedit.evaluation.summary import metric_view
+
+    series = {}
+    for label, result in rows:
+        view = metric_view(result, metric)
+        series[label] = {**(view.get(by_key) or {}), "overall": view.get(metric)}
+    categories = sorted({c for values in series.values() for c in values} - {"overall"})
+    grouped_bars(
+        series, categories + ["overall"], title, path, title=f"{rows[0][1]['suite']}: {title}"
+    )

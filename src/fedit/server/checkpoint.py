@@ -40,9 +40,9 @@ ROUND_MARKER = "round.json"
 STRATEGY_FILE = "strategy.safetensors"
 
 # Keys that may differ between a run and its resumption: they do not change what was trained.
-RESUMABLE_DIFFERENCES = ("resume", "overwrite", "federation.rounds", "eval.every", "output_dir")
+RESUMABLE_DIFFERENCES = ("resume", "overwrite", "federation.rounds", "output_dir")
 # Whole sections that only say how to score or compare a run, never what it trains.
-RESUMABLE_SECTIONS = ("eval.judge.", "compare.")
+RESUMABLE_SECTIONS = ("eval.", "compare.")
 
 
 def _may_differ(key: str) -> bool:

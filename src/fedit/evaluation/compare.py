@@ -1,0 +1,245 @@
+"""``fedit compare CONFIG``: the FedIT paper's experiment in one command, on one data split.
+
+1. **base**: the base model, no adapter;
+2. **local-c** for k chosen clients: trained only on client c's data (``evaluation.baselines``);
+3. **fedit**: the global adapter of the federated run (run, resumed, or reused if complete);
+4. **centralized**: all training data pooled, with FedIT's total number of steps.
+
+Every model is scored on the same ``compare.suites`` (the judge suites only when
+``eval.judge.base_url`` is set). Outputs go to ``output_dir/compare/``: ``report.md`` (one row
+per model, one column per category and overall), one bar chart per suite, ``results.json``,
+and the baselines' PEFT adapters under ``adapters/``.
+
+Example:
+    fedit compare configs/quickstart.yaml
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedit.config import Config, ConfigError, save_config
+from fedit.evaluation.baselines import (
+    choose_local_clients,
+    pooled_schedule,
+    step_schedule,
+    train_schedule,
+)
+from fedit.evaluation.compare_report import write_compare_report
+from fedit.evaluation.runner import LoadedModel, evaluate_suites, grade_judge_suites
+from fedit.evaluation.suites import Suite, load_suites
+from fedit.io import atomic_write_json, atomic_write_text
+from fedit.server.checkpoint import RunDir
+from fedit.server.observer import RunObserver
+from fedit.types import AdapterState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Contender:
+    """One model in the comparison."""
+
+    name: str
+    description: str
+    steps: int
+    state: AdapterState | None  # None: the base model, adapters off
+
+
+@dataclass
+class CompareOutcome:
+    """What ``run_compare`` wrote."""
+
+    compare_dir: Path
+    report: Path
+    results: dict[str, dict[str, dict[str, Any]]]
+    table_text: str
+    seconds: float
+    phases: dict[str, float]
+
+
+def run_compare(cfg: Config, observer: RunObserver | None = None) -> CompareOutcome:
+    """Train what is missing, score every model on every suite, and write the report."""
+    from fedit.experiment import build_engine, prepare_data, run_experiment
+    from fedit.model.lora import load_adapter_state
+
+    started = time.perf_counter()
+    observer = observer or RunObserver()
+    # Bad suite files and an unreachable judge fail here, before anything is trained.
+    suites = _judge_or_skip(load_suites(cfg.compare.suites, cfg, "compare.suites"), cfg)
+    fedit_run = run_experiment(_fedit_config(cfg), observer)
+    phases = {"fedit": time.perf_counter() - started}
+    compare_dir = fedit_run.run_dir / "compare"
+    data = prepare_data(cfg)
+    engine, _ = build_engine(cfg, data)
+    steps = [engine.local_steps(client) for client in range(engine.num_clients)]
+    schedule = step_schedule(fedit_run.history, steps)
+    fedit_state = load_adapter_state(fedit_run.run_dir / "global_adapter")
+    contenders = [Contender("base", "the base model, no adapter", 0, None)]
+    contenders += _local_contenders(cfg, engine, schedule, observer)
+    contenders.append(
+        Contender(
+            "fedit",
+            f"FedIT global adapter: {cfg.federation.num_clients} clients, "
+            f"{cfg.federation.rounds} rounds, {cfg.strategy.name}",
+            sum(s.steps for stints in schedule.values() for s in stints),
+            fedit_state,
+        )
+    )
+    if cfg.compare.centralized:
+        contenders.append(_centralized(cfg, engine, schedule, observer))
+    phases["baselines"] = time.perf_counter() - started - phases["fedit"]
+    _save_adapters(cfg, engine, contenders, compare_dir)
+    results = _score(cfg, engine, contenders, suites)
+    seconds = time.perf_counter() - started
+    phases["scoring"] = seconds - phases["fedit"] - phases["baselines"]
+    atomic_write_json(compare_dir / "results.json", _jsonable(results, contenders, phases))
+    report, table_text = write_compare_report(compare_dir, cfg, contenders, results, data.table)
+    return CompareOutcome(compare_dir, report, results, table_text, seconds, phases)
+
+
+def _judge_or_skip(suites: list[Suite], cfg: Config) -> list[Suite]:
+    """Judge suites run only with a judge configured; then it must be reachable now."""
+    if not any(suite.spec.kind == "judge" for suite in suites):
+        return suites
+    if cfg.eval.judge.base_url is None:
+        log.info("no judge configured (eval.judge.base_url): skipping the judge suites")
+        return [suite for suite in suites if suite.spec.kind != "judge"]
+    from fedit.evaluation.runner import check_judge
+
+    check_judge(cfg)
+    return suites
+
+
+def _fedit_config(cfg: Config) -> Config:
+    """Reuse a complete (or resumable) FedIT run in output_dir with the same training settings;
+    start one otherwise. ``overwrite=true`` always starts afresh."""
+    run_dir = RunDir(cfg.output_dir)
+    if cfg.overwrite or not run_dir.is_run():
+        return cfg
+    try:
+        run_dir.check_resumable(cfg)
+    except ConfigError as err:
+        raise ConfigError(
+            f"output_dir: {cfg.output_dir} holds a different run ({err}); "
+            "set overwrite=true or another output_dir"
+        ) from None
+    log.info("reusing the FedIT run in %s", cfg.output_dir)
+    return dataclasses.replace(cfg, resume=True)
+
+
+def _local_contenders(
+    cfg: Config, engine: Any, schedule: dict[int, list[Any]], observer: RunObserver
+) -> list[Contender]:
+    contenders = []
+    for client in choose_local_clients(cfg, schedule):
+        stints = schedule[client]
+        log.info(
+            "Local-k: client %d alone, %d steps over rounds %s",
+            client,
+            sum(s.steps for s in stints),
+            [s.server_round for s in stints],
+        )
+        state, steps = _train(engine, engine.client_data[client], cfg, stints, client, observer)
+        examples = len(engine.client_data[client])
+        contenders.append(
+            Contender(
+                f"local-{client}", f"client {client}'s {examples} examples only", steps, state
+            )
+        )
+    return contenders
+
+
+def _centralized(
+    cfg: Config, engine: Any, schedule: dict[int, list[Any]], observer: RunObserver
+) -> Contender:
+    pooled = [example for client in engine.client_data for example in client]
+    stints = pooled_schedule(schedule)
+    log.info("Centralized: %d pooled examples, %d steps", len(pooled), sum(s.steps for s in stints))
+    # A client id no FedIT client has, so its batch order is its own.
+    state, steps = _train(engine, pooled, cfg, stints, engine.num_clients, observer)
+    return Contender("centralized", f"all {len(pooled)} training examples pooled", steps, state)
+
+
+def _train(
+    engine: Any,
+    examples: list[Any],
+    cfg: Config,
+    stints: list[Any],
+    client_id: int,
+    observer: RunObserver,
+) -> tuple[AdapterState, int]:
+    return train_schedule(
+        engine.model,
+        examples,
+        cfg,
+        stints,
+        engine.initial_state(),
+        client_id,
+        on_stint=lambda stint: observer.on_client_start(client_id, stint.steps),
+        progress=observer.on_step,
+    )
+
+
+def _save_adapters(cfg: Config, engine: Any, contenders: list[Contender], out: Path) -> None:
+    """The baselines' adapters, loadable by ``fedit serve``/``eval`` (config.yaml beside them)."""
+    atomic_write_text(out / "config.yaml", save_config(cfg))
+    for contender in contenders:
+        if contender.state is not None and contender.name != "fedit":
+            engine.save_adapter(contender.state, out / "adapters" / contender.name)
+
+
+def _score(
+    cfg: Config, engine: Any, contenders: list[Contender], suites: list[Suite]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every contender on every suite; then the judge: single grades, and FedIT pairwise
+    against every other model."""
+    from fedit.model.lora import set_adapter_state
+
+    loaded = LoadedModel(engine.model, engine.tokenizer, has_adapter=True)
+    results = {}
+    for contender in contenders:
+        log.info("scoring %s", contender.name)
+        if contender.state is not None:
+            set_adapter_state(engine.model, contender.state)
+        results[contender.name] = evaluate_suites(
+            loaded, cfg, suites, use_adapter=contender.state is not None
+        )
+    if any(suite.spec.kind == "judge" for suite in suites):
+        _judge(cfg, results, suites)
+    return results
+
+
+def _judge(cfg: Config, results: dict[str, Any], suites: list[Suite]) -> None:
+    mode = cfg.eval.judge.mode
+    single_only = dataclasses.replace(
+        cfg,
+        eval=dataclasses.replace(
+            cfg.eval, judge=dataclasses.replace(cfg.eval.judge, mode="single")
+        ),
+    )
+    for name, model_results in results.items():
+        if name == "fedit":
+            opponents = {other: r for other, r in results.items() if other != "fedit"}
+            grade_judge_suites(model_results, suites, cfg, opponents)
+        elif mode in ("single", "both"):
+            grade_judge_suites(model_results, suites, single_only)
+
+
+def _jsonable(
+    results: dict[str, dict[str, dict[str, Any]]],
+    contenders: list[Contender],
+    phases: dict[str, float],
+) -> dict[str, Any]:
+    return {
+        "models": [
+            {"name": c.name, "description": c.description, "steps": c.steps} for c in contenders
+        ],
+        "seconds": phases,
+        "results": results,
+    }

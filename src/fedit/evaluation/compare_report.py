@@ -1,0 +1,115 @@
+"""``compare/report.md``: one table per suite metric (rows: models, columns: categories and
+overall), a bar chart per suite, and findings computed from the numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fedit.config import Config
+from fedit.evaluation.plots import plot_compare
+from fedit.evaluation.summary import category_table, fmt, judge_notes, metric_view, table_metrics
+from fedit.io import atomic_write_text
+
+
+def write_compare_report(
+    out: Path,
+    cfg: Config,
+    contenders: list[Any],
+    results: dict[str, dict[str, dict[str, Any]]],
+    table: dict[str, Any],
+) -> tuple[Path, str]:
+    """Write ``report.md`` and ``<suite>.png`` into ``out``.
+
+    Returns:
+        The report's path and a plain-text overview (headline metric per model and suite).
+    """
+    names = [c.name for c in contenders]
+    lines = [
+        "# FedIT vs base, Local-k and Centralized",
+        "",
+        f"Config: `{cfg.output_dir}/config.yaml` (model `{cfg.model.name}`, seed {cfg.seed}). "
+        f"{table.get('num_train')} training examples over {cfg.federation.num_clients} clients, "
+        f"{table.get('num_test')} held out; every model is scored on the same split.",
+        "",
+        "| model | trained on | optimizer steps |",
+        "|---|---|---:|",
+    ]
+    lines += [f"| {c.name} | {c.description} | {c.steps} |" for c in contenders]
+    lines += ["", "## Findings", ""] + findings(names, results) + [""]
+    suites = list(results[names[0]])
+    for suite in suites:
+        rows = [(name, results[name][suite]) for name in names]
+        first = rows[0][1]
+        lines += [f"## {suite} ({first['kind']})", ""]
+        for index, (metric, by_key, title) in enumerate(table_metrics(first)):
+            lines += [f"**{title}**", ""] + category_table(rows, metric, by_key) + [""]
+            if index == 0:
+                chart = f"{suite}.png"
+                plot_compare(rows, metric, by_key, title, out / chart)
+                lines += [f"![{suite}: {title}]({chart})", ""]
+        if first["kind"] == "judge":
+            for name, result in rows:
+                lines += [f"{name}:"] + (judge_notes(result) or ["- not graded"]) + [""]
+    report = out / "report.md"
+    atomic_write_text(report, "\n".join(lines))
+    return report, overview(names, results)
+
+
+def _headline(result: dict[str, Any]) -> tuple[str, float | None]:
+    metrics = table_metrics(result)
+    if not metrics:
+        return "", None
+    metric = metrics[0][0]
+    return metric, metric_view(result, metric).get(metric)
+
+
+def findings(names: list[str], results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """Plain statements on each suite's headline metric: FedIT against each Local-k, the base
+    model and Centralized."""
+    if "fedit" not in names:
+        return []
+    lines = []
+    for suite in results["fedit"]:
+        metric, fedit = _headline(results["fedit"][suite])
+        if fedit is None:
+            continue
+        lower_is_better = metric == "loss"
+        local: dict[str, float] = {}
+        for name in names:
+            value = _headline(results[name][suite])[1] if name.startswith("local-") else None
+            if value is not None:
+                local[name] = value
+        parts = [f"- **{suite}** ({metric}): FedIT {fmt(fedit)}"]
+        if local:
+            best_name = (min if lower_is_better else max)(local, key=lambda n: local[n])
+            best = local[best_name]
+            if fedit == best:
+                verdict = "ties the best Local-k"
+            elif (fedit < best) if lower_is_better else (fedit > best):
+                verdict = "beats every Local-k"
+            else:
+                verdict = "does not beat every Local-k"
+            parts.append(f"{verdict} (best {best_name} {fmt(best)})")
+        for other in ("base", "centralized"):
+            if other in results:
+                value = _headline(results[other][suite])[1]
+                if value is not None:
+                    parts.append(f"{other} {fmt(value)}")
+        lines.append("; ".join(parts))
+    return lines
+
+
+def overview(names: list[str], results: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """Headline metric per suite (columns) and model (rows) as a plain-text table."""
+    suites = list(results[names[0]])
+    headers = [f"{s} {_headline(results[names[0]][s])[0]}" for s in suites]
+    width = max(len(n) for n in names) + 2
+    lines = ["model".ljust(width) + "  ".join(h.rjust(max(10, len(h))) for h in headers)]
+    for name in names:
+        cells = [
+            fmt(_headline(results[name][s])[1]).rjust(max(10, len(h)))
+            for s, h in zip(suites, headers, strict=True)
+        ]
+        lines.append(name.ljust(width) + "  ".join(cells))
+    return "\n".join(lines)

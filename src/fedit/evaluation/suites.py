@@ -1,0 +1,282 @@
+"""Evaluation suites: what ``fedit eval --suite`` and ``fedit compare`` score a model on.
+
+A suite spec is ``KIND`` or ``KIND:SOURCE``, optionally named: ``NAME=KIND:SOURCE``.
+
+=================  ==========================================================================
+``heldout``        the run's held-out test split (the same one training held out)
+``instructions:S`` any file, folder (its ``test.*``) or hub dataset in the core data formats
+``mc:FILE``        multiple choice (MMLU style or Alpaca ``Options: A. ...``), by log-likelihood
+``gsm8k:FILE``     free-form numeric answers; the reference ends with ``#### 42``
+``judge:FILE``     FastChat ``question.jsonl`` (Vicuna-bench, MT-Bench) graded by an LLM judge
+=================  ==========================================================================
+
+Example:
+    suite = load_suite(parse_suite("mc:data/mmlu.jsonl"), run_cfg)
+    result = suite.evaluate(EvalContext(model, tokenizer, "alpaca", run_cfg))
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from fedit.client.evaluate import evaluate_loss, generate_answers
+from fedit.config import Config, ConfigError
+from fedit.data.synthetic import score_answer
+from fedit.data.templates import build_prompt, tokenize_examples
+from fedit.evaluation.answers import generate_turn_answers
+from fedit.evaluation.metrics import generation_scores
+from fedit.types import Example
+
+log = logging.getLogger(__name__)
+
+SUITE_KINDS = ("heldout", "instructions", "mc", "gsm8k", "judge")
+_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*$")
+# File stems too generic to name a suite by; the folder name is used instead.
+_GENERIC_STEMS = {"question", "questions", "test", "train", "data", "validation", "dev"}
+
+
+@dataclass(frozen=True)
+class SuiteSpec:
+    """A parsed ``--suite`` value."""
+
+    name: str
+    kind: str
+    source: str | None = None
+
+
+def parse_suite(spec: str, key: str = "--suite") -> SuiteSpec:
+    """Parse ``KIND``, ``KIND:SOURCE`` or ``NAME=KIND:SOURCE``; errors start with ``key``.
+
+    Raises:
+        ConfigError: Unknown kind, a missing or superfluous source, or a bad name.
+    """
+    name, _, rest = spec.partition("=") if "=" in spec.split(":", 1)[0] else ("", "", spec)
+    kind, _, source = rest.partition(":")
+    if kind not in SUITE_KINDS:
+        raise ConfigError(f"{key} {spec!r}: unknown kind {kind!r}; use {', '.join(SUITE_KINDS)}")
+    if kind == "heldout" and source:
+        raise ConfigError(f"{key} {spec!r}: heldout takes no source (it is the run's test split)")
+    if kind != "heldout" and not source:
+        raise ConfigError(f"{key} {spec!r}: {kind} needs a source, e.g. {kind}:path/to/file")
+    name = name or _default_name(kind, source)
+    if not _NAME.match(name):
+        raise ConfigError(f"{key} {spec!r}: name {name!r} must be letters, digits, '_', '-', '.'")
+    return SuiteSpec(name, kind, source or None)
+
+
+def _default_name(kind: str, source: str) -> str:
+    if not source:
+        return kind
+    path = Path(source)
+    stem = path.stem if path.suffix else path.name
+    if stem.lower() in _GENERIC_STEMS and path.parent.name:
+        stem = path.parent.name
+    return re.sub(r"[^\w.-]", "_", stem) or kind
+
+
+@dataclass
+class EvalContext:
+    """The model being scored and how to prompt it."""
+
+    model: Any
+    tokenizer: Any
+    template: str
+    cfg: Config
+    autocast: str = "auto"
+
+
+class Suite(Protocol):
+    spec: SuiteSpec
+
+    def evaluate(self, ctx: EvalContext) -> dict[str, Any]: ...
+
+
+@dataclass
+class InstructionSuite:
+    """Held-out instructions: loss and perplexity, then EM / token F1 / ROUGE-L per category."""
+
+    spec: SuiteSpec
+    examples: list[Example]
+
+    def evaluate(self, ctx: EvalContext) -> dict[str, Any]:
+        cfg = ctx.cfg
+        tokenized, _ = tokenize_examples(
+            self.examples, ctx.tokenizer, ctx.template, cfg.train.cutoff_len, False
+        )
+        result: dict[str, Any] = {"suite": self.spec.name, "kind": self.spec.kind}
+        if tokenized:
+            result.update(evaluate_loss(ctx.model, tokenized, cfg.eval.batch_size, ctx.autocast))
+        prompts = [build_prompt(e, ctx.template, ctx.tokenizer) for e in self.examples]
+        answers = generate_answers(
+            ctx.model,
+            ctx.tokenizer,
+            prompts,
+            cfg.eval.max_new_tokens,
+            cfg.eval.batch_size,
+            add_special_tokens=ctx.template != "chat",
+            autocast=ctx.autocast,
+        )
+        references = [e["output"] for e in self.examples]
+        categories = [e.get("category", "") for e in self.examples]
+        result.update(generation_scores(answers, references, categories))
+        result.update(_exact_answer_accuracy(answers, references, categories))
+        result["samples"] = [
+            {"category": c, "reference": r, "answer": a[:500]}
+            for c, r, a in zip(categories, references, answers, strict=True)
+        ]
+        return result
+
+
+def _exact_answer_accuracy(
+    answers: list[str], references: list[str], categories: list[str]
+) -> dict[str, Any]:
+    """The training run's own accuracy (``score_answer``: first line, exact after light cleanup),
+    so a compare table matches the run's report."""
+    hits: dict[str, list[bool]] = {}
+    for answer, reference, category in zip(answers, references, categories, strict=True):
+        hits.setdefault(category, []).append(score_answer(answer, reference))
+    flat = [hit for values in hits.values() for hit in values]
+    return {
+        "accuracy": sum(flat) / len(flat) if flat else 0.0,
+        "accuracy_by_category": {c: sum(v) / len(v) for c, v in sorted(hits.items())},
+    }
+
+
+@dataclass
+class MultipleChoiceSuite:
+    """MMLU-style questions: the option with the highest log-likelihood is the answer."""
+
+    spec: SuiteSpec
+    questions: list[Any]
+
+    def evaluate(self, ctx: EvalContext) -> dict[str, Any]:
+        from fedit.evaluation.multiple_choice import score_multiple_choice
+
+        result = score_multiple_choice(
+            ctx.model,
+            ctx.tokenizer,
+            self.questions,
+            ctx.template,
+            ctx.cfg.eval.batch_size,
+            autocast=ctx.autocast,
+        )
+        return {"suite": self.spec.name, "kind": self.spec.kind, **result}
+
+
+@dataclass
+class NumericSuite:
+    """GSM8K-style word problems: the final number of the answer must match the reference's."""
+
+    spec: SuiteSpec
+    examples: list[Example]
+
+    def evaluate(self, ctx: EvalContext) -> dict[str, Any]:
+        from fedit.evaluation.numeric import evaluate_numeric
+
+        result = evaluate_numeric(
+            ctx.model,
+            ctx.tokenizer,
+            self.examples,
+            ctx.template,
+            ctx.cfg.eval.long_max_new_tokens,
+            ctx.cfg.eval.batch_size,
+            autocast=ctx.autocast,
+        )
+        return {"suite": self.spec.name, "kind": self.spec.kind, **result}
+
+
+@dataclass
+class JudgeSuite:
+    """Open questions answered by the model, then graded by the LLM judge (``evaluation.judge``).
+
+    ``evaluate`` only writes the answers (turn by turn, as a conversation); grading needs the
+    judge endpoint and, for pairwise comparison, a second model's answers.
+    """
+
+    spec: SuiteSpec
+    questions: list[Any]
+
+    def evaluate(self, ctx: EvalContext) -> dict[str, Any]:
+        answers = generate_turn_answers(
+            ctx.model,
+            ctx.tokenizer,
+            ctx.template,
+            self.questions,
+            ctx.cfg.eval.long_max_new_tokens,
+            ctx.cfg.eval.batch_size,
+        )
+        return {
+            "suite": self.spec.name,
+            "kind": self.spec.kind,
+            "num_questions": len(self.questions),
+            "answers": {str(qid): turns for qid, turns in answers.items()},
+        }
+
+
+def load_suite(spec: SuiteSpec, cfg: Config, key: str = "--suite") -> Suite:
+    """Read a suite's data now, so that a bad file fails before any model is loaded.
+
+    Args:
+        spec: The parsed suite.
+        cfg: The run's config (its data section defines ``heldout`` and the column mapping).
+
+    Raises:
+        ConfigError: A missing or malformed file, naming the suite and the file.
+    """
+    if spec.kind == "heldout":
+        from fedit.experiment import prepare_data
+
+        return InstructionSuite(spec, prepare_data(cfg).test)
+    source = str(spec.source)
+    key = f"{key} {spec.name}"
+    if spec.kind == "instructions":
+        from fedit.data.sources import load_source
+
+        return InstructionSuite(spec, load_source(source, key, "test", cfg.data))
+    path = _existing_file(source, key)
+    if spec.kind == "mc":
+        from fedit.evaluation.multiple_choice import load_mc_questions
+
+        return MultipleChoiceSuite(spec, load_mc_questions(path))
+    if spec.kind == "gsm8k":
+        from fedit.evaluation.numeric import load_numeric_examples
+
+        return NumericSuite(spec, load_numeric_examples(path))
+    from fedit.evaluation.judge import load_judge_questions
+
+    return JudgeSuite(spec, load_judge_questions(path, _reference_answers(path)))
+
+
+def _existing_file(source: str, key: str) -> Path:
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{key}: file not found: {source}")
+    return path
+
+
+def _reference_answers(questions: Path) -> Path | None:
+    """GPT-4 reference answers next to a FastChat question file, where they exist."""
+    for candidate in (
+        questions.parent / "reference_answer_gpt-4.jsonl",
+        questions.parent / "reference_answer" / "gpt-4.jsonl",
+    ):
+        if candidate.is_file():
+            log.info("judge references: %s", candidate)
+            return candidate
+    return None
+
+
+def load_suites(specs: list[str], cfg: Config, key: str = "--suite") -> list[Suite]:
+    """Parse and load every suite; duplicate names are an error. Errors start with ``key``."""
+    parsed = [parse_suite(spec, key) for spec in specs]
+    names = [spec.name for spec in parsed]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ConfigError(
+            f"{key}: two suites are named {duplicates[0]!r}; name them NAME=KIND:SOURCE"
+        )
+    return [load_suite(spec, cfg, key) for spec in parsed]
