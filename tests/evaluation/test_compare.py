@@ -158,3 +158,50 @@ def test_parse_suite(spec, expected):
 def test_parse_suite_rejects(spec):
     with pytest.raises(ConfigError, match="--suite"):
         parse_suite(spec)
+
+
+def test_eval_offline_suites_from_files(tiny_model_dir, tmp_path, shared_data, capsys):
+    """mc, gsm8k and instructions suites side by side, from files in their documented formats."""
+    out = tmp_path / "run"
+    assert main(["run", "configs/quickstart.yaml", *tiny_args(tiny_model_dir, out)]) == 0
+    mc = tmp_path / "mmlu.jsonl"
+    mc.write_text(
+        json.dumps({"question": "2 + 2?", "choices": ["3", "4"], "answer": "B", "subject": "math"})
+        + "\n"
+        + json.dumps(
+            {"instruction": "Sky colour?\nOptions: A. red, B. blue", "output": "The answer is: B"}
+        )
+        + "\n"
+    )
+    gsm = tmp_path / "gsm8k.jsonl"
+    gsm.write_text(json.dumps({"question": "1 + 1?", "answer": "1 + 1 = 2\n#### 2"}) + "\n")
+    shakespeare = shared_data / "shakespeare" / "test.json"
+    code = main(
+        [
+            "eval",
+            "--adapter",
+            str(out / "global_adapter"),
+            "--suite",
+            f"mc:{mc}",
+            "--suite",
+            f"gsm8k:{gsm}",
+            "--suite",
+            f"lines=instructions:{shakespeare}",
+            "--max-new-tokens",
+            "2",
+        ]
+    )
+    assert code == 0
+    mmlu = json.loads((out / "eval" / "mmlu.json").read_text())
+    assert mmlu["num_questions"] == 2 and set(mmlu["accuracy_by_subject"]) == {"math", "mmlu"}
+    for prediction in mmlu["predictions"]:  # the argmax of the log-likelihoods is the answer
+        scores = prediction["log_likelihoods"]
+        assert prediction["predicted"] == "AB"[scores.index(max(scores))]
+    numeric = json.loads((out / "eval" / "gsm8k.json").read_text())
+    assert numeric["num_examples"] == 1 and numeric["predictions"][0]["reference"] == "2"
+    lines = json.loads((out / "eval" / "lines.json").read_text())
+    assert lines["num_examples"] == len(json.loads(shakespeare.read_text()))
+    assert lines["perplexity"] > 1 and 0 <= lines["rouge_l"] <= 1
+    summary = (out / "eval" / "summary.md").read_text()
+    for heading in ("## mmlu (mc)", "## gsm8k (gsm8k)", "## lines (instructions)"):
+        assert heading in summary

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 
 @contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
+def eval_mode(model: nn.Module) -> Iterator[None]:
     """Eval mode and no grad for the block; the previous train/eval mode is restored."""
     was_training = model.training
     model.eval()
@@ -38,7 +38,7 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def _by_length(lengths: list[int], batch_size: int) -> list[list[int]]:
+def by_length(lengths: list[int], batch_size: int) -> list[list[int]]:
     """Index batches of similar length (longest first) to keep padding small."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
@@ -74,8 +74,8 @@ def evaluate_loss(
     pad_token_id = model_pad_token_id(model)
     loss_sums: dict[str, float] = defaultdict(float)
     token_counts: dict[str, int] = defaultdict(int)
-    with _eval_mode(model):
-        for indices in _by_length([len(e.input_ids) for e in examples], batch_size):
+    with eval_mode(model):
+        for indices in by_length([len(e.input_ids) for e in examples], batch_size):
             batch = collate([examples[i] for i in indices], pad_token_id)
             rows_tokens = (batch["labels"][:, 1:] != IGNORE_INDEX).sum(dim=1).tolist()
             batch = {key: value.to(device) for key, value in batch.items()}
@@ -149,8 +149,8 @@ def generate_token_ids(
     generation_config = _generation_config(model, tokenizer, max_new_tokens)
     eos_ids = set(generation_config.eos_token_id or [])
     results: list[list[int]] = [[] for _ in prompts]
-    with _eval_mode(model):
-        for indices in _by_length([len(row) for row in encoded], batch_size):
+    with eval_mode(model):
+        for indices in by_length([len(row) for row in encoded], batch_size):
             rows = [encoded[i] for i in indices]
             input_ids, attention_mask = _left_pad(rows, tokenizer.pad_token_id)
             with autocast_context(device, autocast):

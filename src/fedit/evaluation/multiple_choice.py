@@ -31,7 +31,7 @@ from typing import Any
 from torch import nn
 
 from fedit.client.batching import collate
-from fedit.client.evaluate import _by_length, _eval_mode
+from fedit.client.evaluate import by_length, eval_mode
 from fedit.client.train import autocast_context, model_device, model_pad_token_id, token_loss_sum
 from fedit.config import ConfigError
 from fedit.data.sources import read_records
@@ -283,8 +283,8 @@ def option_log_likelihoods(
     device = model_device(model)
     pad_token_id = model_pad_token_id(model)
     scores = [0.0] * len(rows)
-    with _eval_mode(model):
-        for indices in _by_length([len(row.input_ids) for row in rows], batch_size):
+    with eval_mode(model):
+        for indices in by_length([len(row.input_ids) for row in rows], batch_size):
             batch = collate([rows[i] for i in indices], pad_token_id)
             batch = {key: value.to(device) for key, value in batch.items()}
             with autocast_context(device, autocast):
