@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from fedit.config import ConfigError, ModelConfig
-from fedit.evaluation import numeric
 from fedit.evaluation.numeric import (
     evaluate_numeric,
     extract_final_number,
@@ -127,7 +126,7 @@ def test_evaluate_numeric_scores_the_final_numbers(monkeypatch: pytest.MonkeyPat
         seen.update(prompts=prompts, kwargs=kwargs, max_new_tokens=max_new_tokens)
         return [next(v for k, v in answers.items() if f"\n{k}\n" in p) for p in prompts]
 
-    monkeypatch.setattr(numeric, "generate_answers", fake_generate)
+    monkeypatch.setattr("fedit.client.evaluate.generate_answers", fake_generate)
     result = evaluate_numeric(None, None, EXAMPLES, "alpaca", 64, 2)
     assert result["accuracy"] == pytest.approx(0.5)
     assert result["accuracy_by_category"] == {"a": 1.0, "b": 0.0}

@@ -203,6 +203,29 @@ def generate_answers(
     return [text.strip() for text in texts]
 
 
+def answer_examples(
+    model: nn.Module,
+    tokenizer: Any,
+    examples: list[Example],
+    template: str,
+    max_new_tokens: int,
+    batch_size: int,
+    autocast: str = "auto",
+) -> list[str]:
+    """Greedy answers to examples, prompted with ``template`` as in training (arguments as
+    for ``generate_answers``; the chat template writes its own special tokens)."""
+    prompts = [build_prompt(example, template, tokenizer) for example in examples]
+    return generate_answers(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens,
+        batch_size,
+        add_special_tokens=template != "chat",
+        autocast=autocast,
+    )
+
+
 def evaluate_accuracy(
     model: nn.Module,
     tokenizer: Any,
@@ -230,15 +253,8 @@ def evaluate_accuracy(
     """
     if not examples:
         raise ValueError("evaluate_accuracy: got no examples")
-    prompts = [build_prompt(example, template, tokenizer) for example in examples]
-    answers = generate_answers(
-        model,
-        tokenizer,
-        prompts,
-        max_new_tokens,
-        batch_size,
-        add_special_tokens=template != "chat",
-        autocast=autocast,
+    answers = answer_examples(
+        model, tokenizer, examples, template, max_new_tokens, batch_size, autocast
     )
     correct: dict[str, int] = defaultdict(int)
     counts: dict[str, int] = defaultdict(int)

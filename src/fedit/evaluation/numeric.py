@@ -25,10 +25,9 @@ from typing import Any
 
 from torch import nn
 
-from fedit.client.evaluate import generate_answers
+from fedit.client.evaluate import answer_examples
 from fedit.config import ConfigError
 from fedit.data.sources import read_records
-from fedit.data.templates import build_prompt
 from fedit.types import Example
 
 logger = logging.getLogger(__name__)
@@ -167,15 +166,8 @@ def evaluate_numeric(
     if None in references:
         index = references.index(None)
         raise ValueError(f"evaluate_numeric: example {index}'s output has no number")
-    prompts = [build_prompt(example, template, tokenizer) for example in examples]
-    answers = generate_answers(
-        model,
-        tokenizer,
-        prompts,
-        max_new_tokens,
-        batch_size,
-        add_special_tokens=template != "chat",
-        autocast=autocast,
+    answers = answer_examples(
+        model, tokenizer, examples, template, max_new_tokens, batch_size, autocast
     )
     correct: dict[str, int] = defaultdict(int)
     counts: dict[str, int] = defaultdict(int)

@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from fedit.evaluation import plots
+from fedit.evaluation.summary import fmt
 from fedit.io import atomic_write_text, read_jsonl
 
 PLOTS = {
@@ -19,11 +20,7 @@ PLOTS = {
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
+    return fmt(value, digits)
 
 
 def _evals(history: list[dict[str, Any]]) -> list[dict[str, Any]]:

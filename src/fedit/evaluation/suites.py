@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from fedit.client.evaluate import evaluate_loss, generate_answers
+from fedit.client.evaluate import answer_examples, evaluate_loss
 from fedit.config import Config, ConfigError
 from fedit.data.synthetic import score_answer
-from fedit.data.templates import build_prompt, tokenize_examples
+from fedit.data.templates import tokenize_examples
 from fedit.evaluation.answers import generate_turn_answers
 from fedit.evaluation.metrics import generation_scores
 from fedit.types import Example
@@ -110,15 +110,14 @@ class InstructionSuite:
         result: dict[str, Any] = {"suite": self.spec.name, "kind": self.spec.kind}
         if tokenized:
             result.update(evaluate_loss(ctx.model, tokenized, cfg.eval.batch_size, ctx.autocast))
-        prompts = [build_prompt(e, ctx.template, ctx.tokenizer) for e in self.examples]
-        answers = generate_answers(
+        answers = answer_examples(
             ctx.model,
             ctx.tokenizer,
-            prompts,
+            self.examples,
+            ctx.template,
             cfg.eval.max_new_tokens,
             cfg.eval.batch_size,
-            add_special_tokens=ctx.template != "chat",
-            autocast=ctx.autocast,
+            ctx.autocast,
         )
         references = [e["output"] for e in self.examples]
         categories = [e.get("category", "") for e in self.examples]
