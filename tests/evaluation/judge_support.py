@@ -19,6 +19,7 @@ from serving_support import MAX_TOKENS_LIMIT, load_engine, make_runs  # noqa: E4
 __all__ = [
     "MAX_TOKENS_LIMIT",
     "CountingApp",
+    "FailFirst",
     "FakeJudge",
     "judge_config",
     "load_engine",
@@ -53,6 +54,25 @@ class CountingApp:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"].endswith("/chat/completions"):
             self.chat_requests += 1
+        await self.app(scope, receive, send)
+
+
+class FailFirst:
+    """ASGI middleware: the first ``count`` chat requests get ``status``, then ``app`` answers."""
+
+    def __init__(self, app: Any, count: int, status: int = 503) -> None:
+        self.app = app
+        self.count = count
+        self.status = status
+        self.failed = 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        chat = scope["type"] == "http" and scope["path"].endswith("/chat/completions")
+        if chat and self.failed < self.count:
+            self.failed += 1
+            body = {"error": {"message": "overloaded, try again"}}
+            await JSONResponse(body, status_code=self.status)(scope, receive, send)
+            return
         await self.app(scope, receive, send)
 
 

@@ -13,6 +13,7 @@ import pytest
 from judge_support import (
     MAX_TOKENS_LIMIT,
     CountingApp,
+    FailFirst,
     FakeJudge,
     judge_config,
     load_engine,
@@ -497,3 +498,20 @@ def test_bad_files_name_the_file_and_line(tmp_path):
     prompts.write_text(json.dumps({**record, "prompt_template": "{question} {answr}"}) + "\n")
     with pytest.raises(ConfigError, match=r"p\.jsonl:1: template 'single-v1' uses unknown"):
         load_judge_prompts(prompts, required=["single-v1"])
+
+
+@pytest.mark.parametrize("status", [503, 429])
+def test_fedit_serve_behind_errors_is_retried(
+    status, engine, short_prompts, tmp_path, fast_retries
+):
+    """The real server as judge, answering ``status`` to the first two requests."""
+    counting = CountingApp(create_app(engine, max_tokens_limit=MAX_TOKENS_LIMIT))
+    failing = FailFirst(counting, count=2, status=status)
+    with running_server(failing) as url:
+        client = JudgeClient(judge_config(f"{url}/v1", tmp_path, model="global", max_tokens=16))
+        client.check()
+        result = grade_single(client, short_prompts, QUESTIONS[:1], {1: ["Plan."]}, repeats=1)
+    assert failing.failed == 2 and counting.chat_requests == 1  # the third attempt got through
+    assert client.stats["retries"] == 2 and client.stats["requests_sent"] == 3
+    assert result["request_failures"] == 0 and result["num_judgments"] == 1
+    assert result["parse_failures"] == 1  # the tiny model's reply is junk, counted, not scored
