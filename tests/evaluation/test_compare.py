@@ -66,6 +66,25 @@ def test_compare_reuses_a_complete_run(tiny_model_dir, tmp_path):
     assert (out / "metrics.jsonl").read_text() == metrics  # no round was trained again
     stored = json.loads((out / "compare" / "results.json").read_text())
     assert [m["name"] for m in stored["models"]][-1] == "fedit"
+    # A second compare reuses the baselines it trained; a changed schedule retrains them.
+    adapters = sorted((out / "compare" / "adapters").glob("*/adapter_model.safetensors"))
+    written = {path: path.stat().st_mtime_ns for path in adapters}
+    assert len(written) == 2
+    assert _compare(tiny_model_dir, out, "compare.centralized=false") == 0
+    assert {path: path.stat().st_mtime_ns for path in adapters} == written
+    again = json.loads((out / "compare" / "results.json").read_text())
+    first_local = stored["models"][1]["name"]
+    assert (
+        again["results"][first_local]["heldout"]["loss"]
+        == (stored["results"][first_local]["heldout"]["loss"])
+    )
+    marker = adapters[0].parent / "baseline.json"
+    recipe = json.loads(marker.read_text())
+    recipe["stints"][0]["steps"] += 1
+    marker.write_text(json.dumps(recipe))
+    assert _compare(tiny_model_dir, out, "compare.centralized=false") == 0
+    assert adapters[0].stat().st_mtime_ns != written[adapters[0]]
+    assert adapters[1].stat().st_mtime_ns == written[adapters[1]]
 
 
 def test_compare_refuses_a_different_run_and_bad_suites(tiny_model_dir, tmp_path, capsys):

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from typing import Any
 
 from fedit.config import Config, ConfigError, save_config
 from fedit.evaluation.baselines import (
+    Stint,
     choose_local_clients,
     pooled_schedule,
     step_schedule,
@@ -39,6 +41,8 @@ from fedit.server.observer import RunObserver
 from fedit.types import AdapterState
 
 log = logging.getLogger(__name__)
+
+BASELINE_MARKER = "baseline.json"  # beside a baseline's adapter: how it was trained
 
 
 @dataclass
@@ -75,6 +79,7 @@ def run_compare(cfg: Config, observer: RunObserver | None = None) -> CompareOutc
     fedit_run = run_experiment(_fedit_config(cfg), observer)
     phases = {"fedit": time.perf_counter() - started}
     compare_dir = fedit_run.run_dir / "compare"
+    atomic_write_text(compare_dir / "config.yaml", save_config(cfg))  # for fedit serve / eval
     data = prepare_data(cfg)
     engine, _ = build_engine(cfg, data)
     steps = [engine.local_steps(client) for client in range(engine.num_clients)]
@@ -94,7 +99,6 @@ def run_compare(cfg: Config, observer: RunObserver | None = None) -> CompareOutc
     if cfg.compare.centralized:
         contenders.append(_centralized(cfg, engine, schedule, observer))
     phases["baselines"] = time.perf_counter() - started - phases["fedit"]
-    _save_adapters(cfg, engine, contenders, compare_dir)
     results = _score(cfg, engine, contenders, suites)
     seconds = time.perf_counter() - started
     phases["scoring"] = seconds - phases["fedit"] - phases["baselines"]
@@ -134,7 +138,7 @@ def _fedit_config(cfg: Config) -> Config:
 
 
 def _local_contenders(
-    cfg: Config, engine: Any, schedule: dict[int, list[Any]], observer: RunObserver
+    cfg: Config, engine: Any, schedule: dict[int, list[Stint]], observer: RunObserver
 ) -> list[Contender]:
     contenders = []
     for client in choose_local_clients(cfg, schedule):
@@ -145,7 +149,9 @@ def _local_contenders(
             sum(s.steps for s in stints),
             [s.server_round for s in stints],
         )
-        state, steps = _train(engine, engine.client_data[client], cfg, stints, client, observer)
+        state, steps = _train_or_reuse(
+            f"local-{client}", engine, engine.client_data[client], cfg, stints, client, observer
+        )
         examples = len(engine.client_data[client])
         contenders.append(
             Contender(
@@ -156,25 +162,39 @@ def _local_contenders(
 
 
 def _centralized(
-    cfg: Config, engine: Any, schedule: dict[int, list[Any]], observer: RunObserver
+    cfg: Config, engine: Any, schedule: dict[int, list[Stint]], observer: RunObserver
 ) -> Contender:
     pooled = [example for client in engine.client_data for example in client]
     stints = pooled_schedule(schedule)
     log.info("Centralized: %d pooled examples, %d steps", len(pooled), sum(s.steps for s in stints))
     # A client id no FedIT client has, so its batch order is its own.
-    state, steps = _train(engine, pooled, cfg, stints, engine.num_clients, observer)
+    state, steps = _train_or_reuse(
+        "centralized", engine, pooled, cfg, stints, engine.num_clients, observer
+    )
     return Contender("centralized", f"all {len(pooled)} training examples pooled", steps, state)
 
 
-def _train(
+def _train_or_reuse(
+    name: str,
     engine: Any,
     examples: list[Any],
     cfg: Config,
-    stints: list[Any],
+    stints: list[Stint],
     client_id: int,
     observer: RunObserver,
 ) -> tuple[AdapterState, int]:
-    return train_schedule(
+    """Train a baseline and save it to ``compare/adapters/<name>`` at once, or load it from
+    there when an earlier (perhaps crashed) compare trained it with the same settings and
+    schedule, so a re-run never trains it twice."""
+    from fedit.model.lora import load_adapter_state
+
+    folder = Path(cfg.output_dir) / "compare" / "adapters" / name
+    recipe = _recipe(cfg, stints, client_id)
+    marker = folder / BASELINE_MARKER
+    if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == recipe:
+        log.info("%s: reusing %s", name, folder)
+        return load_adapter_state(folder), sum(stint.steps for stint in stints)
+    state, steps = train_schedule(
         engine.model,
         examples,
         cfg,
@@ -184,14 +204,21 @@ def _train(
         on_stint=lambda stint: observer.on_client_start(client_id, stint.steps),
         progress=observer.on_step,
     )
+    engine.save_adapter(state, folder)
+    atomic_write_json(marker, recipe)
+    return state, steps
 
 
-def _save_adapters(cfg: Config, engine: Any, contenders: list[Contender], out: Path) -> None:
-    """The baselines' adapters, loadable by ``fedit serve``/``eval`` (config.yaml beside them)."""
-    atomic_write_text(out / "config.yaml", save_config(cfg))
-    for contender in contenders:
-        if contender.state is not None and contender.name != "fedit":
-            engine.save_adapter(contender.state, out / "adapters" / contender.name)
+def _recipe(cfg: Config, stints: list[Stint], client_id: int) -> dict[str, Any]:
+    """Everything a baseline's weights depend on: the training settings and its schedule."""
+    settings = cfg.to_dict()
+    for key in ("eval", "compare", "resume", "overwrite", "output_dir", "engine", "flower"):
+        settings.pop(key, None)
+    return {
+        "client_id": client_id,
+        "stints": [dataclasses.asdict(stint) for stint in stints],
+        "settings": settings,
+    }
 
 
 def _score(
