@@ -62,6 +62,8 @@ def cmd_supernode(args: argparse.Namespace) -> int:
         )
     if args.model:
         node_config["model-name"] = args.model
+    if args.threads is not None:
+        node_config["num-threads"] = args.threads
     command = supernode_command(
         args.superlink,
         node_config,
@@ -112,6 +114,12 @@ def _add_supernode_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--partition-id", type=int, help="simulation-style: partition K")
     parser.add_argument("--num-partitions", type=int, help="simulation-style: of N")
     parser.add_argument("--model", help="local folder of the base model (default: model.name)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads for training (default: torch's); when SuperNodes share a machine, "
+        "keep their sum at or below its cores",
+    )
     parser.add_argument("--auth-key", help="ECDSA private key registered with the SuperLink")
 
 

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 CONNECTION = "fedit"  # the connection `fedit flower run` adds to $FLWR_HOME/config.toml
 RUN_CONFIG_KEY = "fedit-config"  # also in engines/flower.py, which may not be importable here
 INSECURE_WARNING = "Flower without TLS: anyone on the network can read and inject adapters"
+SUPEREXEC_POLL_SECONDS = 0.2
 
 
 def require_flower() -> None:
@@ -44,12 +45,15 @@ def flower_env(flwr_home: Path | None = None) -> dict[str, str]:
     """The environment for Flower's processes: no telemetry, no update check.
 
     This Python's bin folder goes first on PATH: the SuperLink and SuperNodes start
-    ``flower-superexec`` and the app processes by name.
+    ``flower-superexec`` and the app processes by name. The SuperExec asks its SuperLink or
+    SuperNode for a task to start every ``SUPEREXEC_POLL_SECONDS`` (Flower's default is 1 s,
+    paid on every message).
     """
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     env.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", str(SUPEREXEC_POLL_SECONDS))
     if flwr_home is not None:
         env["FLWR_HOME"] = str(flwr_home)
     return env

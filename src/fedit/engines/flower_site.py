@@ -7,26 +7,43 @@ A site names its data in its node config:
   a real deployment, every example in the file is training data;
 * ``partition-id=K num-partitions=N``: a simulation-style run, partition K of the run's own
   data exactly as the in-process engine splits it (N must equal ``federation.num_clients``).
+
+``num-threads=T`` sets torch's threads for training. SuperNodes that share one machine train at
+once; each with torch's default (every core) makes them fight over the cores, which on 2 cores
+made one training step several times slower.
+
+``test-fault='nan'|'stall'`` is for fedit's own tests only (``TEST_FAULTS``): it makes a real site
+misbehave so that the server's handling can be checked end to end. Never set it in a deployment.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from fedit.client.fit import fit_client
-from fedit.config import Config, ConfigError
+from fedit.config import Config, ConfigError, ModelConfig
 from fedit.data.sources import load_examples
 from fedit.data.templates import TokenizedExample, tokenize_examples
-from fedit.model.loading import load_model
+from fedit.model.loading import load_model, resolve_model_path
 from fedit.model.lora import add_rank_adapter, apply_lora
 from fedit.server.sampling import client_seed
 from fedit.types import ClientUpdate, Example, FitInstruction
 
 log = logging.getLogger(__name__)
+
+TEST_FAULT_KEY = "test-fault"
+# Test-only faults: "nan" trains, then replies with a NaN in the adapter (a malformed update);
+# "stall" sleeps STALL_SECONDS before training, so that a test can kill the SuperNode while it
+# holds its instruction.
+TEST_FAULTS = ("nan", "stall")
+STALL_SECONDS = 120.0
 
 
 @dataclass
@@ -77,6 +94,49 @@ def site_examples(cfg: Config, node_config: dict[str, Any]) -> tuple[int, list[E
     return client_id, [prepared.train[i] for i in prepared.parts[client_id]]
 
 
+def _site_model_config(cfg: Config, node_config: dict[str, Any]) -> ModelConfig:
+    if "model-name" in node_config:  # the site's own copy of the base model
+        return dataclasses.replace(cfg.model, name=str(node_config["model-name"]))
+    return cfg.model
+
+
+def _checked_site_examples(cfg: Config, node_config: dict[str, Any]) -> tuple[int, list[Example]]:
+    client_id, raw = site_examples(cfg, node_config)
+    if not 0 <= client_id < cfg.federation.num_clients:
+        raise ConfigError(
+            f"node config: client id {client_id} is not in [0, federation.num_clients)"
+        )
+    fault = node_config.get(TEST_FAULT_KEY)
+    if fault is not None and fault not in TEST_FAULTS:
+        raise ConfigError(f"node config {TEST_FAULT_KEY}: {fault!r} is not one of {TEST_FAULTS}")
+    return client_id, raw
+
+
+def _tokenize(cfg: Config, raw: list[Example], tokenizer: Any) -> list[TokenizedExample]:
+    train = cfg.train
+    examples, _ = tokenize_examples(
+        raw, tokenizer, cfg.data.template, train.cutoff_len, train.train_on_inputs
+    )
+    return examples
+
+
+def count_site_examples(cfg: Config, node_config: dict[str, Any]) -> tuple[int, int]:
+    """The client id and the number of training examples ``load_site`` would give.
+
+    For the server's query before round 1: it loads only the tokenizer, not the model.
+    """
+    client_id, raw = _checked_site_examples(cfg, node_config)
+    from transformers import AutoTokenizer
+
+    model_cfg = _site_model_config(cfg, node_config)
+    tokenizer = AutoTokenizer.from_pretrained(
+        resolve_model_path(model_cfg.name),
+        revision=model_cfg.revision,
+        trust_remote_code=model_cfg.trust_remote_code,
+    )
+    return client_id, len(_tokenize(cfg, raw, tokenizer))
+
+
 def load_site(cfg: Config, node_config: dict[str, Any]) -> Site:
     """Load the base model with the run's LoRA and tokenize this site's examples.
 
@@ -84,20 +144,10 @@ def load_site(cfg: Config, node_config: dict[str, Any]) -> Site:
     loads from its cached safetensors copy.
     """
     started = time.perf_counter()
-    client_id, raw = site_examples(cfg, node_config)
-    if not 0 <= client_id < cfg.federation.num_clients:
-        raise ConfigError(
-            f"node config: client id {client_id} is not in [0, federation.num_clients)"
-        )
-    model_cfg = cfg.model
-    if "model-name" in node_config:  # the site's own copy of the base model
-        model_cfg = dataclasses.replace(model_cfg, name=str(node_config["model-name"]))
-    base, tokenizer = load_model(model_cfg)
+    client_id, raw = _checked_site_examples(cfg, node_config)
+    base, tokenizer = load_model(_site_model_config(cfg, node_config))
     model = apply_lora(base, cfg.lora, seed=cfg.seed)
-    train = cfg.train
-    examples, _ = tokenize_examples(
-        raw, tokenizer, cfg.data.template, train.cutoff_len, train.train_on_inputs
-    )
+    examples = _tokenize(cfg, raw, tokenizer)
     seconds = time.perf_counter() - started
     log.info("client %d: %d examples, loaded in %.2f s", client_id, len(examples), seconds)
     return Site(client_id, examples, model, seconds)
@@ -107,6 +157,11 @@ def train_site(
     cfg: Config, node_config: dict[str, Any], instruction: FitInstruction, server_round: int
 ) -> ClientUpdate:
     """One round on this site: the same ``fit_client`` call as the in-process engine."""
+    if "num-threads" in node_config:
+        torch.set_num_threads(max(1, _int_key(node_config, "num-threads")))
+    if node_config.get(TEST_FAULT_KEY) == "stall":
+        log.warning("test-fault stall: sleeping %g s before training", STALL_SECONDS)
+        time.sleep(STALL_SECONDS)
     site = load_site(cfg, node_config)
     if instruction.client_id != site.client_id:
         raise ConfigError(
@@ -124,4 +179,8 @@ def train_site(
         seed=client_seed(cfg.seed, server_round, site.client_id),
     )
     update.metrics["load_seconds"] = site.load_seconds
+    if node_config.get(TEST_FAULT_KEY) == "nan":
+        name = sorted(update.state)[0]
+        log.warning("test-fault nan: replying with NaN in %s", name)
+        update.state[name] = update.state[name].clone().fill_(math.nan)
     return update
