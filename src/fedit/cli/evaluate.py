@@ -28,6 +28,7 @@ JUDGE_FLAGS = {
     "judge_mode": "mode",
     "judge_repeats": "repeats",
     "judge_concurrency": "concurrency",
+    "judge_max_tokens": "max_tokens",
 }
 
 
@@ -66,6 +67,9 @@ def add_judge_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--judge-mode", choices=["single", "pairwise", "both"])
     group.add_argument("--judge-repeats", type=int, help="times each judgment is asked")
     group.add_argument("--judge-concurrency", type=int, help="judge requests in flight")
+    group.add_argument(
+        "--judge-max-tokens", type=int, help="judge reply cap (fedit serve allows 512 by default)"
+    )
 
 
 def with_judge_flags(cfg: Config, args: argparse.Namespace, **eval_changes: Any) -> Config:

@@ -229,7 +229,13 @@ def load_suite(spec: SuiteSpec, cfg: Config, key: str = "--suite") -> Suite:
     if spec.kind == "heldout":
         from fedit.experiment import prepare_data
 
-        return InstructionSuite(spec, prepare_data(cfg).test)
+        test = prepare_data(cfg).test
+        if not test:
+            raise ConfigError(
+                f"{key} {spec.name}: the run holds out no test examples "
+                f"(data.test_per_category={cfg.data.test_per_category})"
+            )
+        return InstructionSuite(spec, test)
     source = str(spec.source)
     key = f"{key} {spec.name}"
     if spec.kind == "instructions":
