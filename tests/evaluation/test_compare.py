@@ -25,9 +25,12 @@ def _compare(tiny_model_dir, out, *extra):
     )
 
 
-def test_compare_trains_every_baseline_on_fedits_budget_and_reports(tiny_model_dir, tmp_path):
+def test_compare_trains_every_baseline_on_fedits_budget_and_reports(
+    tiny_model_dir, tmp_path, capsys
+):
     out = tmp_path / "run"
     assert _compare(tiny_model_dir, out) == 0
+    err = capsys.readouterr().err
     compare = out / "compare"
     stored = json.loads((compare / "results.json").read_text())
     models = {m["name"]: m for m in stored["models"]}
@@ -38,6 +41,8 @@ def test_compare_trains_every_baseline_on_fedits_budget_and_reports(tiny_model_d
     for name in local:  # train.local_steps=2 per round the client took part in
         assert models[name]["steps"] == 2 * answered.count(int(name.split("-")[1]))
     assert models["centralized"]["steps"] == models["fedit"]["steps"] == 2 * len(answered)
+    for name in [*local, "centralized"]:  # progress names each baseline and its step budget
+        assert f"training {name} ({models[name]['steps']} steps)" in err
     for name in models:
         heldout = stored["results"][name]["heldout"]
         assert heldout["num_examples"] == len(heldout["samples"]) > 0

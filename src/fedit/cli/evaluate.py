@@ -175,5 +175,5 @@ def cmd_compare(args: argparse.Namespace, out: Console, console: Console) -> int
         outcome = run_compare(cfg, observer)
     out.print(outcome.table_text, markup=False, highlight=False)
     out.print(f"report: {outcome.report}")
-    out.print(f"finished in {outcome.seconds / 60:.1f} min")
+    out.print(f"finished in {outcome.seconds / 60:.1f} min ({outcome.seconds:.0f} s)")
     return 0

@@ -88,8 +88,14 @@ class ProgressObserver(RunObserver):
             self.progress.advance(self.clients)
             self.progress.update(self.clients, info=f"last loss {update.train_loss:.3f}")
 
+    def on_baseline_start(self, name: str, total_steps: int) -> None:
+        self.progress.console.log(f"training {name} ({total_steps} steps) ...")
+        if self.steps is None:
+            self.steps = self.progress.add_task("steps", total=total_steps, info="")
+        self.progress.reset(self.steps, total=total_steps, description=name, info="")
+
     def on_eval_start(self, label: str) -> None:
-        self.progress.console.log(f"evaluating {label} on the held-out set ...")
+        self.progress.console.log(f"evaluating {label} ...")
 
     def on_eval_end(self, label: str, metrics: dict[str, Any]) -> None:
         parts = [f"{k} {metrics[k]:.4f}" for k in ("loss", "accuracy") if k in metrics]

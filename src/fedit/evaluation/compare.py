@@ -20,6 +20,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,7 @@ def run_compare(cfg: Config, observer: RunObserver | None = None) -> CompareOutc
     if cfg.compare.centralized:
         contenders.append(_centralized(cfg, engine, schedule, observer))
     phases["baselines"] = time.perf_counter() - started - phases["fedit"]
-    results = _score(cfg, engine, contenders, suites)
+    results = _score(cfg, engine, contenders, suites, observer)
     seconds = time.perf_counter() - started
     phases["scoring"] = seconds - phases["fedit"] - phases["baselines"]
     atomic_write_json(compare_dir / "results.json", _jsonable(results, contenders, phases))
@@ -194,6 +195,7 @@ def _train_or_reuse(
     if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == recipe:
         log.info("%s: reusing %s", name, folder)
         return load_adapter_state(folder), sum(stint.steps for stint in stints)
+    observer.on_baseline_start(name, sum(stint.steps for stint in stints))
     state, steps = train_schedule(
         engine.model,
         examples,
@@ -201,12 +203,24 @@ def _train_or_reuse(
         stints,
         engine.initial_state(),
         client_id,
-        on_stint=lambda stint: observer.on_client_start(client_id, stint.steps),
-        progress=observer.on_step,
+        progress=_progress(observer, sum(stint.steps for stint in stints)),
     )
     engine.save_adapter(state, folder)
     atomic_write_json(marker, recipe)
     return state, steps
+
+
+def _progress(observer: RunObserver, total: int) -> Callable[[int, int, float], None]:
+    """Step progress across all of a baseline's stints (each stint counts its steps from 1)."""
+    done = [0, 0]  # steps of finished stints, last step seen in the current one
+
+    def on_step(step: int, stint_steps: int, loss: float) -> None:
+        if step <= done[1]:  # a new stint started (steps rise within one)
+            done[0] += done[1]
+        done[1] = step
+        observer.on_step(done[0] + step, total, loss)
+
+    return on_step
 
 
 def _recipe(cfg: Config, stints: list[Stint], client_id: int) -> dict[str, Any]:
@@ -222,7 +236,11 @@ def _recipe(cfg: Config, stints: list[Stint], client_id: int) -> dict[str, Any]:
 
 
 def _score(
-    cfg: Config, engine: Any, contenders: list[Contender], suites: list[Suite]
+    cfg: Config,
+    engine: Any,
+    contenders: list[Contender],
+    suites: list[Suite],
+    observer: RunObserver,
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Every contender on every suite; then the judge: single grades, and FedIT pairwise
     against every other model."""
@@ -231,12 +249,14 @@ def _score(
     loaded = LoadedModel(engine.model, engine.tokenizer, has_adapter=True)
     results = {}
     for contender in contenders:
-        log.info("scoring %s", contender.name)
+        observer.on_eval_start(contender.name)
         if contender.state is not None:
             set_adapter_state(engine.model, contender.state)
         results[contender.name] = evaluate_suites(
             loaded, cfg, suites, use_adapter=contender.state is not None
         )
+        first = next(iter(results[contender.name].values()), {})
+        observer.on_eval_end(contender.name, first)
     if any(suite.spec.kind == "judge" for suite in suites):
         _judge(cfg, results, suites)
     return results

@@ -98,7 +98,7 @@ def evaluate_suites(
     results = {}
     for suite in suites:
         started = time.perf_counter()
-        log.info("evaluating %s", suite.spec.name)
+        log.debug("evaluating %s", suite.spec.name)
         ctx = EvalContext(loaded.model, loaded.tokenizer, cfg.data.template, cfg)
         if loaded.has_adapter and not use_adapter:
             with loaded.model.disable_adapter():

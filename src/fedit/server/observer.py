@@ -28,6 +28,9 @@ class RunObserver:
     def on_client_end(self, update: ClientUpdate) -> None:
         """Called with each client's reply."""
 
+    def on_baseline_start(self, name: str, total_steps: int) -> None:
+        """Called before ``fedit compare`` trains a baseline (a Local-k client, Centralized)."""
+
     def on_eval_start(self, label: str) -> None:
         """Called before an evaluation ("base" or "round N")."""
 
