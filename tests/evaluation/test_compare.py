@@ -7,9 +7,11 @@ import json
 import pytest
 
 from fedit.cli.main import main
-from fedit.config import ConfigError
-from fedit.evaluation.suites import parse_suite
+from fedit.config import ConfigError, load_config
+from fedit.evaluation.runner import evaluate_suites, load_for_eval
+from fedit.evaluation.suites import load_suites, parse_suite
 from fedit.io import read_jsonl
+from fedit.server.observer import RunObserver
 from helpers import tiny_args
 
 
@@ -229,3 +231,24 @@ def test_eval_offline_suites_from_files(tiny_model_dir, tmp_path, shared_data, c
     summary = (out / "eval" / "summary.md").read_text()
     for heading in ("## mmlu (mc)", "## gsm8k (gsm8k)", "## lines (instructions)"):
         assert heading in summary
+
+
+class RecordingObserver(RunObserver):
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int, int]] = []
+
+    def on_eval_progress(self, label: str, done: int, total: int) -> None:
+        self.events.append((label, done, total))
+
+
+def test_eval_progress_counts_every_row_of_every_suite(tiny_model_dir, tmp_path):
+    cfg = load_config("configs/quickstart.yaml", tiny_args(tiny_model_dir, tmp_path / "run"))
+    mc = tmp_path / "mc.jsonl"
+    mc.write_text(json.dumps({"question": "2 + 2?", "choices": ["3", "4", "5"], "answer": 1}))
+    suites = load_suites(["heldout", f"mc:{mc}"], cfg)
+    observer = RecordingObserver()
+    evaluate_suites(load_for_eval(cfg, None), cfg, suites, observer=observer, label="base")
+    for suite, expected_total in zip(suites, (2 * 18, 3), strict=True):
+        events = [e for e in observer.events if e[0] == f"base {suite.spec.name}"]
+        assert events[0][1] == 0 and events[-1][1] == events[-1][2] == expected_total
+        assert [done for _, done, _ in events] == sorted(done for _, done, _ in events)

@@ -83,7 +83,8 @@ def with_judge_flags(cfg: Config, args: argparse.Namespace, **eval_changes: Any)
     return config_from_dict(raw)
 
 
-def cmd_eval(args: argparse.Namespace, out: Console) -> int:
+def cmd_eval(args: argparse.Namespace, out: Console, console: Console) -> int:
+    from fedit.cli.progress import ProgressObserver
     from fedit.evaluation.runner import (
         check_judge,
         default_output,
@@ -108,9 +109,10 @@ def cmd_eval(args: argparse.Namespace, out: Console) -> int:
         check_judge(cfg)
     loaded = load_for_eval(cfg, adapter)
     label = "adapter" if adapter is not None else "base"
-    results = evaluate_suites(loaded, cfg, suites)
+    with ProgressObserver(console) as observer:
+        results = evaluate_suites(loaded, cfg, suites, observer=observer)
+        opponents = _baseline_answers(args.judge_baseline, loaded, cfg, judged, observer)
     if judged:
-        opponents = _baseline_answers(args.judge_baseline, loaded, cfg, judged)
         stats = grade_judge_suites(results, suites, cfg, opponents)
         out.print(f"judge: {stats}")
     summary = write_results(out_dir, results, label)
@@ -140,12 +142,12 @@ def _headline(result: dict[str, Any]) -> str:
 
 
 def _baseline_answers(
-    baseline: str, loaded: Any, cfg: Config, judged: list[Any]
+    baseline: str, loaded: Any, cfg: Config, judged: list[Any], observer: Any
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """What pairwise judging compares the adapter's answers with."""
     from fedit.evaluation.runner import evaluate_suites
 
-    if cfg.eval.judge.mode == "single":
+    if not judged or cfg.eval.judge.mode == "single":
         return {}
     if baseline == "reference":
         answers = {}
@@ -162,7 +164,7 @@ def _baseline_answers(
         return {"reference": answers}
     if not loaded.has_adapter:
         raise ConfigError("--judge-baseline base: there is no adapter to compare the base with")
-    return {"base": evaluate_suites(loaded, cfg, judged, use_adapter=False)}
+    return {"base": evaluate_suites(loaded, cfg, judged, False, observer, "base")}
 
 
 def cmd_compare(args: argparse.Namespace, out: Console, console: Console) -> int:

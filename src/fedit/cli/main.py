@@ -186,7 +186,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    return evaluate.cmd_eval(args, out)
+    return evaluate.cmd_eval(args, out, console)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -347,7 +347,8 @@ def _setup_logging(verbose: bool) -> None:
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=True)],
     )
-    for noisy in ("transformers", "datasets", "peft", "urllib3", "httpx", "filelock", "matplotlib"):
+    noisy_loggers = ("transformers", "datasets", "peft", "urllib3", "httpx", "filelock")
+    for noisy in (*noisy_loggers, "matplotlib", "absl"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

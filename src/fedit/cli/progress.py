@@ -37,6 +37,7 @@ class ProgressObserver(RunObserver):
         self.rounds: TaskID | None = None
         self.clients: TaskID | None = None
         self.steps: TaskID | None = None
+        self.evals: TaskID | None = None
 
     def __enter__(self) -> ProgressObserver:
         self.progress.start()
@@ -96,6 +97,13 @@ class ProgressObserver(RunObserver):
 
     def on_eval_start(self, label: str) -> None:
         self.progress.console.log(f"evaluating {label} ...")
+
+    def on_eval_progress(self, label: str, done: int, total: int) -> None:
+        if self.evals is None:
+            self.evals = self.progress.add_task(label, total=total, info="")
+        if done == 0:
+            self.progress.reset(self.evals, total=total, description=label, info="")
+        self.progress.update(self.evals, completed=done)
 
     def on_eval_end(self, label: str, metrics: dict[str, Any]) -> None:
         parts = [f"{k} {metrics[k]:.4f}" for k in ("loss", "accuracy") if k in metrics]

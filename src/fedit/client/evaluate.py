@@ -12,6 +12,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -24,6 +25,27 @@ from fedit.data.templates import IGNORE_INDEX, TokenizedExample, build_prompt
 from fedit.types import Example
 
 logger = logging.getLogger(__name__)
+
+# Receives the number of rows each evaluated batch held; set by ``batch_progress``.
+_BATCH_DONE: ContextVar[Callable[[int], None] | None] = ContextVar("batch_done", default=None)
+
+
+@contextmanager
+def batch_progress(callback: Callable[[int], None]) -> Iterator[None]:
+    """Within the block, every batch that is scored or generated reports its row count to
+    ``callback`` (the CLI turns it into a progress bar; library code never prints)."""
+    token = _BATCH_DONE.set(callback)
+    try:
+        yield
+    finally:
+        _BATCH_DONE.reset(token)
+
+
+def report_batch(rows: int) -> None:
+    """Tell the ``batch_progress`` callback, if any, that ``rows`` more rows are done."""
+    callback = _BATCH_DONE.get()
+    if callback is not None:
+        callback(rows)
 
 
 @contextmanager
@@ -86,6 +108,7 @@ def evaluate_loss(
             ):
                 loss_sums[examples[index].category] += row_loss
                 token_counts[examples[index].category] += row_tokens
+            report_batch(len(indices))
     total_tokens = sum(token_counts.values())
     loss = sum(loss_sums.values()) / max(total_tokens, 1)
     by_category = {c: loss_sums[c] / max(token_counts[c], 1) for c in sorted(loss_sums)}
@@ -163,6 +186,7 @@ def generate_token_ids(
                 indices, output[:, input_ids.shape[1] :].tolist(), strict=True
             ):
                 results[index] = _cut_at_eos(new_tokens, eos_ids)
+            report_batch(len(indices))
     return results
 
 

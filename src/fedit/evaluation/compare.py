@@ -253,7 +253,7 @@ def _score(
         if contender.state is not None:
             set_adapter_state(engine.model, contender.state)
         results[contender.name] = evaluate_suites(
-            loaded, cfg, suites, use_adapter=contender.state is not None
+            loaded, cfg, suites, contender.state is not None, observer, contender.name
         )
         first = next(iter(results[contender.name].values()), {})
         observer.on_eval_end(contender.name, first)

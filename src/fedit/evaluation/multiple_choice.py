@@ -31,7 +31,7 @@ from typing import Any
 from torch import nn
 
 from fedit.client.batching import collate
-from fedit.client.evaluate import by_length, eval_mode
+from fedit.client.evaluate import by_length, eval_mode, report_batch
 from fedit.client.train import autocast_context, model_device, model_pad_token_id, token_loss_sum
 from fedit.config import ConfigError
 from fedit.data.sources import read_records
@@ -291,6 +291,7 @@ def option_log_likelihoods(
                 _, per_row = token_loss_sum(model, batch)  # (B,) summed negative log-likelihood
             for index, loss in zip(indices, per_row.tolist(), strict=True):
                 scores[index] = -loss
+            report_batch(len(indices))
     return scores
 
 

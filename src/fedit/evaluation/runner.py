@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedit.client.evaluate import batch_progress
 from fedit.config import Config, ConfigError, load_config
 from fedit.evaluation.suites import EvalContext, JudgeSuite, Suite
 from fedit.evaluation.summary import suite_summary
 from fedit.io import atomic_write_json, atomic_write_text
+from fedit.server.observer import RunObserver
 
 log = logging.getLogger(__name__)
 
@@ -93,18 +95,31 @@ def evaluate_suites(
     cfg: Config,
     suites: list[Suite],
     use_adapter: bool = True,
+    observer: RunObserver | None = None,
+    label: str = "",
 ) -> dict[str, dict[str, Any]]:
-    """Run every suite on the model (adapter on, or off when ``use_adapter`` is False)."""
+    """Run every suite on the model (adapter on, or off when ``use_adapter`` is False).
+
+    ``observer.on_eval_progress`` hears of every batch, as ``"<label> <suite>"``.
+    """
+    observer = observer or RunObserver()
     results = {}
     for suite in suites:
         started = time.perf_counter()
-        log.debug("evaluating %s", suite.spec.name)
         ctx = EvalContext(loaded.model, loaded.tokenizer, cfg.data.template, cfg)
-        if loaded.has_adapter and not use_adapter:
-            with loaded.model.disable_adapter():
+        name, total, done = f"{label} {suite.spec.name}".strip(), suite.size(), [0]
+
+        def advance(rows: int, name: str = name, total: int = total, done: list = done) -> None:
+            done[0] += rows
+            observer.on_eval_progress(name, min(done[0], total), total)
+
+        observer.on_eval_progress(name, 0, total)
+        with batch_progress(advance):
+            if loaded.has_adapter and not use_adapter:
+                with loaded.model.disable_adapter():
+                    result = suite.evaluate(ctx)
+            else:
                 result = suite.evaluate(ctx)
-        else:
-            result = suite.evaluate(ctx)
         result["seconds"] = time.perf_counter() - started
         results[suite.spec.name] = result
     return results

@@ -92,6 +92,10 @@ class EvalContext:
 class Suite(Protocol):
     spec: SuiteSpec
 
+    def size(self) -> int:
+        """Rows the suite will score or generate (for progress bars)."""
+        ...
+
     def evaluate(self, ctx: EvalContext) -> dict[str, Any]: ...
 
 
@@ -101,6 +105,9 @@ class InstructionSuite:
 
     spec: SuiteSpec
     examples: list[Example]
+
+    def size(self) -> int:
+        return 2 * len(self.examples)  # a loss pass, then a generation pass
 
     def evaluate(self, ctx: EvalContext) -> dict[str, Any]:
         cfg = ctx.cfg
@@ -152,6 +159,9 @@ class MultipleChoiceSuite:
     spec: SuiteSpec
     questions: list[Any]
 
+    def size(self) -> int:
+        return sum(len(question.options) for question in self.questions)
+
     def evaluate(self, ctx: EvalContext) -> dict[str, Any]:
         from fedit.evaluation.multiple_choice import score_multiple_choice
 
@@ -172,6 +182,9 @@ class NumericSuite:
 
     spec: SuiteSpec
     examples: list[Example]
+
+    def size(self) -> int:
+        return len(self.examples)
 
     def evaluate(self, ctx: EvalContext) -> dict[str, Any]:
         from fedit.evaluation.numeric import evaluate_numeric
@@ -198,6 +211,9 @@ class JudgeSuite:
 
     spec: SuiteSpec
     questions: list[Any]
+
+    def size(self) -> int:
+        return sum(len(question.turns) for question in self.questions)
 
     def evaluate(self, ctx: EvalContext) -> dict[str, Any]:
         answers = generate_turn_answers(

@@ -34,6 +34,9 @@ class RunObserver:
     def on_eval_start(self, label: str) -> None:
         """Called before an evaluation ("base" or "round N")."""
 
+    def on_eval_progress(self, label: str, done: int, total: int) -> None:
+        """Called after each evaluated batch of ``fedit eval`` / ``compare`` (rows done)."""
+
     def on_eval_end(self, label: str, metrics: dict[str, Any]) -> None:
         """Called with an evaluation's metrics."""
 
