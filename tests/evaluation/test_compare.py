@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from fedit.cli.main import main
 from fedit.config import ConfigError, load_config
@@ -252,3 +253,26 @@ def test_eval_progress_counts_every_row_of_every_suite(tiny_model_dir, tmp_path)
         events = [e for e in observer.events if e[0] == f"base {suite.spec.name}"]
         assert events[0][1] == 0 and events[-1][1] == events[-1][2] == expected_total
         assert [done for _, done, _ in events] == sorted(done for _, done, _ in events)
+
+
+def test_compare_scores_a_finished_flower_run_and_refuses_a_missing_one(
+    tiny_model_dir, tmp_path, capsys
+):
+    flower = ["engine=flower", "flower.insecure=true"]
+    assert _compare(tiny_model_dir, tmp_path / "none", *flower) == 2
+    assert "engine=flower: fedit compare needs the finished Flower run" in capsys.readouterr().err
+    # A finished run as the Flower engine leaves it (same files; the engines give the same
+    # adapter, tests/engines/test_flower.py), made here in-process to keep the test fast.
+    out = tmp_path / "run"
+    assert main(["run", "configs/quickstart.yaml", *tiny_args(tiny_model_dir, out)]) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    saved["engine"], saved["flower"]["insecure"] = "flower", True
+    (out / "config.yaml").write_text(yaml.safe_dump(saved))
+    metrics = (out / "metrics.jsonl").read_text()
+    assert _compare(tiny_model_dir, out, *flower, "compare.centralized=false") == 0
+    assert (out / "metrics.jsonl").read_text() == metrics
+    stored = json.loads((out / "compare" / "results.json").read_text())
+    history = read_jsonl(out / "metrics.jsonl")
+    assert stored["results"]["fedit"]["heldout"]["loss"] == pytest.approx(
+        history[-1]["eval"]["loss"], rel=1e-4
+    )

@@ -77,7 +77,10 @@ def run_compare(cfg: Config, observer: RunObserver | None = None) -> CompareOutc
     observer = observer or RunObserver()
     # Bad suite files and an unreachable judge fail here, before anything is trained.
     suites = _judge_or_skip(load_suites(cfg.compare.suites, cfg, "compare.suites"), cfg)
-    fedit_run = run_experiment(_fedit_config(cfg), observer)
+    if cfg.engine == "flower":
+        fedit_run = _finished_flower_run(cfg)
+    else:
+        fedit_run = run_experiment(_fedit_config(cfg), observer)
     phases = {"fedit": time.perf_counter() - started}
     compare_dir = fedit_run.run_dir / "compare"
     atomic_write_text(compare_dir / "config.yaml", save_config(cfg))  # for fedit serve / eval
@@ -136,6 +139,25 @@ def _fedit_config(cfg: Config) -> Config:
         ) from None
     log.info("reusing the FedIT run in %s", cfg.output_dir)
     return dataclasses.replace(cfg, resume=True)
+
+
+def _finished_flower_run(cfg: Config) -> Any:
+    """``engine: flower``: compare scores the finished Flower run in output_dir and trains the
+    baselines in-process on the coordinator's copy of the data (simulation-style sites only:
+    real sites' data never reaches the coordinator)."""
+    from fedit.experiment import RunOutcome
+
+    run_dir = RunDir(cfg.output_dir)
+    adapter = run_dir.path / "global_adapter"
+    point = run_dir.resume_point() if run_dir.is_run() else None
+    if point is None or point.next_round <= cfg.federation.rounds or not adapter.is_dir():
+        raise ConfigError(
+            f"engine=flower: fedit compare needs the finished Flower run in {cfg.output_dir}; "
+            "run `fedit flower run CONFIG` first (docs/deploy.md)"
+        )
+    run_dir.check_resumable(cfg)
+    log.info("reusing the Flower run in %s", cfg.output_dir)
+    return RunOutcome(run_dir.path, point.history, run_dir.path / "report.md", 0.0)
 
 
 def _local_contenders(
