@@ -37,7 +37,7 @@ from safetensors.torch import save as save_safetensors
 
 from fedit.communication import decode_state
 from fedit.config import Config, ConfigError, config_from_dict, save_config
-from fedit.engines.messages import encode_upload
+from fedit.engines.messages import encode_upload, merge_upload, update_header
 from fedit.strategy.aggregate import validate_updates
 from fedit.types import AdapterState, ClientUpdate, FitInstruction
 
@@ -157,17 +157,9 @@ def update_to_content(update: ClientUpdate, received: FitInstruction) -> RecordD
     received adapter, in the codec's own tensors (fp16, bf16, or int8 plus scales).
     """
     encoded, compression = encode_upload(update, received.state, received.config)
-    header = {
-        "client_id": update.client_id,
-        "num_examples": update.num_examples,
-        "train_loss": update.train_loss,
-        "num_steps": update.num_steps,
-        "metrics": update.metrics,
-        "compression": compression,
-    }
     parts: dict[str, AdapterState | bytes] = {"state": encoded}  # as encode_upload wrote it
     parts.update({f"extras.{name}": extra for name, extra in update.extras.items()})
-    return _content(header, parts)
+    return _content(update_header(update, compression), parts)
 
 
 def update_from_content(content: RecordDict, instruction: FitInstruction) -> ClientUpdate:
@@ -186,14 +178,9 @@ def update_from_content(content: RecordDict, instruction: FitInstruction) -> Cli
         if header["client_id"] != client_id:
             raise ValueError(f"reply claims client id {header['client_id']!r}")
         payload = decode_state(_record_bytes(content.array_records["state"]))
-        state = dict(instruction.state)
-        for name, value in payload.items():
-            if name not in state:
-                raise ValueError(f"unknown adapter key {name}")
-            state[name] = value if header["compression"] == "none" else state[name] + value
         update = ClientUpdate(
             client_id=client_id,
-            state=state,
+            state=merge_upload(instruction.state, payload, str(header["compression"])),
             num_examples=int(header["num_examples"]),
             train_loss=float(header["train_loss"]),
             num_steps=int(header["num_steps"]),

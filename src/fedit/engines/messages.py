@@ -96,32 +96,48 @@ def encode_upload(
     return encoded, compression
 
 
-def pack_update(update: ClientUpdate, received: AdapterState, config: dict[str, Any]) -> bytes:
-    """Serialise a client's reply, compressed as ``config["compression"]`` says."""
-    encoded, compression = encode_upload(update, received, config)
-    header = {
+def update_header(update: ClientUpdate, compression: str) -> dict[str, Any]:
+    """A reply's scalars, as both engines send them."""
+    return {
         "client_id": update.client_id,
         "num_examples": update.num_examples,
         "train_loss": update.train_loss,
         "num_steps": update.num_steps,
         "metrics": update.metrics,
-        "mode": "state" if compression == "none" else "delta",
+        "compression": compression,
     }
+
+
+def merge_upload(received: AdapterState, payload: AdapterState, compression: str) -> AdapterState:
+    """The client's adapter from its upload: uncompressed uploads carry the trained tensors,
+    compressed ones the change from ``received``; keys not sent keep their received value.
+
+    Raises:
+        ValueError: The upload has a key the received adapter does not.
+    """
+    state = dict(received)
+    for name, value in payload.items():
+        if name not in state:
+            raise ValueError(f"unknown adapter key {name}")
+        state[name] = value if compression == "none" else state[name] + value
+    return state
+
+
+def pack_update(update: ClientUpdate, received: AdapterState, config: dict[str, Any]) -> bytes:
+    """Serialise a client's reply, compressed as ``config["compression"]`` says."""
+    encoded, compression = encode_upload(update, received, config)
     parts = [("state", encoded)]
     # Strategy side-channels (SCAFFOLD's Δc) travel uncompressed.
     parts += [(f"extras.{name}", encode_state(extra)) for name, extra in update.extras.items()]
-    return _join(header, parts)
+    return _join(update_header(update, compression), parts)
 
 
 def unpack_update(message: bytes, received: AdapterState) -> ClientUpdate:
     """The inverse of ``pack_update``: keys not sent keep the value the client received."""
     header, parts = _split(message)
-    state = dict(received)
-    for name, value in parts["state"].items():
-        state[name] = value if header["mode"] == "state" else received[name] + value
     return ClientUpdate(
         client_id=header["client_id"],
-        state=state,
+        state=merge_upload(received, parts["state"], header["compression"]),
         num_examples=header["num_examples"],
         train_loss=header["train_loss"],
         num_steps=header["num_steps"],
