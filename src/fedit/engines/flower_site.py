@@ -31,7 +31,7 @@ from fedit.client.fit import fit_client
 from fedit.config import Config, ConfigError, ModelConfig
 from fedit.data.sources import load_examples
 from fedit.data.templates import TokenizedExample, tokenize_examples
-from fedit.model.loading import load_model, resolve_model_path
+from fedit.model.loading import load_model, load_tokenizer
 from fedit.model.lora import add_rank_adapter, apply_lora
 from fedit.server.sampling import client_seed
 from fedit.types import ClientUpdate, Example, FitInstruction
@@ -126,14 +126,7 @@ def count_site_examples(cfg: Config, node_config: dict[str, Any]) -> tuple[int, 
     For the server's query before round 1: it loads only the tokenizer, not the model.
     """
     client_id, raw = _checked_site_examples(cfg, node_config)
-    from transformers import AutoTokenizer
-
-    model_cfg = _site_model_config(cfg, node_config)
-    tokenizer = AutoTokenizer.from_pretrained(
-        resolve_model_path(model_cfg.name),
-        revision=model_cfg.revision,
-        trust_remote_code=model_cfg.trust_remote_code,
-    )
+    tokenizer = load_tokenizer(_site_model_config(cfg, node_config))
     return client_id, len(_tokenize(cfg, raw, tokenizer))
 
 

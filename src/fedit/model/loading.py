@@ -207,24 +207,48 @@ def _short_reason(err: BaseException) -> str:
     return first_line if len(first_line) <= 160 else first_line[:157] + "..."
 
 
+def _load_error(cfg: ModelConfig, path: str, err: Exception) -> Exception:
+    """A hub lookup that failed becomes one line naming model.name; other errors stay."""
+    if path != cfg.name or isinstance(err, ConfigError):
+        return err
+    return ConfigError(
+        f"model.name: cannot load {cfg.name!r} (not an embedded name, not a local folder, "
+        f"and the hub lookup failed: {_short_reason(err)}); embedded names: "
+        f"{', '.join(EMBEDDED_MODELS)}"
+    )
+
+
+def _tokenizer(cfg: ModelConfig, path: str) -> Any:
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        raise _load_error(cfg, path, err) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
+    """The tokenizer ``load_model`` would return, without loading the model."""
+    return _tokenizer(cfg, resolve_model_path(cfg.name))
+
+
 def _from_pretrained(cfg: ModelConfig, path: str, device: torch.device) -> tuple[Any, Any]:
     quantization = _quantization_config(cfg, device)
     kwargs: dict[str, Any] = {"dtype": TORCH_DTYPES[cfg.dtype]}
     if quantization is not None:
         kwargs["quantization_config"] = quantization
         kwargs["device_map"] = {"": device.index or 0}
-    common = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    tokenizer = _tokenizer(cfg, path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **common)
-        model = AutoModelForCausalLM.from_pretrained(path, **common, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, **kwargs
+        )
     except (OSError, ValueError) as err:
-        if path != cfg.name or isinstance(err, ConfigError):
-            raise
-        raise ConfigError(
-            f"model.name: cannot load {cfg.name!r} (not an embedded name, not a local folder, "
-            f"and the hub lookup failed: {_short_reason(err)}); embedded names: "
-            f"{', '.join(EMBEDDED_MODELS)}"
-        ) from None
+        raise _load_error(cfg, path, err) from None
     if quantization is None:
         model.to(device)
     return model, tokenizer
@@ -251,9 +275,6 @@ def load_model(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBa
     path = resolve_model_path(cfg.name)
     start = time.perf_counter()
     model, tokenizer = _from_pretrained(cfg, path, device)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "right"
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.eval()
