@@ -487,3 +487,19 @@ def test_only_registered_supernodes_join(tiny_model_dir, tmp_path):
         stranger = (tmp_path / "supernode1.log").read_text(errors="replace")
     assert "client 0 is node" in result.stdout + result.stderr
     assert "Failed to activate SuperNode" in stranger, stranger[-2000:]  # refused (exit 305)
+
+
+def test_certificates_refuse_a_used_folder_and_a_missing_openssl(tmp_path, monkeypatch, capsys):
+    from fedit.cli.main import main
+
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "ca.crt").write_text("the CA the sites already hold")
+    assert main(["flower", "certificates", str(used)]) == 2
+    assert "is not empty" in capsys.readouterr().err
+    assert (used / "ca.crt").read_text() == "the CA the sites already hold"
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
+    assert main(["flower", "certificates", str(tmp_path / "new")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "openssl is not installed" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "new").exists()

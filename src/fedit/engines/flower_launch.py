@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from fedit.config import Config, ConfigError, save_config
+from fedit.io import atomic_directory, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +128,15 @@ def _toml_value(value: Any) -> str:
 def write_certificates(folder: Path, hosts: list[str], bits: int = 4096) -> Path:
     """A CA and a server certificate for ``hosts`` (IPs or DNS names), made with openssl.
 
-    Writes ca.crt / ca.key (keep ca.key private) and server.pem / server.key into ``folder``.
+    Writes ca.crt / ca.key (keep ca.key private) and server.pem / server.key into ``folder``,
+    all at once or not at all. A folder that already holds files is refused: a new CA would
+    silently invalidate the ca.crt every site was given.
     """
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.exists() and any(folder.iterdir()):
+        raise ConfigError(
+            f"certificates: {folder} is not empty (a new CA would invalidate the ca.crt the "
+            "sites hold); name an empty or new folder"
+        )
     san = ",".join(f"IP:{h}" if h.replace(".", "").isdigit() else f"DNS:{h}" for h in hosts)
     steps = [
         ["genrsa", "-out", "ca.key", str(bits)],
@@ -141,9 +148,18 @@ def write_certificates(folder: Path, hosts: list[str], bits: int = 4096) -> Path
         + ["-CAcreateserial", "-out", "server.pem", "-days", "365", "-sha256"]
         + ["-extfile", "san.cnf"],
     ]
-    (folder / "san.cnf").write_text(f"subjectAltName={san}\n")
-    for step in steps:
-        subprocess.run(["openssl", *step], cwd=folder, check=True, capture_output=True)
+    try:
+        with atomic_directory(folder) as tmp:
+            (tmp / "san.cnf").write_text(f"subjectAltName={san}\n")
+            for step in steps:
+                subprocess.run(["openssl", *step], cwd=tmp, check=True, capture_output=True)
+    except FileNotFoundError:
+        raise ConfigError("certificates: openssl is not installed (Debian: openssl)") from None
+    except subprocess.CalledProcessError as err:
+        reason = (err.stderr or b"").decode(errors="replace").strip().splitlines()
+        raise ConfigError(
+            f"certificates: openssl {err.cmd[1]} failed: {reason[-1] if reason else err}"
+        ) from None
     return folder
 
 
@@ -201,7 +217,7 @@ def write_connection(flwr_home: Path, cfg: Config) -> None:
     else:
         ca = Path(str(cfg.flower.root_certificates)).resolve()
         kept.append(f'root-certificates = "{ca}"')
-    path.write_text("\n".join(kept) + "\n", encoding="utf-8")
+    atomic_write_text(path, "\n".join(kept) + "\n")
 
 
 def flwr_home() -> Path:
