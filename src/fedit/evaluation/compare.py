@@ -70,22 +70,32 @@ class CompareOutcome:
 
 def run_compare(cfg: Config, observer: RunObserver | None = None) -> CompareOutcome:
     """Train what is missing, score every model on every suite, and write the report."""
-    from fedit.experiment import build_engine, prepare_data, run_experiment
+    from fedit.experiment import PreparedData, build_engine, prepare_data, run_experiment
     from fedit.model.lora import load_adapter_state
 
     started = time.perf_counter()
     observer = observer or RunObserver()
     # Bad suite files and an unreachable judge fail here, before anything is trained.
     suites = _judge_or_skip(load_suites(cfg.compare.suites, cfg, "compare.suites"), cfg)
+    built: dict[str, Any] = {}
+
+    def build_and_keep(
+        run_cfg: Config, data: PreparedData, run_observer: RunObserver | None
+    ) -> tuple[Any, dict[str, int]]:
+        """FedIT's engine (base model, LoRA init, tokenized clients) is the baselines' too."""
+        built["engine"], stats = build_engine(run_cfg, data, run_observer)
+        built["data"] = data
+        return built["engine"], stats
+
     if cfg.engine == "flower":
         fedit_run = _finished_flower_run(cfg)
+        build_and_keep(cfg, prepare_data(cfg), None)
     else:
-        fedit_run = run_experiment(_fedit_config(cfg), observer)
+        fedit_run = run_experiment(_fedit_config(cfg), observer, make_engine=build_and_keep)
     phases = {"fedit": time.perf_counter() - started}
     compare_dir = fedit_run.run_dir / "compare"
     atomic_write_text(compare_dir / "config.yaml", save_config(cfg))  # for fedit serve / eval
-    data = prepare_data(cfg)
-    engine, _ = build_engine(cfg, data)
+    engine, data = built["engine"], built["data"]
     steps = [engine.local_steps(client) for client in range(engine.num_clients)]
     schedule = step_schedule(fedit_run.history, steps)
     fedit_state = load_adapter_state(fedit_run.run_dir / "global_adapter")
