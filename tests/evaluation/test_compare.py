@@ -145,6 +145,7 @@ def test_eval_writes_suite_json_and_summary(tiny_model_dir, tmp_path, capsys):
         (["--suite", "judge:QUESTIONS"], "eval.judge.base_url: judge suites need"),
         (["--suite", "bogus:x"], "unknown kind 'bogus'"),
         (["--suite", "heldout", "--suite", "heldout"], "two suites are named 'heldout'"),
+        (["--suite", "heldout", "--adapter", "/no/such/adapter"], "--adapter: /no/such/adapter is"),
     ],
 )
 def test_eval_bad_input_one_line_exit_2(

@@ -61,7 +61,7 @@ def _headline(result: dict[str, Any]) -> tuple[str, float | None]:
     if not metrics:
         return "", None
     metric = metrics[0][0]
-    return metric, metric_view(result, metric).get(metric)
+    return metric, metric_view(result).get(metric)
 
 
 def findings(names: list[str], results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:

@@ -104,7 +104,7 @@ def plot_compare(
 
     series = {}
     for label, result in rows:
-        view = metric_view(result, metric)
+        view = metric_view(result)
         series[label] = {**(view.get(by_key) or {}), "overall": view.get(metric)}
     categories = sorted({c for values in series.values() for c in values} - {"overall"})
     grouped_bars(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,10 +39,16 @@ def find_run_config(adapter: Path | None) -> Path | None:
     return None
 
 
+def _check_adapter(adapter: Path | None) -> None:
+    if adapter is not None and not (adapter / "adapter_config.json").is_file():
+        raise ConfigError(f"--adapter: {adapter} is not a PEFT adapter (no adapter_config.json)")
+
+
 def resolve_config(
     adapter: Path | None, config: Path | None, model_name: str | None, template: str | None
 ) -> Config:
     """The run's config (or ``--config``, or the defaults), with ``--model``/``--template``."""
+    _check_adapter(adapter)
     path = config or find_run_config(adapter)
     overrides = []
     if model_name:
@@ -78,8 +85,7 @@ def load_for_eval(cfg: Config, adapter: Path | None) -> LoadedModel:
     """The base model of ``cfg`` plus, when given, the adapter (peft, in eval mode)."""
     from fedit.model.loading import load_model
 
-    if adapter is not None and not (adapter / "adapter_config.json").is_file():
-        raise ConfigError(f"--adapter: {adapter} is not a PEFT adapter (no adapter_config.json)")
+    _check_adapter(adapter)
     model: Any
     model, tokenizer = load_model(cfg.model)
     if adapter is not None:
@@ -107,14 +113,8 @@ def evaluate_suites(
     for suite in suites:
         started = time.perf_counter()
         ctx = EvalContext(loaded.model, loaded.tokenizer, cfg.data.template, cfg)
-        name, total, done = f"{label} {suite.spec.name}".strip(), suite.size(), [0]
-
-        def advance(rows: int, name: str = name, total: int = total, done: list = done) -> None:
-            done[0] += rows
-            observer.on_eval_progress(name, min(done[0], total), total)
-
-        observer.on_eval_progress(name, 0, total)
-        with batch_progress(advance):
+        name = f"{label} {suite.spec.name}".strip()
+        with batch_progress(_row_counter(observer, name, suite.size())):
             if loaded.has_adapter and not use_adapter:
                 with loaded.model.disable_adapter():
                     result = suite.evaluate(ctx)
@@ -123,6 +123,19 @@ def evaluate_suites(
         result["seconds"] = time.perf_counter() - started
         results[suite.spec.name] = result
     return results
+
+
+def _row_counter(observer: RunObserver, name: str, total: int) -> Callable[[int], None]:
+    """Reports 0 of ``total`` now, then the running count of rows done as batches finish."""
+    done = 0
+    observer.on_eval_progress(name, 0, total)
+
+    def advance(rows: int) -> None:
+        nonlocal done
+        done += rows
+        observer.on_eval_progress(name, min(done, total), total)
+
+    return advance
 
 
 def grade_judge_suites(

@@ -23,8 +23,8 @@ TABLE_METRICS: dict[str, list[tuple[str, str, str]]] = {
 TABLE_METRICS["instructions"] = TABLE_METRICS["heldout"]
 
 
-def metric_view(result: dict[str, Any], metric: str) -> dict[str, Any]:
-    """The dict that holds ``metric``: judge grades live under ``single``."""
+def metric_view(result: dict[str, Any]) -> dict[str, Any]:
+    """The dict that holds a result's table metrics: judge grades live under ``single``."""
     if result.get("kind") == "judge":
         return result.get("single") or {}
     return result
@@ -35,7 +35,7 @@ def table_metrics(result: dict[str, Any]) -> list[tuple[str, str, str]]:
     return [
         row
         for row in TABLE_METRICS.get(result.get("kind", ""), [])
-        if metric_view(result, row[0]).get(row[0]) is not None
+        if metric_view(result).get(row[0]) is not None
     ]
 
 
@@ -49,7 +49,7 @@ def fmt(value: Any, digits: int = 3) -> str:
 
 def category_table(rows: list[tuple[str, dict[str, Any]]], metric: str, by_key: str) -> list[str]:
     """A markdown table: one row per (label, result), one column per category, then overall."""
-    views = [(label, metric_view(result, metric)) for label, result in rows]
+    views = [(label, metric_view(result)) for label, result in rows]
     categories = sorted({c for _, view in views for c in (view.get(by_key) or {})})
     lines = [
         "| model | " + " | ".join(categories + ["overall"]) + " |",
