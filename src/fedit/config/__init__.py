@@ -1,0 +1,82 @@
+"""Experiment configuration: nested dataclasses, YAML loading, dotted overrides, one ConfigError.
+
+Every field carries a one-line ``help`` that doubles as documentation for ``fedit validate`` and
+``--help``. The sections live in ``training`` (model, LoRA, data, local training),
+``federation`` (clients, strategy, Flower) and ``evaluation`` (held-out scoring, judge,
+compare); ``schema.Config`` nests them, and ``loader`` reads YAML and ``key=value`` overrides.
+
+Example:
+    cfg = load_config("configs/quickstart.yaml", ["federation.rounds=3", "train.lr=1e-3"])
+"""
+
+from fedit.config.evaluation import JUDGE_MODES, CompareConfig, EvalConfig, JudgeConfig
+from fedit.config.federation import (
+    COMPRESSIONS,
+    SELECTIONS,
+    STRATEGIES,
+    FederationConfig,
+    FlowerConfig,
+    StrategyConfig,
+)
+from fedit.config.fields import ConfigError
+from fedit.config.loader import (
+    config_from_dict,
+    field_help,
+    load_config,
+    parse_overrides,
+    read_yaml,
+    save_config,
+)
+from fedit.config.schema import ENGINES, Config
+from fedit.config.training import (
+    AUTOCAST,
+    DEVICES,
+    DTYPES,
+    LR_SCHEDULES,
+    PARTITION_METHODS,
+    QUANTIZATIONS,
+    TEMPLATES,
+    ColumnsConfig,
+    DataConfig,
+    LoraConfig,
+    ModelConfig,
+    PartitionConfig,
+    SyntheticConfig,
+    TrainConfig,
+)
+
+__all__ = [
+    "AUTOCAST",
+    "COMPRESSIONS",
+    "DEVICES",
+    "DTYPES",
+    "ENGINES",
+    "JUDGE_MODES",
+    "LR_SCHEDULES",
+    "PARTITION_METHODS",
+    "QUANTIZATIONS",
+    "SELECTIONS",
+    "STRATEGIES",
+    "TEMPLATES",
+    "ColumnsConfig",
+    "CompareConfig",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "FederationConfig",
+    "FlowerConfig",
+    "JudgeConfig",
+    "LoraConfig",
+    "ModelConfig",
+    "PartitionConfig",
+    "StrategyConfig",
+    "SyntheticConfig",
+    "TrainConfig",
+    "config_from_dict",
+    "field_help",
+    "load_config",
+    "parse_overrides",
+    "read_yaml",
+    "save_config",
+]

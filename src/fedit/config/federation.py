@@ -1,0 +1,130 @@
+"""Config sections for the federation: clients and rounds, the strategy, the Flower engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedit.config.fields import check_choice, option
+
+SELECTIONS = ("random", "weighted", "round_robin", "availability")
+STRATEGIES = (
+    "fedavg",
+    "fedprox",
+    "fedavgm",
+    "fedadam",
+    "fedyogi",
+    "fedadagrad",
+    "scaffold",
+    "ffa_lora",
+    "exact",
+)
+# Upload compression (fedit.communication implements them).
+COMPRESSIONS = ("none", "fp16", "bf16", "int8", "int8_channel")
+
+
+@dataclass
+class FederationConfig:
+    """Clients, rounds and selection."""
+
+    num_clients: int = option(100, "number of clients the training data is split across")
+    rounds: int = option(20, "communication rounds")
+    fraction_fit: float = option(0.05, "fraction of clients selected per round")
+    min_fit_clients: int = option(1, "select at least this many clients per round")
+    selection: str = option(
+        "random",
+        "client selection, seeded per round: random, weighted (by data size), round_robin, "
+        "or availability (random, then each client is online with federation.availability)",
+    )
+    availability: float = option(
+        0.8, "availability selection: probability that a selected client answers in a round"
+    )
+    upload_compression: str = option(
+        "none", "client uploads: none, fp16, bf16, int8 or int8_channel (lossy ones send deltas)"
+    )
+
+    def validate(self) -> list[str]:
+        problems = check_choice("federation.selection", self.selection, SELECTIONS)
+        problems += check_choice(
+            "federation.upload_compression", self.upload_compression, COMPRESSIONS
+        )
+        if not 0 < self.availability <= 1:
+            problems.append(f"federation.availability: must be in (0, 1], got {self.availability}")
+        if self.num_clients < 1:
+            problems.append(f"federation.num_clients: must be >= 1, got {self.num_clients}")
+        if self.rounds < 1:
+            problems.append(f"federation.rounds: must be >= 1, got {self.rounds}")
+        if not 0 < self.fraction_fit <= 1:
+            problems.append(f"federation.fraction_fit: must be in (0, 1], got {self.fraction_fit}")
+        if self.min_fit_clients < 1 or self.min_fit_clients > max(self.num_clients, 1):
+            problems.append(
+                f"federation.min_fit_clients: must be in [1, federation.num_clients], "
+                f"got {self.min_fit_clients}"
+            )
+        return problems
+
+
+@dataclass
+class StrategyConfig:
+    """Server-side aggregation."""
+
+    name: str = option("fedavg", "aggregation strategy: " + ", ".join(STRATEGIES))
+    proximal_mu: float = option(
+        0.01, "fedprox: weight mu of the proximal term mu/2 ||w - w_global||^2"
+    )
+    server_lr: float | None = option(
+        None,
+        "server learning rate eta; default 1.0 for fedavgm and scaffold, 0.01 for "
+        "fedadam/fedyogi/fedadagrad",
+    )
+    server_momentum: float = option(0.9, "fedavgm: server momentum beta (Hsu et al. 2019)")
+    beta1: float = option(0.9, "fedadam/fedyogi/fedadagrad: first-moment decay beta_1")
+    beta2: float = option(0.99, "fedadam/fedyogi: second-moment decay beta_2")
+    tau: float = option(1e-3, "fedadam/fedyogi/fedadagrad: adaptivity tau (Reddi et al. 2021)")
+
+    def validate(self) -> list[str]:
+        problems = check_choice("strategy.name", self.name, STRATEGIES)
+        if self.proximal_mu < 0:
+            problems.append(f"strategy.proximal_mu: must be >= 0, got {self.proximal_mu}")
+        if self.server_lr is not None and self.server_lr <= 0:
+            problems.append(f"strategy.server_lr: must be > 0, got {self.server_lr}")
+        for key in ("server_momentum", "beta1", "beta2"):
+            if not 0 <= getattr(self, key) < 1:
+                problems.append(f"strategy.{key}: must be in [0, 1), got {getattr(self, key)}")
+        if self.tau <= 0:
+            problems.append(f"strategy.tau: must be > 0, got {self.tau}")
+        return problems
+
+
+@dataclass
+class FlowerConfig:
+    """The Flower engine (engine: flower): where the SuperLink is and how long to wait."""
+
+    superlink: str = option(
+        "127.0.0.1:8000", "SuperLink address (host:port) that flwr run submits to"
+    )
+    insecure: bool = option(False, "connect without TLS (warns; for loopback experiments only)")
+    root_certificates: str | None = option(
+        None, "CA certificate (PEM) that signed the SuperLink's TLS certificate"
+    )
+    connect_timeout: float = option(
+        300.0, "seconds the server waits for every client's SuperNode to connect"
+    )
+    reply_timeout: float = option(
+        600.0, "seconds the server waits for a round's replies before going on without the rest"
+    )
+
+    def validate(self) -> list[str]:
+        problems = []
+        if ":" not in self.superlink:
+            problems.append(f"flower.superlink: expected host:port, got {self.superlink!r}")
+        if self.insecure and self.root_certificates:
+            problems.append("flower.root_certificates: set it or flower.insecure=true, not both")
+        if not self.insecure and not self.root_certificates:
+            problems.append(
+                "flower.root_certificates: TLS needs the CA certificate (PEM); or set "
+                "flower.insecure=true to run without TLS on a trusted network"
+            )
+        for key in ("connect_timeout", "reply_timeout"):
+            if getattr(self, key) <= 0:
+                problems.append(f"flower.{key}: must be > 0 seconds, got {getattr(self, key)}")
+        return problems
