@@ -14,7 +14,7 @@ from common import ROOT, record
 
 from fedit.config import load_config
 from fedit.evaluation.compare import run_compare
-from fedit.evaluation.summary import category_table
+from fedit.reporting.summary import category_table
 
 
 def main() -> None:

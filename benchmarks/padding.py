@@ -13,8 +13,8 @@ from common import ROOT, record
 
 from fedit.client.batching import batch_indices, collate, padding_stats, split_micro_batches
 from fedit.config import load_config
+from fedit.data.prepare import prepare_data
 from fedit.data.templates import tokenize_examples
-from fedit.experiment import prepare_data
 from fedit.model.loading import load_model
 
 TARGET = 0.10

@@ -19,8 +19,8 @@ from pathlib import Path
 from common import ROOT, record
 
 from fedit.config import load_config
-from fedit.evaluation.report import communication_summary
 from fedit.experiment import run_experiment
+from fedit.reporting.report import communication_summary
 
 # (label, overrides): one row per variant, in the order of docs/strategies.md.
 VARIANTS: list[tuple[str, list[str]]] = [

@@ -18,8 +18,8 @@ from common import ROOT, record
 from fedit.client.batching import batch_indices, collate
 from fedit.client.train import train_local
 from fedit.config import load_config
+from fedit.data.prepare import prepare_data
 from fedit.data.templates import tokenize_examples
-from fedit.experiment import prepare_data
 from fedit.model.loading import load_model
 from fedit.model.lora import apply_lora, get_adapter_state, set_adapter_state
 

@@ -4,7 +4,8 @@ import torch
 
 from fedit import experiment
 from fedit.config import load_config
-from fedit.experiment import build_engine, prepare_data
+from fedit.data.prepare import prepare_data
+from fedit.experiment import load_setup
 
 
 def _initial_state(model_dir, seed: int):
@@ -18,8 +19,7 @@ def _initial_state(model_dir, seed: int):
             f"seed={seed}",
         ],
     )
-    engine, _ = build_engine(cfg, prepare_data(cfg))
-    return engine.initial_state()
+    return load_setup(cfg, prepare_data(cfg)).server.initial_state()
 
 
 def test_lora_init_ignores_random_draws_while_loading(tiny_model_dir, monkeypatch):

@@ -20,6 +20,8 @@ PAYLOAD_VERSION = "1"
 # with "__" (they are peft module paths).
 SCALE_PREFIX = "__scale__."
 _CASTS = {"fp16": torch.float16, "bf16": torch.bfloat16}
+# The dtype each codec stores its tensors in (int8 scales are fp32); anything else is refused.
+_STORED_DTYPES = {"none": torch.float32, **_CASTS, "int8": torch.int8, "int8_channel": torch.int8}
 _INT8_MAX = 127
 
 
@@ -109,7 +111,8 @@ def decode_state(payload: bytes) -> AdapterState:
     """Rebuild the fp32 adapter state from an ``encode_state`` payload.
 
     Raises:
-        ValueError: the bytes are not a fedit payload, or a quantised tensor lacks its scale.
+        ValueError: the bytes are not a fedit payload, a tensor is not stored in its codec's
+            dtype, or a quantised tensor lacks its scale.
     """
     compression = _read_metadata(payload)["compression"]
     try:
@@ -118,6 +121,9 @@ def decode_state(payload: bytes) -> AdapterState:
         raise ValueError(f"corrupt fedit adapter payload: {error}") from error
     state: AdapterState = {}
     for name, tensor in tensors.items():
+        stored = torch.float32 if name.startswith(SCALE_PREFIX) else _STORED_DTYPES[compression]
+        if tensor.dtype != stored:
+            raise ValueError(f"{name}: stored as {tensor.dtype}, {compression} stores {stored}")
         if name.startswith(SCALE_PREFIX):
             continue
         if compression.startswith("int8"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,19 +20,83 @@ CONTROL_DELTA = "control_delta"
 Example = dict[str, str]
 
 
+class FitConfigError(ValueError):
+    """An instruction header that does not describe a ``FitConfig``; names the key and client."""
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """The scalars a client obeys for one round; the defaults are plain FedAvg training.
+
+    A strategy builds it (``Strategy.fit_config``, variants change fields with
+    ``dataclasses.replace``); it travels as the ``config`` of an instruction's header, as its
+    ``asdict``; ``client.fit.fit_client`` turns it into the client's local run. A new
+    client-side option is one field here, one strategy that sets it, and the client code that
+    reads it.
+    """
+
+    lr: float  # peak learning rate of this round's local run (the server's schedule)
+    rank: int  # LoRA rank the client trains (lora.client_ranks; the adapter arrives at it)
+    compression: str = "none"  # upload codec (communication.COMPRESSIONS)
+    trainable: str = "all"  # "all" LoRA parameters, or "lora_B" (FFA-LoRA freezes A)
+    proximal_mu: float = 0.0  # FedProx's μ: the client minimises F_k(w) + μ/2 ‖w − w_global‖²
+    scaffold: bool = False  # SCAFFOLD: correct every step by c − c_i and reply with Δc_i
+
+    def to_header(self) -> dict[str, Any]:
+        """The JSON-ready form that goes on the wire."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_header(cls, raw: Any, client_id: int) -> FitConfig:
+        """Decode ``to_header``'s output, refusing unknown, missing and ill-typed keys.
+
+        Raises:
+            FitConfigError: naming the offending key and the client.
+        """
+        where = f"client {client_id}: instruction config"
+        if not isinstance(raw, dict):
+            raise FitConfigError(f"{where} is {type(raw).__name__}, expected an object")
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - set(fields))
+        if unknown:
+            raise FitConfigError(f"{where} has unknown key {unknown[0]!r}")
+        missing = [
+            name
+            for name, f in fields.items()
+            if name not in raw and f.default is dataclasses.MISSING
+        ]
+        if missing:
+            raise FitConfigError(f"{where} lacks key {missing[0]!r}")
+        for name, value in raw.items():
+            if not _has_type(value, hints[name]):
+                raise FitConfigError(
+                    f"{where} key {name!r} is {value!r}, expected {hints[name].__name__}"
+                )
+        return cls(**{name: hints[name](value) for name, value in raw.items()})
+
+
+def _has_type(value: Any, annotation: type) -> bool:
+    """JSON's view of a field type: bools are not numbers, and an int is a valid float."""
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, annotation)
+
+
 @dataclass
 class FitInstruction:
     """What the server sends one client for one round (Flower's ``Message`` content, typed).
 
-    ``state`` is the adapter the client starts from, at the client's own rank. ``config`` holds
-    scalars the client obeys: ``lr``, ``proximal_mu`` (FedProx), ``trainable`` ("all" or
-    "lora_B" for FFA-LoRA), ``compression`` of the upload, ``rank``. ``extras`` holds named
-    tensor side-channels, e.g. SCAFFOLD's ``server_control`` and ``client_control``.
+    ``state`` is the adapter the client starts from, at the client's own rank; ``config`` the
+    scalars it obeys. ``extras`` holds named tensor side-channels, e.g. SCAFFOLD's
+    ``server_control`` and ``client_control``.
     """
 
     client_id: int
     state: AdapterState
-    config: dict[str, Any] = field(default_factory=dict)
+    config: FitConfig
     extras: dict[str, AdapterState] = field(default_factory=dict)
 
 
@@ -62,6 +128,10 @@ class RoundResult:
     eval: dict[str, Any] | None
     seconds: dict[str, float]
     lr: float
+    dropped_clients: list[int] = field(default_factory=list)
+    client_metrics: dict[int, dict[str, Any]] = field(default_factory=dict)
+    communication: dict[str, int] = field(default_factory=dict)
+    aggregation: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -72,4 +142,8 @@ class RoundResult:
             "lr": self.lr,
             "eval": self.eval,
             "seconds": self.seconds,
+            "dropped_clients": self.dropped_clients,
+            "client_metrics": {str(k): v for k, v in self.client_metrics.items()},
+            "communication": self.communication,
+            "aggregation": self.aggregation,
         }

@@ -1,4 +1,4 @@
-"""Strategy-specific local training: FedProx's pull, SCAFFOLD's variates, FFA-LoRA's frozen A."""
+"""One client's round: FedProx's pull, SCAFFOLD's variates, FFA-LoRA's frozen A, other ranks."""
 
 from __future__ import annotations
 
@@ -9,29 +9,31 @@ import torch
 
 from fedit.client import train as train_module
 from fedit.client.fit import fit_client
-from fedit.config import LoraConfig, ModelConfig, TrainConfig
+from fedit.config import Config, LoraConfig, ModelConfig, TrainConfig
 from fedit.data.templates import tokenize_examples
 from fedit.model import apply_lora, get_adapter_state, load_model
 from fedit.model.lora import adapter_parameters
-from fedit.types import CONTROL_DELTA, FitInstruction
+from fedit.types import CONTROL_DELTA, FitConfig, FitInstruction
 
 EXAMPLES = [
     {"instruction": f"What is {a} + {b}?", "input": "", "output": str(a + b), "category": "math"}
     for a, b in [(1, 2), (30, 12), (7, 8), (40, 2), (5, 5), (9, 90)]
 ]
 TRAIN = TrainConfig(local_steps=3, batch_size=2, micro_batch_size=2, autocast="none")
+LORA = LoraConfig(r=4, alpha=8, dropout=0.0)
+CFG = Config(lora=LORA, train=TRAIN, seed=0)
 
 
 @pytest.fixture
 def setup(tiny_model_dir: Path):
     model, tokenizer = load_model(ModelConfig(name=str(tiny_model_dir), device="cpu"))
-    model = apply_lora(model, LoraConfig(r=4, alpha=8, dropout=0.0), seed=0)
+    model = apply_lora(model, LORA, seed=0)
     tokenized, _ = tokenize_examples(EXAMPLES, tokenizer, "alpaca", cutoff_len=128)
     return model, tokenized, get_adapter_state(model)
 
 
 def _instruction(state, **config) -> FitInstruction:
-    return FitInstruction(0, state, {"lr": 5e-2, **config})
+    return FitInstruction(0, state, FitConfig(**{"lr": 5e-2, "rank": LORA.r, **config}))
 
 
 def _distance(a, b) -> float:
@@ -42,7 +44,9 @@ def test_ffa_lora_never_changes_a(setup):
     model, examples, start = setup
     # B starts at zero; move it off zero so that A would receive gradient if it were trainable.
     start = {k: (v + 0.1 if ".lora_B." in k else v) for k, v in start.items()}
-    update = fit_client(model, examples, TRAIN, _instruction(start, trainable="lora_B"), seed=1)
+    update = fit_client(
+        model, examples, CFG, _instruction(start, trainable="lora_B"), server_round=1
+    )
     for key, value in update.state.items():
         if ".lora_A." in key:
             assert torch.equal(value, start[key]), key
@@ -53,8 +57,8 @@ def test_ffa_lora_never_changes_a(setup):
 
 def test_fedprox_pulls_towards_the_global_adapter(setup):
     model, examples, start = setup
-    free = fit_client(model, examples, TRAIN, _instruction(start, proximal_mu=0.0), seed=1)
-    held = fit_client(model, examples, TRAIN, _instruction(start, proximal_mu=50.0), seed=1)
+    free = fit_client(model, examples, CFG, _instruction(start, proximal_mu=0.0), server_round=1)
+    held = fit_client(model, examples, CFG, _instruction(start, proximal_mu=50.0), server_round=1)
     assert _distance(held.state, start) < 0.8 * _distance(free.state, start)
 
 
@@ -75,10 +79,10 @@ def test_scaffold_reply_carries_option_ii_control_delta(setup):
     instruction = FitInstruction(
         0,
         start,
-        {"lr": 5e-2, "scaffold": True},
+        FitConfig(lr=5e-2, rank=LORA.r, scaffold=True),
         {"server_control": server, "client_control": client},
     )
-    update = fit_client(model, examples, TRAIN, instruction, seed=1)
+    update = fit_client(model, examples, CFG, instruction, server_round=1)
     lr_sum = update.metrics["lr_sum"]
     assert lr_sum == pytest.approx(3 * 5e-2)
     for key, delta in update.extras[CONTROL_DELTA].items():
@@ -89,16 +93,35 @@ def test_scaffold_reply_carries_option_ii_control_delta(setup):
 
 def test_scaffold_correction_shifts_every_step(setup):
     model, examples, start = setup
-    plain = fit_client(model, examples, TRAIN, _instruction(start), seed=1)
+    plain = fit_client(model, examples, CFG, _instruction(start), server_round=1)
     correction = {k: torch.full_like(v, 0.01) for k, v in start.items()}
     zeros = {k: torch.zeros_like(v) for k, v in start.items()}
     instruction = FitInstruction(
         0,
         start,
-        {"lr": 5e-2, "scaffold": True},
+        FitConfig(lr=5e-2, rank=LORA.r, scaffold=True),
         {"server_control": correction, "client_control": zeros},
     )
-    corrected = fit_client(model, examples, TRAIN, instruction, seed=1)
+    corrected = fit_client(model, examples, CFG, instruction, server_round=1)
     # Each of the 3 steps moves every parameter by −η (c − c_i) = −5e-4 on top of AdamW's step.
     shift = torch.cat([(corrected.state[k] - plain.state[k]).flatten() for k in start])
     assert shift.mean().item() == pytest.approx(-3 * 5e-2 * 0.01, rel=0.3)
+
+
+def test_the_round_seed_and_rank_switch_live_in_fit_client(setup):
+    model, examples, start = setup
+    again = fit_client(model, examples, CFG, _instruction(start), server_round=2)
+    same = fit_client(model, examples, CFG, _instruction(start), server_round=2)
+    other = fit_client(model, examples, CFG, _instruction(start), server_round=3)
+    assert all(torch.equal(again.state[k], same.state[k]) for k in start)  # seeded per round
+    assert not all(torch.equal(again.state[k], other.state[k]) for k in start)
+
+    # A rank-2 client trains a rank-2 adapter and the model is back on its default adapter.
+    small = {
+        k: (v[:2] if ".lora_A." in k else v[:, :2]) + (0.1 if ".lora_B." in k else 0.0)
+        for k, v in start.items()
+    }
+    update = fit_client(model, examples, CFG, _instruction(small, rank=2), server_round=1)
+    assert all(update.state[k].shape == small[k].shape for k in small)
+    assert not all(torch.equal(update.state[k], small[k]) for k in small)
+    assert model.active_adapter == "default"

@@ -10,7 +10,6 @@ import json
 import math
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -24,9 +23,17 @@ from flwr.app import Array, ArrayRecord, Error, Message, RecordDict  # noqa: E40
 from fedit.config import ConfigError, load_config  # noqa: E402
 from fedit.engines import flower  # noqa: E402
 from fedit.engines.flower_launch import write_app, write_certificates  # noqa: E402
-from fedit.engines.messages import pack_update, unpack_update  # noqa: E402
+from fedit.engines.messages import (  # noqa: E402
+    MalformedReplyError,
+    pack_instruction,
+    pack_update,
+    unpack_instruction,
+    unpack_update,
+)
 from fedit.experiment import run_experiment  # noqa: E402
-from fedit.types import ClientUpdate, FitInstruction  # noqa: E402
+from fedit.server.loop import RoundFailedError, enough_replies  # noqa: E402
+from fedit.strategy.selection import Selection  # noqa: E402
+from fedit.types import ClientUpdate, FitConfig, FitInstruction  # noqa: E402
 from helpers import tiny_args  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,21 +57,27 @@ def _state(seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
-def _instruction(compression: str = "none") -> FitInstruction:
-    config = {"lr": 1e-3, "compression": compression, "trainable": "all"}
-    return FitInstruction(1, _state(0), config, {"server_control": _state(2)})
+def _instruction(compression: str = "none", client_id: int = 1) -> FitInstruction:
+    config = FitConfig(lr=1e-3, rank=4, compression=compression)
+    return FitInstruction(client_id, _state(0), config, {"server_control": _state(2)})
 
 
 def _update(client_id: int = 1) -> ClientUpdate:
     return ClientUpdate(client_id, _state(1), 12, 0.5, 2, {"tokens": 99})
 
 
+def _reply(update: ClientUpdate, instruction: FitInstruction) -> RecordDict:
+    return flower.to_content(pack_update(update, instruction))
+
+
 # --- records: no processes --------------------------------------------------------------------
 
 
-def test_instruction_round_trips_through_records():
+def test_instruction_travels_as_the_in_process_bytes():
     instruction = _instruction()
-    received = flower.instruction_from_content(flower.instruction_to_content(instruction))
+    message = pack_instruction(instruction)
+    assert flower.from_content(flower.to_content(message)) == message
+    received = unpack_instruction(flower.from_content(flower.to_content(message)))
     assert received.client_id == 1 and received.config == instruction.config
     for name, tensor in instruction.state.items():
         assert torch.equal(received.state[name], tensor)
@@ -77,23 +90,22 @@ def test_instruction_round_trips_through_records():
 @pytest.mark.parametrize("compression", ["none", "fp16", "bf16", "int8", "int8_channel"])
 def test_update_records_decode_like_the_in_process_bytes(compression):
     instruction = _instruction(compression)
-    content = flower.update_to_content(_update(), instruction)
-    via_flower = flower.update_from_content(content, instruction)
-    via_bytes = unpack_update(
-        pack_update(_update(), instruction.state, instruction.config), _state(0)
-    )
+    via_flower = flower.update_from_content(_reply(_update(), instruction), instruction)
+    upload = pack_update(_update(), instruction)
+    via_bytes = unpack_update(upload, instruction)
     for name in instruction.state:
         assert torch.equal(via_flower.state[name], via_bytes.state[name])
     assert via_flower.num_examples == 12 and via_flower.metrics["tokens"] == 99
+    assert via_flower.metrics["bytes_up"] == len(upload)  # counted as in-process
 
 
 def test_lossy_uploads_are_smaller_on_the_wire():
     big = {"layer.lora_A.weight": torch.randn(64, 256), "layer.lora_B.weight": torch.randn(256, 64)}
     sizes = {}
     for compression in ("none", "int8"):
-        instruction = FitInstruction(1, big, {"lr": 1e-3, "compression": compression})
+        instruction = FitInstruction(1, big, FitConfig(lr=1e-3, rank=64, compression=compression))
         update = ClientUpdate(1, {k: v + 1e-3 for k, v in big.items()}, 12, 0.5, 2)
-        sizes[compression] = flower.content_size(flower.update_to_content(update, instruction))
+        sizes[compression] = len(flower.from_content(_reply(update, instruction)))
     assert sizes["int8"] < 0.5 * sizes["none"]
 
 
@@ -105,27 +117,32 @@ def _malformed(kind: str) -> RecordDict:
         update.state["layer.lora_B.weight"] = torch.zeros(8, 3)
     if kind == "client":
         update.client_id = 0
-    content = flower.update_to_content(update, _instruction())
+    content = _reply(update, _instruction())
     if kind == "missing":
-        del content.array_records["state"]
+        del content.array_records[flower.MESSAGE_KEY]
     if kind == "header":
-        content.config_records["header"]["json"] = '{"client_id": 1}'
+        message = flower.from_content(content)
+        content = flower.to_content(message.replace(b'"num_steps"', b'"num_stepz"', 1))
     if kind == "corrupt":
-        content.array_records["state"] = ArrayRecord(
-            {"safetensors": Array("uint8", (3,), flower.STYPE, b"abc")}
+        content = flower.to_content(b"abc")
+    if kind == "stype":
+        content.array_records[flower.MESSAGE_KEY] = ArrayRecord(
+            {flower.BYTES_KEY: Array("uint8", (3,), "fedit.safetensors", b"abc")}
         )
     return content
 
 
-def test_each_part_travels_as_one_array():
-    content = flower.instruction_to_content(_instruction())
-    assert set(content.array_records) == {"state", "extras.server_control"}
-    assert all(len(record) == 1 for record in content.array_records.values())
+def test_each_message_travels_as_one_array():
+    content = flower.to_content(pack_instruction(_instruction()))
+    assert set(content.array_records) == {flower.MESSAGE_KEY}
+    assert len(content.array_records[flower.MESSAGE_KEY]) == 1
 
 
-@pytest.mark.parametrize("kind", ["nan", "shape", "client", "missing", "header", "corrupt"])
+@pytest.mark.parametrize(
+    "kind", ["nan", "shape", "client", "missing", "header", "corrupt", "stype"]
+)
 def test_malformed_replies_are_rejected_naming_the_client(kind):
-    with pytest.raises(flower.MalformedReplyError, match="client 1: malformed reply"):
+    with pytest.raises(MalformedReplyError, match="client 1: malformed reply"):
         flower.update_from_content(_malformed(kind), _instruction())
 
 
@@ -167,7 +184,7 @@ class FakeGrid:
             message = self.pushed[message_id]
             client = message.metadata.dst_node_id - 100
             if message.metadata.message_type == "query":
-                content = flower._content({"client_id": client, "num_examples": 10 + client}, {})
+                content = flower.site_content(client, 10 + client)
             elif self.contents[client] is None:
                 continue  # this node never answers
             else:
@@ -176,7 +193,7 @@ class FakeGrid:
         return replies
 
 
-def _engine(tmp_path, grid: FakeGrid, min_fit_clients: int):
+def _transport(tmp_path, grid: FakeGrid, min_fit_clients: int):
     cfg = load_config(
         QUICKSTART,
         tiny_args(
@@ -189,22 +206,28 @@ def _engine(tmp_path, grid: FakeGrid, min_fit_clients: int):
             f"federation.min_fit_clients={min_fit_clients}",
         ),
     )
-    return flower.FlowerEngine(cfg, grid, evaluator=SimpleNamespace())  # type: ignore[arg-type]
+    return cfg, flower.FlowerTransport(cfg, grid)  # type: ignore[arg-type]
 
 
 def _instructions():
-    return [FitInstruction(c, _state(0), {"lr": 1e-3, "compression": "none"}) for c in (0, 1)]
+    return [_instruction(client_id=c) for c in (0, 1)]
 
 
-def test_engine_maps_nodes_to_clients(tmp_path, run_identity):
-    good = flower.update_to_content(_update(0), _instructions()[0])
-    grid = FakeGrid({0: good, 1: flower.update_to_content(_update(1), _instructions()[1])})
-    engine = _engine(tmp_path, grid, 2)
-    assert engine.client_sizes == [10, 11]
+def _good(client_id: int) -> RecordDict:
+    return _reply(_update(client_id), _instructions()[client_id])
+
+
+def test_transport_maps_nodes_to_clients(tmp_path, run_identity):
+    grid = FakeGrid({0: _good(0), 1: _good(1)})
+    _, transport = _transport(tmp_path, grid, 2)
+    assert transport.client_sizes == [10, 11]
     pulls = grid.pulls
-    updates = engine.fit(_instructions(), 1)
+    updates = transport.fit(_instructions(), 1)
     assert [u.client_id for u in updates] == [0, 1]
-    assert all(u.metrics["bytes_up"] > 0 and u.metrics["bytes_down"] > 0 for u in updates)
+    for update, instruction in zip(updates, _instructions(), strict=True):
+        # Bytes are counted as in-process: the engines.messages sizes, both ways.
+        assert update.metrics["bytes_down"] == len(pack_instruction(instruction))
+        assert update.metrics["bytes_up"] == len(flower.from_content(_good(update.client_id)))
     assert grid.pulls == pulls + 1  # every reply was there: no waiting
 
 
@@ -219,23 +242,28 @@ def test_exchange_polls_often_and_stops_at_the_timeout(run_identity):
     assert grid.pulls >= 3  # every POLL_SECONDS, not Flower's 3 s
 
 
-def test_engine_drops_a_malformed_reply_and_goes_on(tmp_path, run_identity, caplog):
-    good = flower.update_to_content(_update(0), _instructions()[0])
-    engine = _engine(tmp_path, FakeGrid({0: good, 1: _malformed("nan")}), 1)
-    updates = engine.fit(_instructions(), 1)
+def test_transport_drops_a_malformed_reply_and_goes_on(tmp_path, run_identity, caplog):
+    _, transport = _transport(tmp_path, FakeGrid({0: _good(0), 1: _malformed("nan")}), 1)
+    updates = transport.fit(_instructions(), 1)
     assert [u.client_id for u in updates] == [0]
     assert "client 1: malformed reply rejected" in caplog.text
 
 
-def test_engine_fails_naming_missing_clients_below_min_fit(tmp_path, run_identity):
-    good = flower.update_to_content(_update(0), _instructions()[0])
-    engine = _engine(tmp_path, FakeGrid({0: good, 1: None}), 2)
-    with pytest.raises(flower.FlowerRunError, match=r"no usable reply from clients \[1\]"):
-        engine.fit(_instructions(), 1)
+def _round_of(cfg, transport) -> bool:
+    """One round's replies judged by the round loop's rule."""
+    instructions = _instructions()
+    updates = transport.fit(instructions, 1)
+    return enough_replies(cfg, 1, Selection([0, 1]), instructions, updates)
+
+
+def test_run_fails_naming_missing_clients_below_min_fit(tmp_path, run_identity):
+    cfg, transport = _transport(tmp_path, FakeGrid({0: _good(0), 1: None}), 2)
+    with pytest.raises(RoundFailedError, match=r"no usable reply from clients \[1\]"):
+        _round_of(cfg, transport)
 
 
 def test_error_reply_counts_as_missing(tmp_path, run_identity):
-    good = flower.update_to_content(_update(0), _instructions()[0])
+    good = _good(0)
     grid = FakeGrid({0: good, 1: good})
     original = grid.pull_messages
 
@@ -247,9 +275,9 @@ def test_error_reply_counts_as_missing(tmp_path, run_identity):
         return replies
 
     grid.pull_messages = with_error  # type: ignore[method-assign]
-    engine = _engine(tmp_path, grid, 2)
-    with pytest.raises(flower.FlowerRunError, match=r"clients \[1\]"):
-        engine.fit(_instructions(), 1)
+    cfg, transport = _transport(tmp_path, grid, 2)
+    with pytest.raises(RoundFailedError, match=r"clients \[1\]"):
+        _round_of(cfg, transport)
 
 
 def test_missing_supernode_fails_after_connect_timeout(tmp_path, run_identity):

@@ -1,4 +1,5 @@
-"""Instructions and updates as bytes: round trips, compression, FFA-LoRA's half upload."""
+"""Instructions and updates as bytes: round trips, compression, FFA-LoRA's half upload, and the
+checks that refuse a malformed instruction or reply by name."""
 
 from __future__ import annotations
 
@@ -6,13 +7,16 @@ import pytest
 import torch
 
 from fedit.engines.messages import (
+    MalformedReplyError,
     MessageError,
+    _join,
+    _split,
     pack_instruction,
     pack_update,
     unpack_instruction,
     unpack_update,
 )
-from fedit.types import ClientUpdate, FitInstruction
+from fedit.types import ClientUpdate, FitConfig, FitInstruction
 
 A_KEY = "m.q_proj.lora_A.weight"
 B_KEY = "m.q_proj.lora_B.weight"
@@ -28,10 +32,15 @@ def _states():
     return received, trained
 
 
+def _sent(received, **config) -> FitInstruction:
+    """The instruction a reply answers: client 1, with ``config`` on top of the defaults."""
+    return FitInstruction(1, received, FitConfig(lr=1e-3, rank=8, **config))
+
+
 def test_instruction_round_trip_is_exact():
     received, _ = _states()
     instruction = FitInstruction(
-        3, received, {"lr": 1e-3, "rank": 8, "scaffold": True}, {"server_control": received}
+        3, received, FitConfig(lr=1e-3, rank=8, scaffold=True), {"server_control": received}
     )
     back = unpack_instruction(pack_instruction(instruction))
     assert back.client_id == 3 and back.config == instruction.config
@@ -42,10 +51,10 @@ def test_instruction_round_trip_is_exact():
 def test_uncompressed_update_is_bit_exact_and_sized_as_fp32():
     received, trained = _states()
     update = ClientUpdate(1, trained, 10, 0.5, 2, {"tokens": 7}, {"control_delta": trained})
-    message = pack_update(update, received, {"compression": "none"})
+    message = pack_update(update, _sent(received))
     tensor_bytes = sum(t.numel() * 4 for t in trained.values())
     assert 2 * tensor_bytes < len(message) < 2 * tensor_bytes + 2048  # adapter + Δc + headers
-    back = unpack_update(message, received)
+    back = unpack_update(message, _sent(received))
     assert all(torch.equal(back.state[k], trained[k]) for k in trained)
     assert back.num_examples == 10 and back.metrics["tokens"] == 7
     assert torch.equal(back.extras["control_delta"][B_KEY], trained[B_KEY])
@@ -57,10 +66,10 @@ def test_uncompressed_update_is_bit_exact_and_sized_as_fp32():
 def test_compressed_upload_sends_a_small_delta(compression, ratio):
     received, trained = _states()
     update = ClientUpdate(1, trained, 10, 0.5, 2)
-    message = pack_update(update, received, {"compression": compression})
-    raw = len(pack_update(ClientUpdate(1, trained, 10, 0.5, 2), received, {"compression": "none"}))
+    message = pack_update(update, _sent(received, compression=compression))
+    raw = len(pack_update(ClientUpdate(1, trained, 10, 0.5, 2), _sent(received)))
     assert len(message) < raw * ratio + 1024
-    back = unpack_update(message, received)
+    back = unpack_update(message, _sent(received, compression=compression))
     for key in trained:
         error = (back.state[key] - trained[key]).abs().max().item()
         assert 0 < error < 1e-3  # lossy, but only on the small delta (|Δ| ~ 0.03)
@@ -70,18 +79,113 @@ def test_compressed_upload_sends_a_small_delta(compression, ratio):
 def test_ffa_lora_uploads_only_b():
     received, trained = _states()
     trained[A_KEY] = received[A_KEY].clone()
-    full = pack_update(ClientUpdate(0, trained, 1, 0.0, 1), received, {"trainable": "all"})
-    half = pack_update(ClientUpdate(0, trained, 1, 0.0, 1), received, {"trainable": "lora_B"})
+    full = pack_update(ClientUpdate(1, trained, 1, 0.0, 1), _sent(received))
+    half = pack_update(ClientUpdate(1, trained, 1, 0.0, 1), _sent(received, trainable="lora_B"))
     assert len(half) < 0.55 * len(full)
-    back = unpack_update(half, received)
+    back = unpack_update(half, _sent(received, trainable="lora_B"))
     assert torch.equal(back.state[A_KEY], received[A_KEY])
     assert torch.equal(back.state[B_KEY], trained[B_KEY])
 
 
 def test_garbage_is_rejected():
-    with pytest.raises(MessageError):
-        unpack_update(b"not a message at all", {})
     received, trained = _states()
-    message = pack_update(ClientUpdate(0, trained, 1, 0.0, 1), received, {})
+    with pytest.raises(MalformedReplyError, match="client 1: malformed reply rejected"):
+        unpack_update(b"not a message at all", _sent(received))
+    message = pack_update(ClientUpdate(1, trained, 1, 0.0, 1), _sent(received))
     with pytest.raises(MessageError):
-        unpack_update(message[:-10], received)
+        unpack_update(message[:-10], _sent(received))
+
+
+def _rewritten(message: bytes, **header) -> bytes:
+    """``message`` with header keys replaced (None removes one), its parts re-encoded."""
+    from fedit.communication import encode_state
+
+    old, parts = _split(message)
+    new = {k: v for k, v in {**old, **header}.items() if v is not None and k != "parts"}
+    return _join(new, [(name, encode_state(state)) for name, state in parts.items()])
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"rank": "8"}, r"key 'rank' is '8', expected int"),
+        ({"lr": True}, r"key 'lr' is True, expected float"),
+        ({"proximal_mu": None}, None),  # a missing key with a default is the default
+        ({"lr": None}, r"lacks key 'lr'"),
+        ({"lr_typo": 0.1}, r"unknown key 'lr_typo'"),
+    ],
+)
+def test_instruction_config_is_checked_on_decode(change, reason):
+    received, _ = _states()
+    header = _sent(received).config.to_header()
+    header.update(change)
+    header = {k: v for k, v in header.items() if v is not None}
+    message = _rewritten(pack_instruction(_sent(received)), config=header)
+    if reason is None:
+        assert unpack_instruction(message).config == _sent(received).config
+        return
+    with pytest.raises(MessageError, match=rf"client 1: instruction config .*{reason}"):
+        unpack_instruction(message)
+
+
+def test_a_misspelled_instruction_key_is_not_silently_a_default():
+    received, _ = _states()
+    message = _rewritten(pack_instruction(_sent(received)), extra_setting=1)
+    with pytest.raises(MessageError, match="extra_setting"):
+        unpack_instruction(message)
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("nan", "has NaN or Inf"),
+        ("shape", "has shape"),
+        ("unknown_key", "adapter keys"),
+        ("missing_key", "adapter keys"),
+        ("extras_shape", "extras.control_delta"),
+        ("client", "claims client id 0"),
+        ("header_type", "header num_examples"),
+        ("header_missing", "header keys differ"),
+        ("compression", "was not asked for"),
+        ("loss", "train_loss is nan"),
+        ("dtype", "stored as torch.float64"),
+    ],
+)
+def test_malformed_replies_are_refused_naming_the_client(kind, reason):
+    from safetensors.torch import save as save_safetensors
+
+    from fedit.communication import PAYLOAD_FORMAT, PAYLOAD_VERSION
+
+    received, trained = _states()
+    update = ClientUpdate(1, dict(trained), 10, 0.5, 2, {}, {"control_delta": dict(trained)})
+    header: dict = {}
+    if kind == "nan":
+        update.state[B_KEY] = update.state[B_KEY].clone().fill_(float("nan"))
+    if kind == "shape":
+        update.state[B_KEY] = torch.zeros(64, 3)
+    if kind == "unknown_key":
+        update.state["m.k_proj.lora_A.weight"] = torch.zeros(8, 64)
+    if kind == "missing_key":
+        del update.state[A_KEY]
+    if kind == "extras_shape":
+        update.extras["control_delta"][A_KEY] = torch.zeros(2, 2)
+    header = {
+        "client": {"client_id": 0},
+        "header_type": {"num_examples": "10"},
+        "header_missing": {"num_steps": None},
+        "compression": {"compression": "fp16"},
+        "loss": {"train_loss": float("nan")},
+    }.get(kind, {})
+    message = pack_update(update, _sent(received))
+    if header:
+        message = _rewritten(message, **header)
+    if kind == "dtype":  # a payload whose tensors are not in its codec's dtype
+        metadata = {"format": PAYLOAD_FORMAT, "version": PAYLOAD_VERSION, "compression": "none"}
+        payload = save_safetensors({k: v.double() for k, v in trained.items()}, metadata=metadata)
+        old, _ = _split(message)
+        old.pop("parts")
+        message = _join(old, [("state", payload)])
+    with pytest.raises(
+        MalformedReplyError, match=rf"client 1: malformed reply rejected: .*{reason}"
+    ):
+        unpack_update(message, _sent(received))

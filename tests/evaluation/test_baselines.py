@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fedit.config import ConfigError, load_config
+from fedit.data.prepare import prepare_data
 from fedit.evaluation.baselines import (
     Stint,
     choose_local_clients,
@@ -13,7 +14,7 @@ from fedit.evaluation.baselines import (
     step_schedule,
     train_schedule,
 )
-from fedit.experiment import build_engine, prepare_data
+from fedit.experiment import load_setup
 from helpers import tiny_args
 
 HISTORY = [
@@ -52,26 +53,27 @@ def test_local_clients_default_to_the_most_trained_and_refuse_idle_ones():
 
 def test_train_schedule_takes_every_step_and_is_reproducible(tiny_model_dir, tmp_path):
     cfg = load_config("configs/quickstart.yaml", tiny_args(tiny_model_dir, tmp_path / "run"))
-    engine, _ = build_engine(cfg, prepare_data(cfg))
+    setup = load_setup(cfg, prepare_data(cfg))
+    server, data = setup.server, setup.client_data
     stints = [Stint(1, 1e-3, 2), Stint(2, 5e-4, 1)]
     seen: list[int] = []
     first, steps = train_schedule(
-        engine.model,
-        engine.client_data[0],
+        server.model,
+        data[0],
         cfg,
         stints,
-        engine.initial_state(),
+        server.initial_state(),
         client_id=0,
         on_stint=lambda stint: seen.append(stint.server_round),
     )
     again, _ = train_schedule(
-        engine.model, engine.client_data[0], cfg, stints, engine.initial_state(), client_id=0
+        server.model, data[0], cfg, stints, server.initial_state(), client_id=0
     )
     other, _ = train_schedule(
-        engine.model, engine.client_data[1], cfg, stints, engine.initial_state(), client_id=1
+        server.model, data[1], cfg, stints, server.initial_state(), client_id=1
     )
     assert steps == 3 and seen == [1, 2]
-    start = engine.initial_state()
+    start = server.initial_state()
     lora_b = [name for name in first if "lora_B" in name]
     assert all(not torch.equal(first[name], start[name]) for name in lora_b)  # it trained
     assert all(torch.equal(first[name], again[name]) for name in first)  # same seed, same result

@@ -1,4 +1,4 @@
-"""The round loop with a stand-in engine: checkpoints, metrics, resume, learning-rate schedule."""
+"""The round loop with a stand-in engine: checkpoints, metrics, resume, lr schedule, replies."""
 
 from __future__ import annotations
 
@@ -9,16 +9,18 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from fedit.client.fit import client_seed
 from fedit.config import ConfigError, load_config
 from fedit.server.checkpoint import RunDir
-from fedit.server.loop import round_lr, run_rounds
-from fedit.server.sampling import client_seed
+from fedit.server.loop import RoundFailedError, enough_replies, round_lr, run_rounds
 from fedit.strategy import build_strategy
-from fedit.types import AdapterState, ClientUpdate
+from fedit.strategy.selection import Selection
+from fedit.types import AdapterState, ClientUpdate, FitConfig, FitInstruction, RoundResult
 
 
 class ArithmeticEngine:
-    """Each client moves the adapter toward its own target, with seeded noise."""
+    """Transport and server model at once: each client moves the adapter toward its own target,
+    with seeded noise."""
 
     def __init__(self, num_clients: int, seed: int, fail_in_round: int | None = None):
         self.num_clients = num_clients
@@ -38,7 +40,7 @@ class ArithmeticEngine:
             raise RuntimeError("simulated crash")
         updates = []
         for instruction in instructions:
-            cid, lr = instruction.client_id, instruction.config["lr"]
+            cid, lr = instruction.client_id, instruction.config.lr
             gen = torch.Generator().manual_seed(client_seed(self.seed, server_round, cid))
             state = {
                 k: v + lr * (cid + 1) + 0.01 * torch.randn(v.shape, generator=gen)
@@ -89,7 +91,7 @@ def test_rounds_write_checkpoints_and_metrics(tmp_path):
     cfg = _cfg(tmp_path)
     run_dir = _start(cfg)
     engine = ArithmeticEngine(5, cfg.seed)
-    state, history = run_rounds(cfg, engine, build_strategy(cfg), run_dir)
+    state, history = run_rounds(cfg, engine, engine, build_strategy(cfg), run_dir)
     assert [r["round"] for r in history] == [0, 1, 2, 3, 4]
     assert engine.evaluated[0] is True  # base model scored before round 1
     lines = (run_dir.path / "metrics.jsonl").read_text().splitlines()
@@ -104,25 +106,20 @@ def test_rounds_write_checkpoints_and_metrics(tmp_path):
 
 def test_resume_matches_uninterrupted(tmp_path):
     cfg = _cfg(tmp_path)
-    full_state, full_history = run_rounds(
-        cfg, ArithmeticEngine(5, cfg.seed), build_strategy(cfg), _start(cfg)
-    )
+    engine = ArithmeticEngine(5, cfg.seed)
+    full_state, full_history = run_rounds(cfg, engine, engine, build_strategy(cfg), _start(cfg))
 
     crashed = _cfg(tmp_path / "b")
     run_dir = _start(crashed)
+    failing = ArithmeticEngine(5, crashed.seed, fail_in_round=3)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        run_rounds(
-            crashed,
-            ArithmeticEngine(5, crashed.seed, fail_in_round=3),
-            build_strategy(crashed),
-            run_dir,
-        )
+        run_rounds(crashed, failing, failing, build_strategy(crashed), run_dir)
     assert [r["round"] for r in run_dir.resume_point().history] == [0, 1, 2]
 
     resumed_cfg = _cfg(tmp_path / "b", "resume=true")
     run_dir.check_resumable(resumed_cfg)
     engine = ArithmeticEngine(5, crashed.seed)
-    state, history = run_rounds(resumed_cfg, engine, build_strategy(resumed_cfg), run_dir)
+    state, history = run_rounds(resumed_cfg, engine, engine, build_strategy(resumed_cfg), run_dir)
     assert engine.evaluated == [False, False]  # rounds 3 and 4 only; base not re-scored
     torch.testing.assert_close(state, full_state)
     assert [r.get("selected_clients") for r in history] == [
@@ -133,7 +130,8 @@ def test_resume_matches_uninterrupted(tmp_path):
 def test_incomplete_round_is_ignored(tmp_path):
     cfg = _cfg(tmp_path, "federation.rounds=2")
     run_dir = _start(cfg)
-    run_rounds(cfg, ArithmeticEngine(5, cfg.seed), build_strategy(cfg), run_dir)
+    engine = ArithmeticEngine(5, cfg.seed)
+    run_rounds(cfg, engine, engine, build_strategy(cfg), run_dir)
     (run_dir.round_dir(2) / "round.json").unlink()  # as if it crashed while saving round 2
     point = run_dir.resume_point()
     assert point.next_round == 2 and point.adapter_dir == run_dir.round_dir(1)
@@ -170,3 +168,39 @@ def test_cosine_schedule(tmp_path):
     assert lrs[2] == pytest.approx(0.055)
     assert lrs == sorted(lrs, reverse=True) and lrs[-1] > 0.01
     assert round_lr(_cfg(tmp_path), 3) == pytest.approx(0.1)
+
+
+def test_every_key_of_a_round_record_is_a_round_result_field(tmp_path):
+    cfg = _cfg(tmp_path, "federation.rounds=1")
+    engine = ArithmeticEngine(5, cfg.seed)
+    _, history = run_rounds(cfg, engine, engine, build_strategy(cfg), _start(cfg))
+    fields = set(RoundResult.__dataclass_fields__)
+    assert set(history[1]) == fields
+    assert list(history[1]["client_metrics"]) == [str(c) for c in history[1]["selected_clients"]]
+
+
+def _round(selected, dropped, answered, min_fit=2):
+    cfg = load_config(None, ["federation.num_clients=5", f"federation.min_fit_clients={min_fit}"])
+    selection = Selection(selected, dropped)
+    config = FitConfig(lr=0.1, rank=16)
+    instructions = [FitInstruction(c, {}, config) for c in selection.participants]
+    updates = [ClientUpdate(c, {}, 1, 0.0, 1) for c in answered]
+    return cfg, selection, instructions, updates
+
+
+def test_enough_replies_aggregates_and_names_clients_that_failed(caplog):
+    cfg, selection, instructions, updates = _round([0, 1, 2], [], [0, 2])
+    assert enough_replies(cfg, 4, selection, instructions, updates)
+    assert "round 4: going on without clients [1]" in caplog.text
+
+
+def test_too_few_replies_because_clients_failed_stops_the_run():
+    cfg, selection, instructions, updates = _round([0, 1, 2], [], [0], min_fit=2)
+    with pytest.raises(RoundFailedError, match=r"no usable reply from clients \[1, 2\]"):
+        enough_replies(cfg, 4, selection, instructions, updates)
+
+
+def test_too_few_replies_because_clients_went_offline_skips_the_round(caplog):
+    cfg, selection, instructions, updates = _round([0, 1, 2], [1, 2], [0], min_fit=2)
+    assert not enough_replies(cfg, 4, selection, instructions, updates)
+    assert "global adapter unchanged" in caplog.text

@@ -84,7 +84,7 @@ def test_adaptive_state_roundtrip_continues_identically():
 def test_fedprox_sends_mu_and_averages_like_fedavg():
     strategy = _strategy("fedprox", "strategy.proximal_mu=0.1", "federation.num_clients=4")
     _, instructions = strategy.configure_fit(1, {"w": torch.zeros(1)}, [5, 5, 5, 5], lr=1e-3)
-    assert {i.config["proximal_mu"] for i in instructions} == {0.1}
+    assert {i.config.proximal_mu for i in instructions} == {0.1}
     updates = [_scalar_update(0, 1.0, n=1), _scalar_update(1, 5.0, n=3)]
     x, _ = strategy.aggregate_fit(1, {"w": torch.zeros(1)}, updates)
     assert x["w"].item() == pytest.approx(4.0)  # (1 * 1 + 3 * 5) / 4
@@ -134,7 +134,7 @@ def test_ffa_lora_averages_b_keeps_a():
     strategy = _strategy("ffa_lora")
     global_state = _lora_state([[1.0, 2.0]], [[0.0], [0.0]])
     _, instructions = strategy.configure_fit(1, global_state, [1] * 100, lr=0.1)
-    assert {i.config["trainable"] for i in instructions} == {"lora_B"}
+    assert {i.config.trainable for i in instructions} == {"lora_B"}
     updates = [
         ClientUpdate(0, _lora_state([[1.0, 2.0]], [[1.0], [2.0]]), 1, 0.0, 1),
         ClientUpdate(1, _lora_state([[1.0, 2.0]], [[3.0], [6.0]]), 3, 0.0, 1),

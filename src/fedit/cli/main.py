@@ -66,7 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _print_results(history: list[dict[str, Any]]) -> None:
-    from fedit.evaluation.report import summary_rows
+    from fedit.reporting.report import summary_rows
 
     rows = summary_rows(history)
     if not rows:
@@ -85,7 +85,7 @@ def _print_results(history: list[dict[str, Any]]) -> None:
 
 
 def _print_communication(history: list[dict[str, Any]]) -> None:
-    from fedit.evaluation.report import communication_summary
+    from fedit.reporting.report import communication_summary
 
     totals = communication_summary(history)
     if totals["client_rounds"]:
@@ -103,7 +103,7 @@ def _cell(value: float | None, digits: int) -> str:
 
 def cmd_partition(args: argparse.Namespace) -> int:
     from fedit.data.partition import format_count_table
-    from fedit.experiment import prepare_data
+    from fedit.data.prepare import prepare_data
 
     cfg = _load(args)
     data = prepare_data(cfg)

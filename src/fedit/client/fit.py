@@ -1,38 +1,62 @@
-"""One client's round: read the server's instruction, train, and build the reply.
+"""One client's round: obey the server's instruction, train, and build the reply.
 
-Both engines call ``fit_client``: it turns a ``FitInstruction`` into a ``LocalObjective`` for
-``train_local`` and adds what the strategy asked for to the ``ClientUpdate``.
+Both engines call ``fit_client`` and nothing else between unpacking an instruction and packing
+the reply: it switches to the adapter of the instruction's rank (and back), seeds the run for
+(seed, round, client), turns the ``FitConfig`` into a ``LocalObjective`` for ``train_local``
+and adds what the strategy asked for to the ``ClientUpdate``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
-from torch import nn
+import numpy as np
+from peft import PeftModel
 
 from fedit.client.train import LocalObjective, train_local
-from fedit.config import TrainConfig
+from fedit.config import Config
 from fedit.data.templates import TokenizedExample
+from fedit.model.lora import add_rank_adapter
 from fedit.types import CONTROL_DELTA, AdapterState, ClientUpdate, FitInstruction
+
+DEFAULT_ADAPTER = "default"  # peft's name for the adapter apply_lora creates (rank lora.r)
+
+
+def client_seed(seed: int, server_round: int, client_id: int) -> int:
+    """A training seed unique to (run seed, round, client), independent of what ran before."""
+    return int(np.random.SeedSequence([seed, server_round, client_id]).generate_state(1)[0])
+
+
+@contextlib.contextmanager
+def _adapter_of_rank(model: PeftModel, cfg: Config, rank: int) -> Iterator[None]:
+    """Train a second adapter of ``rank`` (``lora.client_ranks``), then switch back."""
+    if rank == cfg.lora.r:
+        yield
+        return
+    model.set_adapter(add_rank_adapter(model, cfg.lora, rank))
+    try:
+        yield
+    finally:
+        model.set_adapter(DEFAULT_ADAPTER)
 
 
 def fit_client(
-    model: nn.Module,
+    model: PeftModel,
     examples: list[TokenizedExample],
-    cfg: TrainConfig,
+    cfg: Config,
     instruction: FitInstruction,
-    seed: int,
+    server_round: int,
     progress: Callable[[int, int, float], None] | None = None,
 ) -> ClientUpdate:
-    """Train from ``instruction.state`` as the instruction's config says.
+    """Train from ``instruction.state`` as ``instruction.config`` says.
 
     Args:
-        model: The peft model, with the adapter of the instruction's rank active.
+        model: The peft model with the run's LoRA (``apply_lora(base, cfg.lora, cfg.seed)``).
         examples: The client's tokenized training examples.
-        cfg: The ``train`` section of the config.
-        instruction: Adapter, scalars (``lr``, ``proximal_mu``, ``trainable``, ``scaffold``)
-            and tensor extras from the server.
-        seed: The client's training seed for this round.
+        cfg: The experiment (its ``train``, ``lora`` and ``seed`` are used).
+        instruction: Adapter, ``FitConfig`` and tensor extras from the server.
+        server_round: The round, which seeds batch order and dropout with the client id.
         progress: Step callback, as for ``train_local``.
 
     Returns:
@@ -40,28 +64,26 @@ def fit_client(
         ``Δc_i = (x − y_i) / Σ_t η_t − c`` (Karimireddy et al. 2020, option II).
     """
     config = instruction.config
-    objective = LocalObjective(
-        proximal_mu=float(config.get("proximal_mu", 0.0)),
-        trainable=str(config.get("trainable", "all")),
-    )
+    objective = LocalObjective(proximal_mu=config.proximal_mu, trainable=config.trainable)
     server_control: AdapterState = {}
-    if config.get("scaffold"):
+    if config.scaffold:
         server_control = instruction.extras["server_control"]
         client_control = instruction.extras["client_control"]
-        objective.step_correction = {
+        objective.scaffold_correction = {
             name: server_control[name] - client_control[name] for name in server_control
         }
-    update = train_local(
-        model,
-        examples,
-        cfg,
-        client_id=instruction.client_id,
-        lr=float(config["lr"]),
-        seed=seed,
-        global_state=instruction.state,
-        progress=progress,
-        objective=objective,
-    )
+    with _adapter_of_rank(model, cfg, config.rank):
+        update = train_local(
+            model,
+            examples,
+            cfg.train,
+            client_id=instruction.client_id,
+            lr=config.lr,
+            seed=client_seed(cfg.seed, server_round, instruction.client_id),
+            global_state=instruction.state,
+            progress=progress,
+            objective=objective,
+        )
     if server_control:
         lr_sum = update.metrics["lr_sum"]
         update.extras[CONTROL_DELTA] = {

@@ -197,7 +197,7 @@ class LocalObjective:
 
     Attributes:
         proximal_mu: FedProx's μ; adds μ/2 ‖w − w_global‖² to the loss (as its gradient).
-        step_correction: SCAFFOLD's c − c_i, keyed like the adapter state. Every step moves
+        scaffold_correction: SCAFFOLD's c − c_i, keyed like the adapter state. Every step moves
             the parameters by ``−η_t (c − c_i)`` on top of the optimizer's own step. With SGD
             that is the paper's ``y ← y − η (g + c − c_i)``; applying it to the step rather
             than the gradient keeps it in the same units as the variates (which option II
@@ -206,42 +206,56 @@ class LocalObjective:
     """
 
     proximal_mu: float = 0.0
-    step_correction: AdapterState | None = None
+    scaffold_correction: AdapterState | None = None
     trainable: str = "all"
 
 
-def _add_proximal_gradient(named: dict[str, nn.Parameter], mu: float, anchor: AdapterState) -> None:
+def _add_proximal_gradient(
+    named: dict[str, nn.Parameter], proximal_mu: float, anchor: AdapterState
+) -> None:
     """∇ μ/2 ‖w − w_global‖² = μ (w − w_global), added to each LoRA gradient (FedProx)."""
     for name, param in named.items():
         if param.grad is not None:
-            param.grad.add_(param.detach() - anchor[name].to(param.device), alpha=mu)
+            param.grad.add_(param.detach() - anchor[name].to(param.device), alpha=proximal_mu)
 
 
 @torch.no_grad()
-def _apply_step_correction(
-    named: dict[str, nn.Parameter], correction: AdapterState, step_lr: float
+def _apply_scaffold_correction(
+    named: dict[str, nn.Parameter], scaffold_correction: AdapterState, step_lr: float
 ) -> None:
     """y ← y − η_t (c − c_i) for the trainable LoRA parameters (SCAFFOLD)."""
     for name, param in named.items():
         if param.requires_grad:
-            param.add_(correction[name].to(param.device, param.dtype), alpha=-step_lr)
+            param.add_(scaffold_correction[name].to(param.device, param.dtype), alpha=-step_lr)
 
 
-def _optimizer_step(
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    params: list[nn.Parameter],
-    max_grad_norm: float,
-    correct: Callable[[], None] | None = None,
-) -> None:
-    scaler.unscale_(optimizer)
-    if correct is not None:
-        correct()  # on unscaled gradients, before clipping: part of the objective's gradient
-    if max_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
+@dataclass
+class _LocalOptimizer:
+    """A local run's AdamW and loss scaler, with the objective's terms around each step."""
+
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    params: list[nn.Parameter]  # the trainable ones, which the optimizer steps and clips
+    named: dict[str, nn.Parameter]  # every LoRA parameter by state-dict name
+    objective: LocalObjective
+    anchor: AdapterState  # w_global, the adapter the run started from (FedProx)
+    max_grad_norm: float
+
+    def step(self, step_lr: float) -> None:
+        """Apply the accumulated gradients at learning rate ``step_lr``."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = step_lr
+        self.scaler.unscale_(self.optimizer)
+        if self.objective.proximal_mu > 0:
+            # On unscaled gradients, before clipping: part of the objective's gradient.
+            _add_proximal_gradient(self.named, self.objective.proximal_mu, self.anchor)
+        if self.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.objective.scaffold_correction is not None:
+            _apply_scaffold_correction(self.named, self.objective.scaffold_correction, step_lr)
 
 
 @contextlib.contextmanager
@@ -273,16 +287,23 @@ def _train_steps(
     lr: float,
     seed: int,
     progress: Callable[[int, int, float], None] | None,
-    correct: Callable[[], None] | None = None,
-    after_step: Callable[[float], None] | None = None,
+    objective: LocalObjective,
+    anchor: AdapterState,
 ) -> StepStats:
     """The optimizer steps of one local run."""
     device = model_device(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     # Only fp16 needs loss scaling; a disabled scaler passes everything through.
     fp16 = resolve_autocast(device, cfg.autocast) == torch.float16
-    scaler = torch.amp.GradScaler(device.type, enabled=fp16)
+    optimizer = _LocalOptimizer(
+        optimizer=torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay),
+        scaler=torch.amp.GradScaler(device.type, enabled=fp16),
+        params=params,
+        named=adapter_parameters(model),
+        objective=objective,
+        anchor=anchor,
+        max_grad_norm=cfg.max_grad_norm,
+    )
     batches = iterate_batches(
         examples, cfg.batch_size, seed=seed, group_by_length=cfg.group_by_length
     )
@@ -292,18 +313,14 @@ def _train_steps(
     with _training_mode(model, cfg.gradient_checkpointing):
         for step in range(1, total_steps + 1):
             # Linear warmup within the local run, then the round's constant lr.
-            warmup = min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
-            for group in optimizer.param_groups:
-                group["lr"] = lr * warmup
+            step_lr = lr * (min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0)
             micro = split_micro_batches(next(batches), cfg.micro_batch_size)
-            loss, real, slots = _step(model, micro, pad_token_id, cfg.autocast, scaler)
-            _optimizer_step(optimizer, scaler, params, cfg.max_grad_norm, correct)
-            if after_step is not None:
-                after_step(lr * warmup)
+            loss, real, slots = _step(model, micro, pad_token_id, cfg.autocast, optimizer.scaler)
+            optimizer.step(step_lr)
             stats.losses.append(loss)
             stats.real_tokens += real
             stats.padded_slots += slots
-            stats.lr_sum += lr * warmup
+            stats.lr_sum += step_lr
             if progress is not None:
                 progress(step, total_steps, loss)
     return stats
@@ -353,29 +370,12 @@ def train_local(
         set_adapter_state(model, global_state)
     named = adapter_parameters(model)
     frozen = [p for n, p in named.items() if objective.trainable == "lora_B" and ".lora_A." in n]
-    anchor = {k: v.detach().clone() for k, v in global_state.items()} if global_state else None
-
-    mu, correction = objective.proximal_mu, objective.step_correction
-
-    def proximal() -> None:
-        _add_proximal_gradient(named, mu, anchor or {})
-
-    def control(step_lr: float) -> None:
-        _apply_step_correction(named, correction or {}, step_lr)
+    anchor = {k: v.detach().clone() for k, v in global_state.items()} if global_state else {}
 
     torch.manual_seed(seed)
     start = time.perf_counter()
     with _frozen(frozen):
-        stats = _train_steps(
-            model,
-            examples,
-            cfg,
-            lr,
-            seed,
-            progress,
-            proximal if mu > 0 else None,
-            control if correction is not None else None,
-        )
+        stats = _train_steps(model, examples, cfg, lr, seed, progress, objective, anchor)
     seconds = time.perf_counter() - start
     losses, real_tokens, padded_slots = stats.losses, stats.real_tokens, stats.padded_slots
     mean_loss = sum(losses) / len(losses)

@@ -1,6 +1,6 @@
 """One Flower site (SuperNode): its client id, its data, and one round of training.
 
-Kept free of ``flwr`` so it can be tested without it; ``engines/flower.py``'s ClientApp calls it.
+Kept free of ``flwr`` so it can be tested without it; ``fedit/flower_app.py``'s ClientApp calls it.
 A site names its data in its node config:
 
 * ``data-path='/site/data.jsonl'`` (any format ``data.source`` accepts) and ``client-id=K``:
@@ -29,11 +29,11 @@ import torch
 
 from fedit.client.fit import fit_client
 from fedit.config import Config, ConfigError, ModelConfig
+from fedit.data.prepare import prepare_data
 from fedit.data.sources import load_examples
 from fedit.data.templates import TokenizedExample, tokenize_examples
 from fedit.model.loading import load_model, load_tokenizer
-from fedit.model.lora import add_rank_adapter, apply_lora
-from fedit.server.sampling import client_seed
+from fedit.model.lora import apply_lora
 from fedit.types import ClientUpdate, Example, FitInstruction
 
 log = logging.getLogger(__name__)
@@ -81,8 +81,6 @@ def site_examples(cfg: Config, node_config: dict[str, Any]) -> tuple[int, list[E
         raise ConfigError(
             "node config: give data-path='FILE' client-id=K, or partition-id=K num-partitions=N"
         )
-    from fedit.experiment import prepare_data
-
     client_id = _int_key(node_config, "partition-id")
     num_partitions = _int_key(node_config, "num-partitions")
     if num_partitions != cfg.federation.num_clients:
@@ -160,17 +158,7 @@ def train_site(
         raise ConfigError(
             f"instruction for client {instruction.client_id} reached client {site.client_id}"
         )
-    model = site.model
-    rank = int(instruction.config.get("rank", cfg.lora.r))
-    if rank != cfg.lora.r:
-        model.set_adapter(add_rank_adapter(model, cfg.lora, rank))
-    update = fit_client(
-        model,
-        site.examples,
-        cfg.train,
-        instruction,
-        seed=client_seed(cfg.seed, server_round, site.client_id),
-    )
+    update = fit_client(site.model, site.examples, cfg, instruction, server_round)
     update.metrics["load_seconds"] = site.load_seconds
     if node_config.get(TEST_FAULT_KEY) == "nan":
         name = sorted(update.state)[0]

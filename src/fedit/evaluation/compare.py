@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from fedit.config import Config, ConfigError, save_config
+from fedit.data.prepare import prepare_data
 from fedit.evaluation.baselines import (
     Stint,
     choose_local_clients,
@@ -36,8 +37,11 @@ from fedit.evaluation.baselines import (
 from fedit.evaluation.compare_report import write_compare_report
 from fedit.evaluation.runner import LoadedModel, evaluate_suites, grade_judge_suites
 from fedit.evaluation.suites import Suite, load_suites
+from fedit.experiment import RunOutcome, Setup, load_setup, run_experiment
 from fedit.io import atomic_write_json, atomic_write_text
+from fedit.model.lora import load_adapter_state, set_adapter_state
 from fedit.server.checkpoint import RunDir
+from fedit.server.global_model import GlobalModel
 from fedit.server.observer import RunObserver
 from fedit.types import AdapterState
 
@@ -70,37 +74,26 @@ class CompareOutcome:
 
 def run_compare(cfg: Config, observer: RunObserver | None = None) -> CompareOutcome:
     """Train what is missing, score every model on every suite, and write the report."""
-    from fedit.experiment import PreparedData, build_engine, prepare_data, run_experiment
-    from fedit.model.lora import load_adapter_state
-
     started = time.perf_counter()
     observer = observer or RunObserver()
     # Bad suite files and an unreachable judge fail here, before anything is trained.
     suites = _judge_or_skip(load_suites(cfg.compare.suites, cfg, "compare.suites"), cfg)
-    built: dict[str, Any] = {}
-
-    def build_and_keep(
-        run_cfg: Config, data: PreparedData, run_observer: RunObserver | None
-    ) -> tuple[Any, dict[str, int]]:
-        """FedIT's engine (base model, LoRA init, tokenized clients) is the baselines' too."""
-        built["engine"], stats = build_engine(run_cfg, data, run_observer)
-        built["data"] = data
-        return built["engine"], stats
-
     if cfg.engine == "flower":
         fedit_run = _finished_flower_run(cfg)
-        build_and_keep(cfg, prepare_data(cfg), None)
+        setup = load_setup(cfg, prepare_data(cfg))
     else:
-        fedit_run = run_experiment(_fedit_config(cfg), observer, make_engine=build_and_keep)
+        # FedIT's setup (base model, LoRA init, tokenized clients) is the baselines' too.
+        fedit_run = run_experiment(_fedit_config(cfg), observer)
+        assert fedit_run.setup is not None  # run_experiment always loads one
+        setup = fedit_run.setup
     phases = {"fedit": time.perf_counter() - started}
     compare_dir = fedit_run.run_dir / "compare"
     atomic_write_text(compare_dir / "config.yaml", save_config(cfg))  # for fedit serve / eval
-    engine, data = built["engine"], built["data"]
-    steps = [engine.local_steps(client) for client in range(engine.num_clients)]
+    steps = [setup.local_steps(client) for client in range(setup.num_clients)]
     schedule = step_schedule(fedit_run.history, steps)
     fedit_state = load_adapter_state(fedit_run.run_dir / "global_adapter")
     contenders = [Contender("base", "the base model, no adapter", 0, None)]
-    contenders += _local_contenders(cfg, engine, schedule, observer)
+    contenders += _local_contenders(cfg, setup, schedule, observer)
     contenders.append(
         Contender(
             "fedit",
@@ -111,13 +104,15 @@ def run_compare(cfg: Config, observer: RunObserver | None = None) -> CompareOutc
         )
     )
     if cfg.compare.centralized:
-        contenders.append(_centralized(cfg, engine, schedule, observer))
+        contenders.append(_centralized(cfg, setup, schedule, observer))
     phases["baselines"] = time.perf_counter() - started - phases["fedit"]
-    results = _score(cfg, engine, contenders, suites, observer)
+    results = _score(cfg, setup.server, contenders, suites, observer)
     seconds = time.perf_counter() - started
     phases["scoring"] = seconds - phases["fedit"] - phases["baselines"]
     atomic_write_json(compare_dir / "results.json", _jsonable(results, contenders, phases))
-    report, table_text = write_compare_report(compare_dir, cfg, contenders, results, data.table)
+    report, table_text = write_compare_report(
+        compare_dir, cfg, contenders, results, setup.data.table
+    )
     return CompareOutcome(compare_dir, report, results, table_text, seconds, phases)
 
 
@@ -151,12 +146,10 @@ def _fedit_config(cfg: Config) -> Config:
     return dataclasses.replace(cfg, resume=True)
 
 
-def _finished_flower_run(cfg: Config) -> Any:
+def _finished_flower_run(cfg: Config) -> RunOutcome:
     """``engine: flower``: compare scores the finished Flower run in output_dir and trains the
     baselines in-process on the coordinator's copy of the data (simulation-style sites only:
     real sites' data never reaches the coordinator)."""
-    from fedit.experiment import RunOutcome
-
     run_dir = RunDir(cfg.output_dir)
     adapter = run_dir.path / "global_adapter"
     point = run_dir.resume_point() if run_dir.is_run() else None
@@ -171,7 +164,7 @@ def _finished_flower_run(cfg: Config) -> Any:
 
 
 def _local_contenders(
-    cfg: Config, engine: Any, schedule: dict[int, list[Stint]], observer: RunObserver
+    cfg: Config, setup: Setup, schedule: dict[int, list[Stint]], observer: RunObserver
 ) -> list[Contender]:
     contenders = []
     for client in choose_local_clients(cfg, schedule):
@@ -183,9 +176,9 @@ def _local_contenders(
             [s.server_round for s in stints],
         )
         state, steps = _train_or_reuse(
-            f"local-{client}", engine, engine.client_data[client], cfg, stints, client, observer
+            f"local-{client}", setup, setup.client_data[client], cfg, stints, client, observer
         )
-        examples = len(engine.client_data[client])
+        examples = len(setup.client_data[client])
         contenders.append(
             Contender(
                 f"local-{client}", f"client {client}'s {examples} examples only", steps, state
@@ -195,21 +188,21 @@ def _local_contenders(
 
 
 def _centralized(
-    cfg: Config, engine: Any, schedule: dict[int, list[Stint]], observer: RunObserver
+    cfg: Config, setup: Setup, schedule: dict[int, list[Stint]], observer: RunObserver
 ) -> Contender:
-    pooled = [example for client in engine.client_data for example in client]
+    pooled = [example for client in setup.client_data for example in client]
     stints = pooled_schedule(schedule)
     log.info("Centralized: %d pooled examples, %d steps", len(pooled), sum(s.steps for s in stints))
     # A client id no FedIT client has, so its batch order is its own.
     state, steps = _train_or_reuse(
-        "centralized", engine, pooled, cfg, stints, engine.num_clients, observer
+        "centralized", setup, pooled, cfg, stints, setup.num_clients, observer
     )
     return Contender("centralized", f"all {len(pooled)} training examples pooled", steps, state)
 
 
 def _train_or_reuse(
     name: str,
-    engine: Any,
+    setup: Setup,
     examples: list[Any],
     cfg: Config,
     stints: list[Stint],
@@ -219,8 +212,6 @@ def _train_or_reuse(
     """Train a baseline and save it to ``compare/adapters/<name>`` at once, or load it from
     there when an earlier (perhaps crashed) compare trained it with the same settings and
     schedule, so a re-run never trains it twice."""
-    from fedit.model.lora import load_adapter_state
-
     folder = Path(cfg.output_dir) / "compare" / "adapters" / name
     recipe = _recipe(cfg, stints, client_id)
     marker = folder / BASELINE_MARKER
@@ -229,15 +220,15 @@ def _train_or_reuse(
         return load_adapter_state(folder), sum(stint.steps for stint in stints)
     observer.on_baseline_start(name, sum(stint.steps for stint in stints))
     state, steps = train_schedule(
-        engine.model,
+        setup.server.model,
         examples,
         cfg,
         stints,
-        engine.initial_state(),
+        setup.server.initial_state(),
         client_id,
         progress=_progress(observer, sum(stint.steps for stint in stints)),
     )
-    engine.save_adapter(state, folder)
+    setup.server.save_adapter(state, folder)
     atomic_write_json(marker, recipe)
     return state, steps
 
@@ -269,21 +260,19 @@ def _recipe(cfg: Config, stints: list[Stint], client_id: int) -> dict[str, Any]:
 
 def _score(
     cfg: Config,
-    engine: Any,
+    server: GlobalModel,
     contenders: list[Contender],
     suites: list[Suite],
     observer: RunObserver,
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Every contender on every suite; then the judge: single grades, and FedIT pairwise
     against every other model."""
-    from fedit.model.lora import set_adapter_state
-
-    loaded = LoadedModel(engine.model, engine.tokenizer, has_adapter=True)
+    loaded = LoadedModel(server.model, server.tokenizer, has_adapter=True)
     results = {}
     for contender in contenders:
         observer.on_eval_start(contender.name)
         if contender.state is not None:
-            set_adapter_state(engine.model, contender.state)
+            set_adapter_state(server.model, contender.state)
         results[contender.name] = evaluate_suites(
             loaded, cfg, suites, contender.state is not None, observer, contender.name
         )

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from fedit.config import Config
-from fedit.evaluation.plots import plot_compare
-from fedit.evaluation.summary import category_table, fmt, judge_notes, metric_view, table_metrics
 from fedit.io import atomic_write_text
+from fedit.reporting.plots import plot_compare
+from fedit.reporting.summary import category_table, fmt, judge_notes, metric_view, table_metrics
 
 
 def write_compare_report(

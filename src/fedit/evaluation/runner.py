@@ -21,8 +21,8 @@ from typing import Any
 from fedit.client.evaluate import batch_progress
 from fedit.config import Config, ConfigError, load_config
 from fedit.evaluation.suites import EvalContext, JudgeSuite, Suite
-from fedit.evaluation.summary import suite_summary
 from fedit.io import atomic_write_json, atomic_write_text
+from fedit.reporting.summary import suite_summary
 from fedit.server.observer import RunObserver
 
 log = logging.getLogger(__name__)

@@ -243,7 +243,7 @@ def load_suite(spec: SuiteSpec, cfg: Config, key: str = "--suite") -> Suite:
         ConfigError: A missing or malformed file, naming the suite and the file.
     """
     if spec.kind == "heldout":
-        from fedit.experiment import prepare_data
+        from fedit.data.prepare import prepare_data
 
         test = prepare_data(cfg).test
         if not test:

@@ -1,4 +1,4 @@
-"""The federated round loop, written once. It knows strategies and engines only by interface."""
+"""The federated round loop, written once. It knows strategies and transports only by interface."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import time
 from typing import Any
 
 from fedit.config import Config
-from fedit.engines.base import Engine
 from fedit.server.checkpoint import RunDir
 from fedit.server.observer import RunObserver
+from fedit.server.protocols import ServerModel, Transport
 from fedit.strategy.base import Strategy
-from fedit.types import AdapterState, ClientUpdate, RoundResult
+from fedit.strategy.selection import Selection
+from fedit.types import AdapterState, ClientUpdate, FitInstruction, RoundResult
 
 log = logging.getLogger(__name__)
 
@@ -34,23 +35,77 @@ def _eval_due(cfg: Config, server_round: int) -> bool:
     return server_round % cfg.eval.every == 0 or server_round == cfg.federation.rounds
 
 
+class RoundFailedError(RuntimeError):
+    """Fewer than ``federation.min_fit_clients`` usable replies, because clients failed."""
+
+
+def enough_replies(
+    cfg: Config,
+    server_round: int,
+    selection: Selection,
+    instructions: list[FitInstruction],
+    updates: list[ClientUpdate],
+) -> bool:
+    """Whether a round aggregates: the one place that judges how many clients replied.
+
+    Clients that were sent an instruction and gave no usable reply (they failed, timed out or
+    replied malformed) are logged; if they leave fewer than ``federation.min_fit_clients``
+    replies, the run stops naming them. A shortfall caused only by selected clients that
+    went offline (``federation.selection=availability``: never asked) skips the round and
+    keeps the global adapter, as a server does when devices go away.
+
+    Raises:
+        RoundFailedError: too few replies because clients failed.
+    """
+    needed = max(1, cfg.federation.min_fit_clients)
+    answered = {update.client_id for update in updates}
+    failed = sorted(i.client_id for i in instructions if i.client_id not in answered)
+    if len(updates) >= needed:
+        if failed:
+            log.warning("round %d: going on without clients %s", server_round, failed)
+        return True
+    if failed:
+        raise RoundFailedError(
+            f"round {server_round}: {len(updates)} valid replies, "
+            f"federation.min_fit_clients={needed}; no usable reply from clients {failed}"
+        )
+    log.warning(
+        "round %d: %d of federation.min_fit_clients=%d clients replied (offline: %s); "
+        "global adapter unchanged",
+        server_round,
+        len(updates),
+        needed,
+        selection.dropped,
+    )
+    return False
+
+
 def _evaluate(
-    engine: Engine, state: AdapterState | None, label: str, observer: RunObserver
+    server: ServerModel, state: AdapterState | None, label: str, observer: RunObserver
 ) -> dict[str, Any]:
     observer.on_eval_start(label)
-    metrics = engine.evaluate(state)
+    metrics = server.evaluate(state)
     observer.on_eval_end(label, metrics)
     return metrics
 
 
 def run_rounds(
     cfg: Config,
-    engine: Engine,
+    transport: Transport,
+    server: ServerModel,
     strategy: Strategy,
     run_dir: RunDir,
     observer: RunObserver | None = None,
 ) -> tuple[AdapterState, list[dict[str, Any]]]:
     """Run (or resume) FedIT rounds, checkpointing after each one.
+
+    Args:
+        cfg: The experiment.
+        transport: Reaches the clients (in-process or Flower).
+        server: The server's model: initial adapter, evaluation, adapter files.
+        strategy: Selects clients, builds their instructions, aggregates their replies.
+        run_dir: Where checkpoints and metrics.jsonl go.
+        observer: Progress hooks.
 
     Returns:
         The final global adapter and the metrics history (round 0 is the base model).
@@ -58,16 +113,16 @@ def run_rounds(
     observer = observer or RunObserver()
     point = run_dir.resume_point() if cfg.resume else None
     if point is not None and point.adapter_dir is not None:
-        state = engine.load_adapter(point.adapter_dir)
+        state = server.load_adapter(point.adapter_dir)
         strategy.load_state_dict(point.strategy_state)
     else:
-        state = engine.initial_state()
+        state = server.initial_state()
     history = point.history if point is not None else []
     first_round = point.next_round if point is not None else 1
 
     if cfg.eval.base and not any(r["round"] == 0 for r in history):
         started = time.perf_counter()
-        base = _evaluate(engine, None, "base", observer)
+        base = _evaluate(server, None, "base", observer)
         history.append({"round": 0, "eval": base, "seconds": {"eval": _since(started)}})
         run_dir.write_metrics(history)
 
@@ -76,24 +131,23 @@ def run_rounds(
         started = time.perf_counter()
         lr = round_lr(cfg, server_round)
         selection, instructions = strategy.configure_fit(
-            server_round, state, engine.client_sizes, lr
+            server_round, state, transport.client_sizes, lr
         )
         observer.on_round_start(server_round, selection.participants)
-        updates = engine.fit(instructions, server_round)
+        updates = transport.fit(instructions, server_round)
         fit_done = time.perf_counter()
         aggregation: dict[str, Any] = {}
-        if len(updates) >= max(1, cfg.federation.min_fit_clients):
+        if enough_replies(cfg, server_round, selection, instructions, updates):
             state, aggregation = strategy.aggregate_fit(server_round, state, updates)
         else:
             aggregation["skipped"] = (
                 f"{len(updates)} of federation.min_fit_clients="
                 f"{cfg.federation.min_fit_clients} clients replied; global adapter unchanged"
             )
-            log.warning("round %d: %s", server_round, aggregation["skipped"])
         aggregate_done = time.perf_counter()
         evaluation = None
         if _eval_due(cfg, server_round):
-            evaluation = _evaluate(engine, state, f"round {server_round}", observer)
+            evaluation = _evaluate(server, state, f"round {server_round}", observer)
         eval_done = time.perf_counter()
 
         record = RoundResult(
@@ -108,12 +162,12 @@ def run_rounds(
                 "eval": eval_done - aggregate_done,
             },
             lr=lr,
+            dropped_clients=selection.dropped,
+            client_metrics={u.client_id: u.metrics for u in updates},
+            communication=communication_totals(updates),
+            aggregation=aggregation,
         ).to_json()
-        record["dropped_clients"] = selection.dropped
-        record["client_metrics"] = {str(u.client_id): u.metrics for u in updates}
-        record["communication"] = communication_totals(updates)
-        record["aggregation"] = aggregation
-        engine.save_adapter(state, run_dir.round_dir(server_round))
+        server.save_adapter(state, run_dir.round_dir(server_round))
         history.append(record)
         run_dir.write_metrics(history)
         run_dir.complete_round(server_round, strategy.state_dict())

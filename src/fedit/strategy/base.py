@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
 
 from torch import Tensor
 
 from fedit.config import Config
-from fedit.server.sampling import Selection, build_selector, num_selected
-from fedit.types import AdapterState, ClientUpdate, FitInstruction
+from fedit.strategy.selection import Selection, build_selector, num_selected
+from fedit.types import AdapterState, ClientUpdate, FitConfig, FitInstruction
 
 # Server-side strategy state (momenta, control variates), checkpointed as safetensors.
 StrategyState = dict[str, Tensor]
@@ -52,22 +51,20 @@ class Strategy(ABC):
             FitInstruction(
                 client_id=client_id,
                 state=self.client_state(server_round, global_state, client_id),
-                config=self.fit_config(client_id, lr),
+                config=self.fit_config(server_round, client_id, lr),
                 extras=self.client_extras(client_id, global_state),
             )
             for client_id in selection.participants
         ]
         return selection, instructions
 
-    def fit_config(self, client_id: int, lr: float) -> dict[str, Any]:
-        """Scalars the client obeys this round; subclasses add their own keys."""
-        return {
-            "lr": lr,
-            "rank": self.cfg.lora.rank_of(client_id),
-            "compression": self.cfg.federation.upload_compression,
-            "trainable": "all",
-            "proximal_mu": 0.0,
-        }
+    def fit_config(self, server_round: int, client_id: int, lr: float) -> FitConfig:
+        """Scalars the client obeys this round; subclasses ``dataclasses.replace`` fields."""
+        return FitConfig(
+            lr=lr,
+            rank=self.cfg.lora.rank_of(client_id),
+            compression=self.cfg.federation.upload_compression,
+        )
 
     def client_state(
         self, server_round: int, global_state: AdapterState, client_id: int

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
 
 from fedit.strategy.fedavg import FedAvg
+from fedit.types import FitConfig
 
 
 class FedProx(FedAvg):
@@ -15,7 +16,6 @@ class FedProx(FedAvg):
     0.001, 0.01, 0.1 and 1; default 0.01). The server aggregates as FedAvg.
     """
 
-    def fit_config(self, client_id: int, lr: float) -> dict[str, Any]:
-        config = super().fit_config(client_id, lr)
-        config["proximal_mu"] = self.cfg.strategy.proximal_mu
-        return config
+    def fit_config(self, server_round: int, client_id: int, lr: float) -> FitConfig:
+        config = super().fit_config(server_round, client_id, lr)
+        return dataclasses.replace(config, proximal_mu=self.cfg.strategy.proximal_mu)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
 
 from fedit.strategy.aggregate import validate_updates, weighted_average
 from fedit.strategy.fedavg import FedAvg
-from fedit.types import AdapterState, ClientUpdate
+from fedit.types import AdapterState, ClientUpdate, FitConfig
 
 
 def is_lora_b(name: str) -> bool:
@@ -23,10 +23,10 @@ class FfaLora(FedAvg):
     left to ``lora.alpha``.
     """
 
-    def fit_config(self, client_id: int, lr: float) -> dict[str, Any]:
-        config = super().fit_config(client_id, lr)
-        config["trainable"] = "lora_B"
-        return config
+    def fit_config(self, server_round: int, client_id: int, lr: float) -> FitConfig:
+        return dataclasses.replace(
+            super().fit_config(server_round, client_id, lr), trainable="lora_B"
+        )
 
     def aggregate_fit(
         self, server_round: int, global_state: AdapterState, updates: list[ClientUpdate]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
 
 import torch
 
@@ -15,7 +15,7 @@ from fedit.strategy.aggregate import (
 )
 from fedit.strategy.base import StrategyState, prefixed, unprefixed
 from fedit.strategy.fedavg import FedAvg
-from fedit.types import CONTROL_DELTA, AdapterState, ClientUpdate
+from fedit.types import CONTROL_DELTA, AdapterState, ClientUpdate, FitConfig
 
 DEFAULT_SERVER_LR = 1.0
 
@@ -37,10 +37,8 @@ class Scaffold(FedAvg):
         self.control: AdapterState = {}
         self.client_controls: dict[int, AdapterState] = {}
 
-    def fit_config(self, client_id: int, lr: float) -> dict[str, Any]:
-        config = super().fit_config(client_id, lr)
-        config["scaffold"] = True
-        return config
+    def fit_config(self, server_round: int, client_id: int, lr: float) -> FitConfig:
+        return dataclasses.replace(super().fit_config(server_round, client_id, lr), scaffold=True)
 
     def client_extras(self, client_id: int, global_state: AdapterState) -> dict[str, AdapterState]:
         zeros = {name: torch.zeros_like(t) for name, t in global_state.items()}

@@ -2,9 +2,9 @@
 
 import pytest
 
-from fedit.server.sampling import (
+from fedit.client.fit import client_seed
+from fedit.strategy.selection import (
     build_selector,
-    client_seed,
     num_selected,
     select_clients,
     select_random,

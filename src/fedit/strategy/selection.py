@@ -1,5 +1,7 @@
 """Client selection, seeded per round so a resumed run picks the same clients.
 
+Selection is the strategy's first phase (``Strategy.configure_fit``), as in Flower.
+
 Every selector is a plain function ``(round, client_sizes, count, seed) -> Selection`` in the
 ``SELECTORS`` registry, picked by ``federation.selection``.
 """
@@ -101,8 +103,3 @@ def build_selector(name: str, availability: float = 1.0) -> Selector:
     if name not in SELECTORS:
         raise ValueError(f"federation.selection: unknown value {name!r}")
     return SELECTORS[name]
-
-
-def client_seed(seed: int, server_round: int, client_id: int) -> int:
-    """A training seed unique to (run seed, round, client), independent of what ran before."""
-    return int(np.random.SeedSequence([seed, server_round, client_id]).generate_state(1)[0])

@@ -100,7 +100,7 @@ def plot_compare(
     rows: list[tuple[str, dict[str, Any]]], metric: str, by_key: str, title: str, path: Path
 ) -> None:
     """``fedit compare``'s chart: every model's ``metric`` per category, then overall."""
-    from fedit.evaluation.summary import metric_view
+    from fedit.reporting.summary import metric_view
 
     series = {}
     for label, result in rows:

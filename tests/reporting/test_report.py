@@ -5,7 +5,7 @@ import json
 import yaml
 
 from fedit.config import load_config
-from fedit.evaluation.report import summary_rows, write_report
+from fedit.reporting.report import summary_rows, write_report
 
 HISTORY = [
     {

@@ -8,9 +8,9 @@ from typing import Any
 
 import yaml
 
-from fedit.evaluation import plots
-from fedit.evaluation.summary import fmt
 from fedit.io import atomic_write_text, read_jsonl
+from fedit.reporting import plots
+from fedit.reporting.summary import fmt
 
 PLOTS = {
     "loss": "loss.png",

@@ -1,0 +1,35 @@
+"""An experiment's data: load it, hold out the test set, and split the rest across clients."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fedit.config import Config
+from fedit.data.partition import count_table, partition_examples, split_test
+from fedit.data.sources import load_examples, load_test_examples
+from fedit.types import Example
+
+
+@dataclass
+class PreparedData:
+    """The held-out test set and the training examples split across clients."""
+
+    train: list[Example]
+    test: list[Example]
+    parts: list[list[int]]  # client id -> indices into ``train``
+    table: dict[str, Any]  # examples per client and label, for the report
+
+
+def prepare_data(cfg: Config) -> PreparedData:
+    """Load, hold out the test set, and partition. Raises ConfigError on bad data."""
+    examples = load_examples(cfg.data, cfg.seed)
+    external_test = load_test_examples(cfg.data, cfg.seed)
+    if external_test is not None:
+        train, test = examples, external_test
+    else:
+        train, test = split_test(examples, cfg.data.test_per_category, cfg.seed)
+    parts = partition_examples(train, cfg.federation.num_clients, cfg.data.partition, cfg.seed)
+    table = count_table(train, parts, cfg.data.partition.by)
+    table["num_train"], table["num_test"] = len(train), len(test)
+    return PreparedData(train, test, parts, table)

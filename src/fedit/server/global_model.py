@@ -1,0 +1,74 @@
+"""The server's copy of the model: the initial adapter, evaluation, and adapter files.
+
+One base model with the run's LoRA (``apply_lora(base, cfg.lora, seed)``) and the held-out test
+set. In-process, the simulation transport trains the clients on this same model object, so
+memory holds one base model whatever the number of clients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fedit.client.evaluate import evaluate_accuracy, evaluate_loss
+from fedit.config import Config
+from fedit.data.templates import TokenizedExample
+from fedit.model.lora import get_adapter_state, load_adapter_state, save_adapter, set_adapter_state
+from fedit.types import AdapterState, Example
+
+
+class GlobalModel:
+    """Implements ``server.protocols.ServerModel`` on a loaded PeftModel."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        model: Any,
+        tokenizer: Any,
+        test_examples: list[Example],
+        test_tokenized: list[TokenizedExample],
+        scorer: Callable[[str, str], bool],
+    ):
+        self.cfg = cfg
+        self.model = model
+        self.tokenizer = tokenizer
+        self.test_examples = test_examples
+        self.test_tokenized = test_tokenized
+        self.scorer = scorer
+        self._initial = get_adapter_state(model)  # LoRA init right after apply_lora (seeded)
+
+    def initial_state(self) -> AdapterState:
+        return {name: tensor.clone() for name, tensor in self._initial.items()}
+
+    def evaluate(self, state: AdapterState | None) -> dict[str, Any]:
+        if state is None:
+            with self.model.disable_adapter():
+                return self._score()
+        set_adapter_state(self.model, state)
+        return self._score()
+
+    def _score(self) -> dict[str, Any]:
+        evaluation = self.cfg.eval
+        metrics: dict[str, Any] = {}
+        if self.test_tokenized:
+            metrics.update(evaluate_loss(self.model, self.test_tokenized, evaluation.batch_size))
+        if evaluation.generate and self.test_examples:
+            metrics.update(
+                evaluate_accuracy(
+                    self.model,
+                    self.tokenizer,
+                    self.test_examples,
+                    self.cfg.data.template,
+                    evaluation.max_new_tokens,
+                    evaluation.batch_size,
+                    self.scorer,
+                )
+            )
+        return metrics
+
+    def save_adapter(self, state: AdapterState, path: Path) -> None:
+        save_adapter(self.model, state, path)
+
+    def load_adapter(self, path: Path) -> AdapterState:
+        return load_adapter_state(path)
