@@ -69,6 +69,5 @@ def _client_train(message: Message, context: Context) -> Message:
 
     cfg = from_run_config(dict(context.run_config))
     instruction = unpack_instruction(from_content(message.content))
-    server_round = int(message.metadata.group_id)
-    update = train_site(cfg, dict(context.node_config), instruction, server_round)
+    update = train_site(cfg, dict(context.node_config), instruction)
     return Message(content=to_content(pack_update(update, instruction)), reply_to=message)

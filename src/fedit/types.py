@@ -37,6 +37,7 @@ class FitConfig:
 
     lr: float  # peak learning rate of this round's local run (the server's schedule)
     rank: int  # LoRA rank the client trains (lora.client_ranks; the adapter arrives at it)
+    seed: int  # seeds the client's batch order and LoRA dropout this round
     compression: str = "none"  # upload codec (communication.COMPRESSIONS)
     trainable: str = "all"  # "all" LoRA parameters, or "lora_B" (FFA-LoRA freezes A)
     proximal_mu: float = 0.0  # FedProx's μ: the client minimises F_k(w) + μ/2 ‖w − w_global‖²

@@ -33,7 +33,7 @@ def setup(tiny_model_dir: Path):
 
 
 def _instruction(state, **config) -> FitInstruction:
-    return FitInstruction(0, state, FitConfig(**{"lr": 5e-2, "rank": LORA.r, **config}))
+    return FitInstruction(0, state, FitConfig(**{"lr": 5e-2, "rank": LORA.r, "seed": 1, **config}))
 
 
 def _distance(a, b) -> float:
@@ -44,9 +44,7 @@ def test_ffa_lora_never_changes_a(setup):
     model, examples, start = setup
     # B starts at zero; move it off zero so that A would receive gradient if it were trainable.
     start = {k: (v + 0.1 if ".lora_B." in k else v) for k, v in start.items()}
-    update = fit_client(
-        model, examples, CFG, _instruction(start, trainable="lora_B"), server_round=1
-    )
+    update = fit_client(model, examples, CFG, _instruction(start, trainable="lora_B"))
     for key, value in update.state.items():
         if ".lora_A." in key:
             assert torch.equal(value, start[key]), key
@@ -57,8 +55,8 @@ def test_ffa_lora_never_changes_a(setup):
 
 def test_fedprox_pulls_towards_the_global_adapter(setup):
     model, examples, start = setup
-    free = fit_client(model, examples, CFG, _instruction(start, proximal_mu=0.0), server_round=1)
-    held = fit_client(model, examples, CFG, _instruction(start, proximal_mu=50.0), server_round=1)
+    free = fit_client(model, examples, CFG, _instruction(start, proximal_mu=0.0))
+    held = fit_client(model, examples, CFG, _instruction(start, proximal_mu=50.0))
     assert _distance(held.state, start) < 0.8 * _distance(free.state, start)
 
 
@@ -79,10 +77,10 @@ def test_scaffold_reply_carries_option_ii_control_delta(setup):
     instruction = FitInstruction(
         0,
         start,
-        FitConfig(lr=5e-2, rank=LORA.r, scaffold=True),
+        FitConfig(lr=5e-2, rank=LORA.r, seed=1, scaffold=True),
         {"server_control": server, "client_control": client},
     )
-    update = fit_client(model, examples, CFG, instruction, server_round=1)
+    update = fit_client(model, examples, CFG, instruction)
     lr_sum = update.metrics["lr_sum"]
     assert lr_sum == pytest.approx(3 * 5e-2)
     for key, delta in update.extras[CONTROL_DELTA].items():
@@ -93,27 +91,27 @@ def test_scaffold_reply_carries_option_ii_control_delta(setup):
 
 def test_scaffold_correction_shifts_every_step(setup):
     model, examples, start = setup
-    plain = fit_client(model, examples, CFG, _instruction(start), server_round=1)
+    plain = fit_client(model, examples, CFG, _instruction(start))
     correction = {k: torch.full_like(v, 0.01) for k, v in start.items()}
     zeros = {k: torch.zeros_like(v) for k, v in start.items()}
     instruction = FitInstruction(
         0,
         start,
-        FitConfig(lr=5e-2, rank=LORA.r, scaffold=True),
+        FitConfig(lr=5e-2, rank=LORA.r, seed=1, scaffold=True),
         {"server_control": correction, "client_control": zeros},
     )
-    corrected = fit_client(model, examples, CFG, instruction, server_round=1)
+    corrected = fit_client(model, examples, CFG, instruction)
     # Each of the 3 steps moves every parameter by −η (c − c_i) = −5e-4 on top of AdamW's step.
     shift = torch.cat([(corrected.state[k] - plain.state[k]).flatten() for k in start])
     assert shift.mean().item() == pytest.approx(-3 * 5e-2 * 0.01, rel=0.3)
 
 
-def test_the_round_seed_and_rank_switch_live_in_fit_client(setup):
+def test_the_instruction_seed_and_rank_switch_decide_the_round(setup):
     model, examples, start = setup
-    again = fit_client(model, examples, CFG, _instruction(start), server_round=2)
-    same = fit_client(model, examples, CFG, _instruction(start), server_round=2)
-    other = fit_client(model, examples, CFG, _instruction(start), server_round=3)
-    assert all(torch.equal(again.state[k], same.state[k]) for k in start)  # seeded per round
+    again = fit_client(model, examples, CFG, _instruction(start, seed=2))
+    same = fit_client(model, examples, CFG, _instruction(start, seed=2))
+    other = fit_client(model, examples, CFG, _instruction(start, seed=3))
+    assert all(torch.equal(again.state[k], same.state[k]) for k in start)  # seeded
     assert not all(torch.equal(again.state[k], other.state[k]) for k in start)
 
     # A rank-2 client trains a rank-2 adapter and the model is back on its default adapter.
@@ -121,7 +119,7 @@ def test_the_round_seed_and_rank_switch_live_in_fit_client(setup):
         k: (v[:2] if ".lora_A." in k else v[:, :2]) + (0.1 if ".lora_B." in k else 0.0)
         for k, v in start.items()
     }
-    update = fit_client(model, examples, CFG, _instruction(small, rank=2), server_round=1)
+    update = fit_client(model, examples, CFG, _instruction(small, rank=2))
     assert all(update.state[k].shape == small[k].shape for k in small)
     assert not all(torch.equal(update.state[k], small[k]) for k in small)
     assert model.active_adapter == "default"

@@ -58,7 +58,7 @@ def _state(seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def _instruction(compression: str = "none", client_id: int = 1) -> FitInstruction:
-    config = FitConfig(lr=1e-3, rank=4, compression=compression)
+    config = FitConfig(lr=1e-3, rank=4, seed=0, compression=compression)
     return FitInstruction(client_id, _state(0), config, {"server_control": _state(2)})
 
 
@@ -103,7 +103,9 @@ def test_lossy_uploads_are_smaller_on_the_wire():
     big = {"layer.lora_A.weight": torch.randn(64, 256), "layer.lora_B.weight": torch.randn(256, 64)}
     sizes = {}
     for compression in ("none", "int8"):
-        instruction = FitInstruction(1, big, FitConfig(lr=1e-3, rank=64, compression=compression))
+        instruction = FitInstruction(
+            1, big, FitConfig(lr=1e-3, rank=64, seed=0, compression=compression)
+        )
         update = ClientUpdate(1, {k: v + 1e-3 for k, v in big.items()}, 12, 0.5, 2)
         sizes[compression] = len(flower.from_content(_reply(update, instruction)))
     assert sizes["int8"] < 0.5 * sizes["none"]

@@ -9,12 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from fedit.client.fit import client_seed
 from fedit.config import ConfigError, load_config
 from fedit.server.checkpoint import RunDir
 from fedit.server.loop import RoundFailedError, enough_replies, round_lr, run_rounds
 from fedit.strategy import build_strategy
-from fedit.strategy.selection import Selection
+from fedit.strategy.selection import Selection, client_seed
 from fedit.types import AdapterState, ClientUpdate, FitConfig, FitInstruction, RoundResult
 
 
@@ -41,7 +40,7 @@ class ArithmeticEngine:
         updates = []
         for instruction in instructions:
             cid, lr = instruction.client_id, instruction.config.lr
-            gen = torch.Generator().manual_seed(client_seed(self.seed, server_round, cid))
+            gen = torch.Generator().manual_seed(instruction.config.seed)
             state = {
                 k: v + lr * (cid + 1) + 0.01 * torch.randn(v.shape, generator=gen)
                 for k, v in instruction.state.items()
@@ -182,7 +181,7 @@ def test_every_key_of_a_round_record_is_a_round_result_field(tmp_path):
 def _round(selected, dropped, answered, min_fit=2):
     cfg = load_config(None, ["federation.num_clients=5", f"federation.min_fit_clients={min_fit}"])
     selection = Selection(selected, dropped)
-    config = FitConfig(lr=0.1, rank=16)
+    config = FitConfig(lr=0.1, rank=16, seed=0)
     instructions = [FitInstruction(c, {}, config) for c in selection.participants]
     updates = [ClientUpdate(c, {}, 1, 0.0, 1) for c in answered]
     return cfg, selection, instructions, updates

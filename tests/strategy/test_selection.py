@@ -2,9 +2,9 @@
 
 import pytest
 
-from fedit.client.fit import client_seed
 from fedit.strategy.selection import (
     build_selector,
+    client_seed,
     num_selected,
     select_clients,
     select_random,
@@ -79,3 +79,15 @@ def test_availability_drops_about_the_offline_share():
     assert again == selections[6]  # seeded per round
     always = build_selector("availability", availability=1.0)(7, [1] * 50, 10, 11)
     assert always.dropped == [] and always.selected == select_random(7, [1] * 50, 10, 11).selected
+
+
+def test_each_instruction_carries_its_client_seed():
+    from fedit.config import load_config
+    from fedit.strategy import build_strategy
+
+    cfg = load_config(None, ["federation.num_clients=6", "federation.fraction_fit=0.5", "seed=9"])
+    _, instructions = build_strategy(cfg).configure_fit(3, {}, [4] * 6, lr=0.1)
+    assert [i.config.seed for i in instructions] == [
+        client_seed(9, 3, i.client_id) for i in instructions
+    ]
+    assert len({i.config.seed for i in instructions}) == len(instructions) == 3

@@ -1,9 +1,9 @@
 """One client's round: obey the server's instruction, train, and build the reply.
 
 Both engines call ``fit_client`` and nothing else between unpacking an instruction and packing
-the reply: it switches to the adapter of the instruction's rank (and back), seeds the run for
-(seed, round, client), turns the ``FitConfig`` into a ``LocalObjective`` for ``train_local``
-and adds what the strategy asked for to the ``ClientUpdate``.
+the reply: it switches to the adapter of the instruction's rank (and back), turns the
+``FitConfig`` into a seeded ``LocalObjective`` run of ``train_local`` and adds what the strategy
+asked for to the ``ClientUpdate``. The instruction alone decides the client's round.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 
-import numpy as np
 from peft import PeftModel
 
 from fedit.client.train import LocalObjective, train_local
@@ -21,11 +20,6 @@ from fedit.model.lora import add_rank_adapter
 from fedit.types import CONTROL_DELTA, AdapterState, ClientUpdate, FitInstruction
 
 DEFAULT_ADAPTER = "default"  # peft's name for the adapter apply_lora creates (rank lora.r)
-
-
-def client_seed(seed: int, server_round: int, client_id: int) -> int:
-    """A training seed unique to (run seed, round, client), independent of what ran before."""
-    return int(np.random.SeedSequence([seed, server_round, client_id]).generate_state(1)[0])
 
 
 @contextlib.contextmanager
@@ -46,7 +40,6 @@ def fit_client(
     examples: list[TokenizedExample],
     cfg: Config,
     instruction: FitInstruction,
-    server_round: int,
     progress: Callable[[int, int, float], None] | None = None,
 ) -> ClientUpdate:
     """Train from ``instruction.state`` as ``instruction.config`` says.
@@ -54,9 +47,8 @@ def fit_client(
     Args:
         model: The peft model with the run's LoRA (``apply_lora(base, cfg.lora, cfg.seed)``).
         examples: The client's tokenized training examples.
-        cfg: The experiment (its ``train``, ``lora`` and ``seed`` are used).
+        cfg: The experiment (its ``train`` and ``lora`` sections are used).
         instruction: Adapter, ``FitConfig`` and tensor extras from the server.
-        server_round: The round, which seeds batch order and dropout with the client id.
         progress: Step callback, as for ``train_local``.
 
     Returns:
@@ -79,7 +71,7 @@ def fit_client(
             cfg.train,
             client_id=instruction.client_id,
             lr=config.lr,
-            seed=client_seed(cfg.seed, server_round, instruction.client_id),
+            seed=config.seed,
             global_state=instruction.state,
             progress=progress,
             objective=objective,

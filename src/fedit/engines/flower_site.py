@@ -145,7 +145,7 @@ def load_site(cfg: Config, node_config: dict[str, Any]) -> Site:
 
 
 def train_site(
-    cfg: Config, node_config: dict[str, Any], instruction: FitInstruction, server_round: int
+    cfg: Config, node_config: dict[str, Any], instruction: FitInstruction
 ) -> ClientUpdate:
     """One round on this site: the same ``fit_client`` call as the in-process engine."""
     if "num-threads" in node_config:
@@ -158,7 +158,7 @@ def train_site(
         raise ConfigError(
             f"instruction for client {instruction.client_id} reached client {site.client_id}"
         )
-    update = fit_client(site.model, site.examples, cfg, instruction, server_round)
+    update = fit_client(site.model, site.examples, cfg, instruction)
     update.metrics["load_seconds"] = site.load_seconds
     if node_config.get(TEST_FAULT_KEY) == "nan":
         name = sorted(update.state)[0]

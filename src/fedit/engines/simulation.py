@@ -50,24 +50,23 @@ class SimulationTransport:
         return [len(examples) for examples in self.client_data]
 
     def fit(self, instructions: list[FitInstruction], server_round: int) -> list[ClientUpdate]:
+        del server_round  # the instructions carry all a client needs
         updates = []
         for instruction in instructions:
             try:
-                updates.append(self._fit_one(instruction, server_round))
+                updates.append(self._fit_one(instruction))
             except MalformedReplyError as err:
                 log.warning("%s", err)
         return updates
 
-    def _fit_one(self, instruction: FitInstruction, server_round: int) -> ClientUpdate:
+    def _fit_one(self, instruction: FitInstruction) -> ClientUpdate:
         """One client's round trip: bytes down, ``fit_client``, bytes up."""
         client_id = instruction.client_id
         download = pack_instruction(instruction)
         received = unpack_instruction(download)  # what the client sees
         examples = self.client_data[client_id]
         self.observer.on_client_start(client_id, num_local_steps(self.cfg.train, len(examples)))
-        update = fit_client(
-            self.model, examples, self.cfg, received, server_round, self.observer.on_step
-        )
+        update = fit_client(self.model, examples, self.cfg, received, self.observer.on_step)
         upload = pack_update(update, received)
         reply = unpack_update(upload, instruction)  # what the server sees
         reply.metrics.update(bytes_down=len(download), bytes_up=len(upload))

@@ -22,10 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fedit.client.fit import client_seed
 from fedit.client.train import train_local
 from fedit.config import Config, ConfigError
 from fedit.data.templates import TokenizedExample
+from fedit.strategy.selection import client_seed
 from fedit.types import AdapterState
 
 

@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from torch import Tensor
 
 from fedit.config import Config
-from fedit.strategy.selection import Selection, build_selector, num_selected
+from fedit.strategy.selection import Selection, build_selector, client_seed, num_selected
 from fedit.types import AdapterState, ClientUpdate, FitConfig, FitInstruction
 
 # Server-side strategy state (momenta, control variates), checkpointed as safetensors.
@@ -63,6 +63,7 @@ class Strategy(ABC):
         return FitConfig(
             lr=lr,
             rank=self.cfg.lora.rank_of(client_id),
+            seed=client_seed(self.cfg.seed, server_round, client_id),
             compression=self.cfg.federation.upload_compression,
         )
 

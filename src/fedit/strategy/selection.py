@@ -96,6 +96,11 @@ SELECTORS: dict[str, Selector] = {
 }
 
 
+def client_seed(seed: int, server_round: int, client_id: int) -> int:
+    """A training seed unique to (run seed, round, client), independent of what ran before."""
+    return int(np.random.SeedSequence([seed, server_round, client_id]).generate_state(1)[0])
+
+
 def build_selector(name: str, availability: float = 1.0) -> Selector:
     """The selector named by ``federation.selection``."""
     if name == "availability":
