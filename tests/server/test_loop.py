@@ -13,7 +13,7 @@ from fedit.config import ConfigError, load_config
 from fedit.server.checkpoint import RunDir
 from fedit.server.loop import RoundFailedError, enough_replies, round_lr, run_rounds
 from fedit.strategy import build_strategy
-from fedit.strategy.selection import Selection, client_seed
+from fedit.strategy.selection import Selection
 from fedit.types import AdapterState, ClientUpdate, FitConfig, FitInstruction, RoundResult
 
 
