@@ -109,8 +109,10 @@ def _mib(value: float | None) -> str:
     return f"{value:,.0f}" if value is not None else "n/a"
 
 
-def summary(results: list[dict[str, Any]], tests: str, total_seconds: float | None) -> str:
-    """The markdown section: machine, test result, and one table row per quickstart."""
+def summary(
+    results: list[dict[str, Any]], tests: str, total_seconds: float | None, note: str = ""
+) -> str:
+    """The markdown section: machine, test result, one table row per quickstart, a note."""
     lines = [f"Machine: {results[0]['gpu']}; {results[0]['versions']}.", ""]
     if tests:
         lines += [f"`make test-gpu`: {tests}", ""]
@@ -140,6 +142,8 @@ def summary(results: list[dict[str, Any]], tests: str, total_seconds: float | No
             f"| {_mib(r['peak_allocated_mib'])} ({_mib(r['peak_reserved_mib'])}) "
             f"| {loss_base:.3f} → {loss_final:.3f} | {acc_base:.3f} → {acc_final:.3f} |"
         )
+    if note:
+        lines += ["", note]
     return "\n".join(lines)
 
 
@@ -159,11 +163,12 @@ def main() -> None:
     parser.add_argument("--summary", nargs="+", type=Path, help="JSONs to summarise instead")
     parser.add_argument("--tests", default="", help="the `make test-gpu` result line")
     parser.add_argument("--total-seconds", type=float, help="the whole check's wall time")
+    parser.add_argument("--note", default="", help="a paragraph to add under the table")
     parser.add_argument("--record", action="store_true", help="write docs/benchmarks.md too")
     args = parser.parse_args()
     if args.summary:
         results = [json.loads(path.read_text()) for path in args.summary]
-        block = section(summary(results, args.tests, args.total_seconds))
+        block = section(summary(results, args.tests, args.total_seconds, args.note))
         if args.record:
             write_section(SECTION, block)
         print(block)

@@ -11,10 +11,10 @@ Without ``--merge`` the folder holds the adapter (a few MB) plus the tokenizer, 
 ``peft.AutoPeftModelForCausalLM.from_pretrained(out)``, loads base plus adapter.
 
 An adapter trained on a 4-bit or 8-bit base (``model.quantization``) learned to correct the
-quantized weights, not the original ones. Merging it into the quantized layers would round B·A
-away (peft warns that such merges lose precision), so ``--merge`` first loads the base quantized
-as in training, dequantizes it (transformers' ``dequantize``), and merges into that: the merged
-model computes what the quantized base plus adapter computed, in full precision.
+quantized weights, not the original ones. Merging it into the quantized layers loses precision
+(peft re-quantizes W + B·A and warns of rounding errors), so ``--merge`` first loads the base
+quantized as in training, dequantizes it (transformers' ``dequantize``), and merges into that:
+the merged model computes what the quantized base plus adapter computed, in full precision.
 
 Both write ``fedit_export.json``: the source adapter, the base model and the prompt template the
 adapter was trained with (prompt the exported model the same way). The folder is written to a
