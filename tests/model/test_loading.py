@@ -41,11 +41,20 @@ def test_missing_pad_token_falls_back_to_eos(tiny_model_dir: Path, tmp_path: Pat
     assert loaded.pad_token == loaded.eos_token == "</s>"
 
 
-@pytest.mark.parametrize("quantization", ["4bit", "8bit"])
-def test_quantization_on_cpu_is_a_config_error(tiny_model_dir: Path, quantization: str) -> None:
+@pytest.mark.parametrize(
+    ("quantization", "layer", "dtype"),
+    [("4bit", "Linear4bit", torch.uint8), ("8bit", "Linear8bitLt", torch.int8)],
+)
+def test_quantization_on_cpu(
+    tiny_model_dir: Path, quantization: str, layer: str, dtype: torch.dtype
+) -> None:
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes (the [gpu] extra) is not installed")
     cfg = ModelConfig(name=str(tiny_model_dir), device="cpu", quantization=quantization)
-    with pytest.raises(ConfigError, match=f"{quantization} needs a CUDA GPU"):
-        load_model(cfg)
+    model, _ = load_model(cfg)
+    q_proj = model.model.layers[0].self_attn.q_proj
+    assert type(q_proj).__name__ == layer
+    assert q_proj.weight.dtype == dtype and q_proj.weight.device.type == "cpu"
+    assert getattr(model, f"is_loaded_in_{quantization}")
 
 
 def test_quantization_without_bitsandbytes_names_the_extra(

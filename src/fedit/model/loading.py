@@ -176,14 +176,18 @@ def _resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def _compute_dtype(cfg: ModelConfig, device: torch.device) -> torch.dtype:
+    """4-bit compute dtype: model.dtype, or for fp32 bf16 on a GPU and fp32 on a CPU."""
+    if cfg.dtype != "fp32":
+        return TORCH_DTYPES[cfg.dtype]
+    # bitsandbytes' CUDA kernels are fastest in bf16; a CPU without native bf16 emulates it.
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
 def _quantization_config(cfg: ModelConfig, device: torch.device) -> Any | None:
     if cfg.quantization == "none":
         return None
-    if device.type != "cuda":
-        raise ConfigError(
-            f"model.quantization: {cfg.quantization} needs a CUDA GPU (bitsandbytes); "
-            "set model.quantization=none or model.device=cuda"
-        )
+    # bitsandbytes 0.50.2 (the [gpu] extra) runs its 4-bit and 8-bit layers on a CPU too.
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ConfigError(
             f"model.quantization: {cfg.quantization} needs bitsandbytes; "
@@ -193,12 +197,11 @@ def _quantization_config(cfg: ModelConfig, device: torch.device) -> Any | None:
 
     if cfg.quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
-    compute_dtype = TORCH_DTYPES[cfg.dtype] if cfg.dtype != "fp32" else torch.bfloat16
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_compute_dtype=_compute_dtype(cfg, device),
     )
 
 
@@ -241,7 +244,9 @@ def _from_pretrained(cfg: ModelConfig, path: str, device: torch.device) -> tuple
     kwargs: dict[str, Any] = {"dtype": TORCH_DTYPES[cfg.dtype]}
     if quantization is not None:
         kwargs["quantization_config"] = quantization
-        kwargs["device_map"] = {"": device.index or 0}
+        # bitsandbytes quantizes while loading, on the device the map names.
+        target = (device.index or 0) if device.type == "cuda" else "cpu"
+        kwargs["device_map"] = {"": target}
     tokenizer = _tokenizer(cfg, path)
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -269,7 +274,7 @@ def load_model(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBa
         pads on the right.
 
     Raises:
-        ConfigError: Unknown model, missing CUDA or bitsandbytes for quantization.
+        ConfigError: Unknown model, missing CUDA, or quantization without bitsandbytes.
     """
     device = _resolve_device(cfg.device)
     path = resolve_model_path(cfg.name)

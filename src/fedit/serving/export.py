@@ -10,6 +10,12 @@ Without ``--merge`` the folder holds the adapter (a few MB) plus the tokenizer, 
 ``AutoModelForCausalLM.from_pretrained(out)`` with peft installed, or
 ``peft.AutoPeftModelForCausalLM.from_pretrained(out)``, loads base plus adapter.
 
+An adapter trained on a 4-bit or 8-bit base (``model.quantization``) learned to correct the
+quantized weights, not the original ones. Merging it into the quantized layers loses precision
+(peft re-quantizes W + B·A and warns of rounding errors), so ``--merge`` first loads the base
+quantized as in training, dequantizes it (transformers' ``dequantize``), and merges into that:
+the merged model computes what the quantized base plus adapter computed, in full precision.
+
 Both write ``fedit_export.json``: the source adapter, the base model and the prompt template the
 adapter was trained with (prompt the exported model the same way). The folder is written to a
 temporary sibling and renamed into place, so a failed export leaves nothing half-written.
@@ -28,7 +34,7 @@ from pathlib import Path
 
 from fedit.config import ConfigError, ModelConfig
 from fedit.io import atomic_directory, atomic_write_json
-from fedit.serving.generate import run_settings
+from fedit.serving.generate import run_quantization, run_settings
 
 logger = logging.getLogger(__name__)
 
@@ -55,12 +61,21 @@ def _base_name(adapter: Path, model_name: str | None) -> tuple[str, str]:
     return name, template or "alpaca"
 
 
-def _write_merged(adapter: Path, target: Path, base_name: str, dtype: str) -> None:
+def _write_merged(
+    adapter: Path, target: Path, base_name: str, dtype: str, quantization: str
+) -> None:
     from peft import PeftModel
 
-    from fedit.model.loading import load_model
+    from fedit.model.loading import TORCH_DTYPES, load_model
 
-    base, tokenizer = load_model(ModelConfig(name=base_name, dtype=dtype, device="cpu"))
+    if quantization == "none":
+        base, tokenizer = load_model(ModelConfig(name=base_name, dtype=dtype, device="cpu"))
+    else:
+        # Quantize where training did (the GPU, when there is one), then dequantize: the
+        # weights the adapter was trained against, now plain tensors of ``dtype``.
+        cfg = ModelConfig(name=base_name, dtype=dtype, device="auto", quantization=quantization)
+        base, tokenizer = load_model(cfg)
+        base = base.dequantize(dtype=TORCH_DTYPES[dtype])
     merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
     merged.save_pretrained(target)  # safetensors
     tokenizer.save_pretrained(target)
@@ -94,7 +109,8 @@ def export_model(
     Args:
         adapter: A PEFT adapter folder, e.g. ``RUN/global_adapter``.
         out: The folder to write (replaced atomically).
-        merge: Merge the LoRA weights into the base model (a standalone model).
+        merge: Merge the LoRA weights into the base model (a standalone model); a base the
+            run quantized is dequantized first.
         model_name: Base model (default: the run's ``model.name``).
         dtype: Weight dtype of the merged model (fp32, bf16 or fp16).
         overwrite: Replace a non-empty ``out``.
@@ -107,10 +123,11 @@ def export_model(
     """
     _check_paths(adapter, out, overwrite)
     base_name, template = _base_name(adapter, model_name)
+    quantization = run_quantization(adapter) if merge else "none"
     start = time.perf_counter()
     with atomic_directory(out) as tmp:
         if merge:
-            _write_merged(adapter, tmp, base_name, dtype)
+            _write_merged(adapter, tmp, base_name, dtype, quantization)
         else:
             _write_adapter(adapter, tmp, base_name)
         info = {
@@ -119,6 +136,7 @@ def export_model(
             "template": template,
             "merged": merge,
             "dtype": dtype if merge else None,
+            "dequantized_from": quantization if quantization != "none" else None,
         }
         atomic_write_json(tmp / EXPORT_INFO, info)
     logger.info(

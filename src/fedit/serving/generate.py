@@ -10,19 +10,33 @@ import yaml
 from fedit.config import ConfigError, ModelConfig
 
 
+def _run_config(adapter: Path) -> dict | None:
+    """The config.yaml of the run that wrote ``adapter`` (``RUN/global_adapter`` or
+    ``RUN/checkpoints/round_NNN``), if there is one."""
+    for candidate in (adapter.parent / "config.yaml", adapter.parent.parent / "config.yaml"):
+        if candidate.is_file():
+            return yaml.safe_load(candidate.read_text(encoding="utf-8")) or {}
+    return None
+
+
 def run_settings(adapter: Path) -> tuple[str | None, str | None]:
     """(model.name, data.template) recorded by the run that wrote ``adapter``, if any.
 
     A run's adapters live in ``RUN/global_adapter`` or ``RUN/checkpoints/round_NNN``.
     """
-    for candidate in (adapter.parent / "config.yaml", adapter.parent.parent / "config.yaml"):
-        if candidate.is_file():
-            cfg = yaml.safe_load(candidate.read_text(encoding="utf-8")) or {}
-            return cfg.get("model", {}).get("name"), cfg.get("data", {}).get("template")
+    cfg = _run_config(adapter)
+    if cfg is not None:
+        return cfg.get("model", {}).get("name"), cfg.get("data", {}).get("template")
     config = adapter / "adapter_config.json"
     if config.is_file():
         return json.loads(config.read_text()).get("base_model_name_or_path"), None
     return None, None
+
+
+def run_quantization(adapter: Path) -> str:
+    """The ``model.quantization`` the adapter was trained on ("none" when no run records it)."""
+    cfg = _run_config(adapter) or {}
+    return str(cfg.get("model", {}).get("quantization") or "none")
 
 
 def load_adapter_model(adapter: Path, model_name: str | None = None) -> tuple[object, object, str]:
