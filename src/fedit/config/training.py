@@ -25,7 +25,7 @@ class ModelConfig:
     )
     dtype: str = option("fp32", "weight dtype: fp32, bf16 or fp16")
     device: str = option("auto", "cpu, cuda or auto (cuda when available)")
-    quantization: str = option("none", "none, 4bit or 8bit (bitsandbytes, CUDA only)")
+    quantization: str = option("none", "none, 4bit or 8bit (bitsandbytes; CPU or CUDA)")
     revision: str | None = option(None, "hub revision (branch, tag or commit)")
     trust_remote_code: bool = option(False, "allow model code from the hub")
 
