@@ -49,14 +49,19 @@ def _load(args: argparse.Namespace) -> Config:
 def cmd_run(args: argparse.Namespace) -> int:
     from fedit.cli.progress import ProgressObserver
     from fedit.experiment import run_experiment
+    from fedit.server.loop import RoundFailedError
 
     cfg = _load(args)
     if cfg.engine == "flower":
         from fedit.engines.flower_launch import run_on_flower
 
         return run_on_flower(cfg)
-    with ProgressObserver(console) as observer:
-        outcome = run_experiment(cfg, observer)
+    try:
+        with ProgressObserver(console) as observer:
+            outcome = run_experiment(cfg, observer)
+    except RoundFailedError as err:  # clients failed; the finished rounds are checkpointed
+        console.print(f"fedit: run failed: {err}; resume with resume=true", markup=False)
+        return 1
     _print_results(outcome.history)
     _print_communication(outcome.history)
     out.print(f"report: {outcome.report}")
