@@ -42,6 +42,7 @@ BAD_SERVE = {
     "port in use": (["--adapter", "{adapter}", "--port", "{busy}"], "already in use"),
     "port out of range": (["--adapter", "{adapter}", "--port", "70000"], "not a port number"),
     "max tokens limit": (["--adapter", "{adapter}", "--max-tokens-limit", "0"], "must be >= 1"),
+    "max request bytes": (["--adapter", "{adapter}", "--max-request-bytes", "0"], "must be >= 1"),
 }
 
 
@@ -121,12 +122,16 @@ def test_serve_command_wires_adapters_key_and_limit(adapter, monkeypatch, capsys
             )
             assert response.usage.completion_tokens <= 8
             assert httpx.get(f"{url}/v1/models", timeout=5).status_code == 401
+            big = {"model": "base", "messages": [{"role": "user", "content": "hi " * 2000}]}
+            auth = {"Authorization": "Bearer k3y"}
+            endpoint = f"{url}/v1/chat/completions"
+            assert httpx.post(endpoint, json=big, headers=auth, timeout=30).status_code == 413
             checked.append(url)
 
     monkeypatch.setattr(server, "run_server", serve_in_thread)
     monkeypatch.setenv("FEDIT_API_KEY", "k3y")
     args = ["--adapter", str(adapter), "--adapter", f"round_1={adapter}", "--port", "0"]
-    assert main(["serve", *args, "--max-tokens-limit", "8"]) == 0
+    assert main(["serve", *args, "--max-tokens-limit", "8", "--max-request-bytes", "4000"]) == 0
     assert len(checked) == 1
 
 

@@ -8,7 +8,8 @@ Routes:
     POST /v1/chat/completions   OpenAI's chat completions, streamed as server-sent events or not
 
 Every error is an OpenAI-style JSON body (``protocol.error_body``). With an API key, ``/v1/*``
-needs ``Authorization: Bearer KEY``; the page and ``/health`` do not.
+needs ``Authorization: Bearer KEY``; the page and ``/health`` do not. A body larger than
+``max_request_bytes`` is refused with 413 before it is read to the end.
 
 A client that disconnects sets its request's ``client_gone`` flag at once (``GenerationStream``
 for streams, ``_complete`` otherwise), which stops generation after the step in progress or keeps
@@ -43,6 +44,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from fedit.serving.engine import Completion, CompletionEngine, PreparedRequest
 from fedit.serving.models import ServedModel
 from fedit.serving.protocol import (
+    MAX_REQUEST_BYTES,
     APIError,
     chunk_body,
     completion_body,
@@ -168,8 +170,22 @@ async def _complete(
     return done
 
 
-async def _json_body(request: Request) -> Any:
-    raw = await request.body()
+async def _json_body(request: Request, max_bytes: int) -> Any:
+    declared = request.headers.get("content-length", "")
+    too_large = APIError(
+        413,
+        f"the request body is larger than this server's limit of {max_bytes} bytes "
+        "(fedit serve --max-request-bytes)",
+        "body",
+        "request_too_large",
+    )
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise too_large
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > max_bytes:
+            raise too_large
     try:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -245,6 +261,7 @@ def create_app(
     engine: CompletionEngine,
     api_key: str | None = None,
     max_tokens_limit: int = 512,
+    max_request_bytes: int = MAX_REQUEST_BYTES,
 ) -> FastAPI:
     """The FastAPI application serving ``engine``'s models.
 
@@ -252,6 +269,7 @@ def create_app(
         engine: The loaded models and the generation lock.
         api_key: When set, ``/v1/*`` requests need ``Authorization: Bearer <api_key>``.
         max_tokens_limit: Largest ``max_tokens`` a request may ask for (400 above it).
+        max_request_bytes: Largest request body accepted (413 above it).
     """
     app = FastAPI(title="fedit", docs_url=None, redoc_url=None, openapi_url=None)
     _add_error_handlers(app)
@@ -280,7 +298,7 @@ def create_app(
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: Request) -> Response:
-        chat = parse_chat_request(await _json_body(request), max_tokens_limit)
+        chat = parse_chat_request(await _json_body(request, max_request_bytes), max_tokens_limit)
         prepared = await run_in_threadpool(engine.prepare, chat)
         if chat.stream:
             events = _in_threads(sse_events(engine, prepared))

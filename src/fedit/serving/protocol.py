@@ -14,6 +14,7 @@ from typing import Any
 
 ROLES = ("system", "developer", "user", "assistant")
 MAX_STOP_SEQUENCES = 4
+MAX_REQUEST_BYTES = 1 << 20  # 1 MiB by default: a long conversation is tens of kilobytes
 
 
 class APIError(Exception):
