@@ -162,6 +162,11 @@ def test_seed_makes_sampling_repeatable(client):
 
 BAD_REQUESTS = {
     "malformed json": (b'{"model": "global", "messages": [', 400, "body"),
+    "lone surrogate": (
+        b'{"model": "global", "messages": [{"role": "user", "content": "hi \\ud800"}]}',
+        400,
+        "messages[0].content",
+    ),
     "body not an object": (b"[1, 2]", 400, "body"),
     "missing model": ({"messages": QUESTION}, 400, "model"),
     "unknown model": ({"model": "gpt-4", "messages": QUESTION}, 404, "model"),

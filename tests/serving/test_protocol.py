@@ -73,6 +73,19 @@ def test_defaults_follow_openai():
         ({"model": "m", "messages": USER, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"model": "m", "messages": USER, "seed": 1.5}, "seed"),
         ({"model": "m", "messages": USER, "stream": "yes"}, "stream"),
+        (
+            {"model": "m", "messages": [{"role": "user", "content": "a\ud800"}]},
+            "messages[0].content",
+        ),
+        (
+            {
+                "model": "m",
+                "messages": [{"role": "user", "content": [{"type": "text", "text": "\udfff"}]}],
+            },
+            "messages[0].content[0].text",
+        ),
+        ({"model": "m", "messages": USER, "stop": ["\ud83d"]}, "stop[0]"),
+        ({"model": "\ud800", "messages": USER}, "model"),
     ],
 )
 def test_invalid_requests_name_the_field(body, param):
