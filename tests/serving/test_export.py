@@ -7,6 +7,8 @@ import json
 import shutil
 
 import pytest
+import torch
+from safetensors.torch import save_file
 from serving_support import Reference, make_run
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -88,6 +90,7 @@ def test_export_bad_adapter_and_failed_export_leave_nothing(tmp_path, capsys):
     adapter = tmp_path / "orphan"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
+    save_file({"w": torch.zeros(1)}, adapter / "adapter_model.safetensors")  # whole, loads later
     code = main(["export", "--adapter", str(adapter), "--out", str(out), "--model", "/no/model"])
     assert code == 2
     assert not out.exists() and not list(tmp_path.glob(".out.*"))

@@ -4,6 +4,7 @@ and the real script serves a run until it is interrupted."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -171,3 +172,27 @@ def test_serve_script_answers_the_openai_client(adapter, tmp_path):
         output = process.communicate(timeout=30)[0]
     assert process.returncode == 0, output
     assert f"serving on {url}" in output
+
+
+def _broken_copy(adapter: Path, folder: Path, damage: str) -> Path:
+    """A copy of ``adapter`` inside a run folder, without weights or with them truncated."""
+    shutil.copytree(adapter.parent, folder)
+    weights = folder / adapter.name / "adapter_model.safetensors"
+    if damage == "no weights":
+        weights.unlink()
+    else:
+        weights.write_bytes(weights.read_bytes()[:-64])
+    return folder / adapter.name
+
+
+@pytest.mark.parametrize("damage", ["no weights", "truncated weights"])
+@pytest.mark.parametrize("command", ["generate", "serve", "eval"])
+def test_adapter_with_missing_or_damaged_weights_is_one_line(
+    adapter, tmp_path, capsys, command, damage
+):
+    broken = _broken_copy(adapter, tmp_path / "run", damage)
+    rest = {"generate": ["hi"], "serve": ["--port", "0"], "eval": ["--suite", "heldout"]}
+    assert main([command, "--adapter", str(broken), *rest[command]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("fedit: error: --adapter:"), err
+    assert "adapter_model.safetensors" in err and "base model" not in err

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fedit.config import ConfigError, ModelConfig
+from fedit.integrity import check_adapter_folder
 from fedit.serving.generate import run_settings
 from fedit.serving.prompts import TEMPLATES, chat_prompt
 
@@ -50,7 +51,7 @@ def parse_adapter_specs(values: list[str]) -> list[AdapterSpec]:
 
     Raises:
         ConfigError: Bad or duplicate names, more than one unnamed adapter, or a folder that is
-            not a PEFT adapter.
+            not a whole PEFT adapter (config and weights).
     """
     if not values:
         raise ConfigError("--adapter: give at least one adapter folder, e.g. RUN/global_adapter")
@@ -69,10 +70,7 @@ def parse_adapter_specs(values: list[str]) -> list[AdapterSpec]:
             hint = "; name the others name=path" if name == GLOBAL_ID else ""
             raise ConfigError(f"--adapter: the name {name!r} is given twice{hint}")
         adapter = Path(path).expanduser()
-        if not (adapter / "adapter_config.json").is_file():
-            raise ConfigError(
-                f"--adapter: {adapter} is not a PEFT adapter (no adapter_config.json)"
-            )
+        check_adapter_folder(adapter)
         specs.append(AdapterSpec(name, adapter))
     return specs
 
