@@ -83,3 +83,27 @@ def test_resume_of_a_damaged_run_is_one_line_before_loading(
     for words in expected:
         assert words in err, err
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+
+
+UNUSABLE_OUTPUT = {
+    "a regular file": (lambda tmp: tmp / "taken.txt", "is a file, not a folder"),
+    "inside a regular file": (lambda tmp: tmp / "taken.txt" / "run", "is a file, not a folder"),
+    "under /proc": (lambda tmp: Path("/proc/fedit-run"), "cannot create"),
+}
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["fresh", "resume"])
+@pytest.mark.parametrize("case", list(UNUSABLE_OUTPUT), ids=list(UNUSABLE_OUTPUT))
+def test_unusable_output_dir_is_one_line_before_loading(
+    case, resume, tiny_model_dir, tmp_path, capsys, nothing_loads
+):
+    (tmp_path / "taken.txt").write_text("mine")
+    where, expected = UNUSABLE_OUTPUT[case]
+    out = where(tmp_path)
+    code = main(["run", *tiny_args(tiny_model_dir, out), f"resume={str(resume).lower()}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("fedit: error:"), err
+    assert (expected if not resume else "is not a fedit run") in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.txt"]
+    assert (tmp_path / "taken.txt").read_text() == "mine"

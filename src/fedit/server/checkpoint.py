@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,8 +125,31 @@ class RunDir:
     def is_run(self) -> bool:
         return (self.path / CONFIG_FILE).is_file()
 
+    def check_writable(self) -> None:
+        """Fail unless ``output_dir`` is, or can be created as, a folder that takes files.
+
+        Tried for real (a temporary folder made and removed at once): permissions say little on
+        ``/proc`` or a read-only mount, or to root.
+        """
+        existing = self.path
+        try:
+            while not existing.exists() and existing != existing.parent:
+                existing = existing.parent
+            if not existing.is_dir():
+                raise ConfigError(
+                    f"output_dir: {existing} is a file, not a folder; choose another output_dir"
+                )
+            os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".fedit-write-check-"))
+        except OSError as err:
+            raise ConfigError(
+                f"output_dir: cannot create {self.path}: {existing} does not take new files "
+                f"({err.strerror}); choose another output_dir"
+            ) from None
+
     def check_fresh(self, overwrite: bool) -> None:
-        """Refuse to mix a new run into an old one unless told to overwrite."""
+        """Refuse to mix a new run into an old one unless told to overwrite, and an
+        ``output_dir`` that cannot be written."""
+        self.check_writable()
         if not self.path.exists() or not any(self.path.iterdir()):
             return
         if not self.is_run():
@@ -153,6 +178,7 @@ class RunDir:
                 f"resume: {self.path} is not a fedit run (no {CONFIG_FILE}); "
                 "point output_dir at an existing run or drop resume=true"
             )
+        self.check_writable()
         try:
             saved = yaml.safe_load((self.path / CONFIG_FILE).read_text(encoding="utf-8")) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as err:
