@@ -178,9 +178,21 @@ def read_records(path: Path, key: str = "data.source") -> list[Record]:
     return reader(path)
 
 
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 text (a byte-order mark is allowed), or an error naming the line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}); save the file as UTF-8"
+        ) from None
+
+
 def _read_json(path: Path) -> list[Record]:
     """A JSON array of records, or JSON-lines content in a .json file."""
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     try:
         content = json.loads(text)
     except json.JSONDecodeError as err:
@@ -203,7 +215,7 @@ def _first_line_is_object(text: str) -> bool:
 
 
 def _read_jsonl(path: Path) -> list[Record]:
-    return _parse_json_lines(path.read_text(encoding="utf-8"), path)
+    return _parse_json_lines(_read_text(path), path)
 
 
 def _parse_json_lines(text: str, path: Path) -> list[Record]:
