@@ -287,3 +287,14 @@ def load_model(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBa
         time.perf_counter() - start,
     )
     return model, tokenizer
+
+
+def context_window(model: Any, tokenizer: Any = None) -> int | None:
+    """The most positions ``model`` takes (prompt plus generated tokens), or None if unknown."""
+    config = model.config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    return limit if isinstance(limit, int) and limit < 10**7 else None

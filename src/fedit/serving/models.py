@@ -83,16 +83,6 @@ def _template(adapter: Path, default: str) -> str:
     return template
 
 
-def _context_window(model: Any, tokenizer: Any) -> int | None:
-    config = model.config
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    limit = getattr(tokenizer, "model_max_length", None)
-    return limit if isinstance(limit, int) and limit < 10**7 else None
-
-
 class ServedModels:
     """The base model with its adapters loaded once, and the prompt template of each model id.
 
@@ -112,7 +102,7 @@ class ServedModels:
     ) -> None:
         from peft import PeftModel
 
-        from fedit.model.loading import load_model
+        from fedit.model.loading import context_window, load_model
 
         recorded, _ = run_settings(specs[0].path)
         base_name = model_name or recorded
@@ -133,7 +123,7 @@ class ServedModels:
         for template in {served.template for served in self.models.values()}:
             chat_prompt([{"role": "user", "content": "hi"}], template, self.tokenizer)  # usable?
         self.model.eval()
-        self.context_window = _context_window(self.model, self.tokenizer)
+        self.context_window = context_window(self.model, self.tokenizer)
         logger.info("serving %s on %s", ", ".join(self.models), self.base_name)
 
     def _load(self, spec: AdapterSpec, load: Callable[[], Any]) -> Any:
