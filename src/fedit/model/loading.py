@@ -14,7 +14,6 @@ import importlib.util
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from transformers import (
 )
 
 from fedit.config import ConfigError, ModelConfig
+from fedit.io import temporary_directory
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def ensure_embedded_model(name: str) -> Path:
         return target
     gguf_path = _gguf_path(name, EMBEDDED_MODELS[name])
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=target.parent))
+    tmp = temporary_directory(target)  # shared caches stay readable to the group (umask)
     logger.info("converting embedded model %s from %s (one time, ~20 s)", name, gguf_path.name)
     start = time.perf_counter()
     try:
