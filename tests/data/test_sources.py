@@ -326,3 +326,15 @@ def test_utf8_file_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
         path = writer(tmp_path / name, ALPACA)
         path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
         assert [e["output"] for e in load(path)] == ["5", "hello"]
+
+
+def test_empty_responses_are_counted_and_all_empty_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    some = [*ALPACA, {"instruction": "Say nothing.", "input": "", "output": "  "}]
+    with caplog.at_level("WARNING", logger="fedit.data.sources"):
+        assert len(load(write_jsonl(tmp_path / "some.jsonl", some))) == 3
+    assert any("1 of 3 examples" in r.getMessage() for r in caplog.records), caplog.text
+    none = [dict(record, output="") for record in ALPACA]
+    with pytest.raises(ConfigError, match=r"every response .* is empty .*data.columns.output"):
+        load(write_jsonl(tmp_path / "none.jsonl", none))

@@ -119,7 +119,28 @@ def load_source(source: str, key: str, folder_split: str, data: DataConfig) -> l
     examples = normalize_records(records, data.columns, origin)
     if not examples:
         raise ConfigError(f"{key}: {origin} holds no examples")
+    _check_responses(examples, key, origin)
     return examples
+
+
+def _check_responses(examples: list[Example], key: str, origin: str) -> None:
+    """Refuse a source whose responses are all empty (the model would learn to say nothing, or
+    be scored against nothing), and count the empty ones otherwise."""
+    empty = sum(not example["output"].strip() for example in examples)
+    if empty == len(examples):
+        raise ConfigError(
+            f"{key}: every response in {origin} is empty ({empty} examples); point "
+            "data.columns.output at the column that holds the answers"
+        )
+    if empty:
+        logger.warning(
+            "%s: %d of %d examples in %s have an empty response; they teach the model to "
+            "answer nothing",
+            key,
+            empty,
+            len(examples),
+            origin,
+        )
 
 
 def _looks_like_path(source: str) -> bool:
