@@ -1,22 +1,50 @@
-"""Atomic file output: write to a temporary sibling, then rename over the target."""
+"""Atomic file output: write to a temporary sibling, then rename over the target.
+
+Files and folders get the permissions ``open()`` and ``mkdir`` would give them (0666 and 0777
+less the umask), so a colleague can read an exported model or a report; ``private=True``
+(0600 / 0700) is for secrets such as keys. The temporary sibling is created with those
+permissions from the start, never loosened afterwards.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+_Made = TypeVar("_Made")
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the new one, never a mix."""
+def _temporary_sibling(path: Path, make: Callable[[Path], _Made]) -> tuple[Path, _Made]:
+    """Create ``.NAME.<random>.tmp`` next to ``path`` with ``make`` (which must fail if it
+    exists) and return it with what ``make`` returned."""
+    for _ in range(100):
+        candidate = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return candidate, make(candidate)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name next to {path}")
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, private: bool = False) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the new one, never a mix.
+
+    Args:
+        path: The file to write.
+        data: Its new content.
+        private: Owner-only (0600) whatever the umask, for secrets.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    mode = 0o600 if private else 0o666  # the umask applies, as with open()
+    tmp, fd = _temporary_sibling(path, lambda candidate: os.open(candidate, flags, mode))
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -28,9 +56,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
+def atomic_write_text(path: str | Path, text: str, private: bool = False) -> None:
     """UTF-8 text version of :func:`atomic_write_bytes`."""
-    atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_bytes(path, text.encode("utf-8"), private)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
@@ -38,12 +66,26 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-@contextmanager
-def atomic_directory(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory that replaces ``path`` only if the block succeeds."""
+def temporary_directory(path: str | Path, private: bool = False) -> Path:
+    """A new empty folder next to ``path``, to fill and then rename onto it.
+
+    Args:
+        path: The folder it will become.
+        private: Owner-only (0700) whatever the umask, for secrets.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    mode = 0o700 if private else 0o777  # the umask applies, as with mkdir
+    tmp, _ = _temporary_sibling(path, lambda candidate: candidate.mkdir(mode=mode))
+    return tmp
+
+
+@contextmanager
+def atomic_directory(path: str | Path, private: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory that replaces ``path`` only if the block succeeds
+    (``private`` as for ``temporary_directory``)."""
+    path = Path(path)
+    tmp = temporary_directory(path, private)
     try:
         yield tmp
         if path.exists():

@@ -304,3 +304,37 @@ def test_shakespeare_folder_as_test_source(shared_data: Path) -> None:
     )
     test = load_test_examples(data, seed=0)
     assert test is not None and len(test) == 260
+
+
+@pytest.mark.parametrize(
+    ("suffix", "where"), [(".json", ":13: "), (".jsonl", ":3: "), (".csv", ": ")]
+)
+def test_file_that_is_not_utf8_names_file_and_line(tmp_path: Path, suffix: str, where: str) -> None:
+    records = [*ALPACA, {"instruction": "Café?", "input": "", "output": "oui"}]
+    path = tmp_path / f"latin1{suffix}"
+    if suffix == ".csv":
+        pd.DataFrame(records).to_csv(path, index=False, encoding="latin-1")
+    else:
+        text = (write_json if suffix == ".json" else write_jsonl)(path, records).read_text()
+        path.write_bytes(text.replace("\\u00e9", "é").encode("latin-1"))  # as Windows tools do
+    with pytest.raises(ConfigError, match=rf"latin1\{suffix}{where}.*(not UTF-8|malformed CSV)"):
+        load(path)
+
+
+def test_utf8_file_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    for writer, name in [(write_json, "bom.json"), (write_jsonl, "bom.jsonl")]:
+        path = writer(tmp_path / name, ALPACA)
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+        assert [e["output"] for e in load(path)] == ["5", "hello"]
+
+
+def test_empty_responses_are_counted_and_all_empty_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    some = [*ALPACA, {"instruction": "Say nothing.", "input": "", "output": "  "}]
+    with caplog.at_level("WARNING", logger="fedit.data.sources"):
+        assert len(load(write_jsonl(tmp_path / "some.jsonl", some))) == 3
+    assert any("1 of 3 examples" in r.getMessage() for r in caplog.records), caplog.text
+    none = [dict(record, output="") for record in ALPACA]
+    with pytest.raises(ConfigError, match=r"every response .* is empty .*data.columns.output"):
+        load(write_jsonl(tmp_path / "none.jsonl", none))

@@ -13,6 +13,9 @@ import openai
 import pytest
 from serving_support import MAX_TOKENS_LIMIT, Reference, live_server, load_engine, make_runs
 
+from fedit.serving.app import create_app
+from fedit.serving.server import running_server
+
 QUESTION = [{"role": "user", "content": "What is 12 + 35?"}]
 CONVERSATION = [
     {"role": "system", "content": "Answer briefly."},
@@ -159,6 +162,11 @@ def test_seed_makes_sampling_repeatable(client):
 
 BAD_REQUESTS = {
     "malformed json": (b'{"model": "global", "messages": [', 400, "body"),
+    "lone surrogate": (
+        b'{"model": "global", "messages": [{"role": "user", "content": "hi \\ud800"}]}',
+        400,
+        "messages[0].content",
+    ),
     "body not an object": (b"[1, 2]", 400, "body"),
     "missing model": ({"messages": QUESTION}, 400, "model"),
     "unknown model": ({"model": "gpt-4", "messages": QUESTION}, 404, "model"),
@@ -283,3 +291,23 @@ def test_client_disconnect_mid_stream_frees_the_model(url, engine):
     assert not engine.lock.locked()
     ok = {"model": "base", "messages": QUESTION, "max_tokens": 3}
     assert httpx.post(f"{url}/v1/chat/completions", json=ok, timeout=60).status_code == 200
+
+
+def test_body_over_the_size_limit_is_413_even_with_a_valid_key(engine):
+    app = create_app(engine, api_key="s3cret", max_request_bytes=2000)
+    auth = {"Authorization": "Bearer s3cret"}
+    endpoint = "/v1/chat/completions"
+    padded = {"model": "global", "messages": QUESTION, "max_tokens": 2, "user": "x" * 3000}
+    with running_server(app) as url:
+        response = httpx.post(f"{url}{endpoint}", json=padded, headers=auth, timeout=60)
+        assert response.status_code == 413, response.text
+        assert response.json()["error"]["code"] == "request_too_large"
+        assert "2000 bytes" in response.json()["error"]["message"]
+
+        def chunked():  # no Content-Length: counted while it is read
+            yield json.dumps(padded).encode()
+
+        response = httpx.post(f"{url}{endpoint}", content=chunked(), headers=auth, timeout=60)
+        assert response.status_code == 413
+        small = padded | {"user": "x"}
+        assert httpx.post(f"{url}{endpoint}", json=small, headers=auth, timeout=60).is_success

@@ -4,8 +4,11 @@ base plus adapter; the adapter export loads through transformers' peft integrati
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
+import torch
+from safetensors.torch import save_file
 from serving_support import Reference, make_run
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -87,6 +90,29 @@ def test_export_bad_adapter_and_failed_export_leave_nothing(tmp_path, capsys):
     adapter = tmp_path / "orphan"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
+    save_file({"w": torch.zeros(1)}, adapter / "adapter_model.safetensors")  # whole, loads later
     code = main(["export", "--adapter", str(adapter), "--out", str(out), "--model", "/no/model"])
     assert code == 2
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))
+
+
+@pytest.mark.parametrize("damage", ["no weights", "truncated weights"])
+@pytest.mark.parametrize("merge", [False, True], ids=["adapter", "merged"])
+def test_export_of_an_adapter_without_whole_weights_is_refused(
+    adapter, tmp_path, capsys, damage, merge
+):
+    broken = tmp_path / "broken"
+    shutil.copytree(adapter, broken)
+    weights = broken / "adapter_model.safetensors"
+    if damage == "no weights":
+        weights.unlink()
+    else:
+        weights.write_bytes(weights.read_bytes()[:-100])
+    (tmp_path / "config.yaml").write_text((adapter.parent / "config.yaml").read_text())
+    out = tmp_path / "out"
+    args = ["export", "--adapter", str(broken), "--out", str(out)] + ["--merge"] * merge
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("fedit: error: --adapter:")
+    assert "adapter_model.safetensors" in err
     assert not out.exists() and not list(tmp_path.glob(".out.*"))

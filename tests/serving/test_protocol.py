@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+import torch
+from safetensors.torch import save_file
 from transformers import AutoTokenizer
 
 from fedit.config import ConfigError
@@ -73,6 +75,19 @@ def test_defaults_follow_openai():
         ({"model": "m", "messages": USER, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"model": "m", "messages": USER, "seed": 1.5}, "seed"),
         ({"model": "m", "messages": USER, "stream": "yes"}, "stream"),
+        (
+            {"model": "m", "messages": [{"role": "user", "content": "a\ud800"}]},
+            "messages[0].content",
+        ),
+        (
+            {
+                "model": "m",
+                "messages": [{"role": "user", "content": [{"type": "text", "text": "\udfff"}]}],
+            },
+            "messages[0].content[0].text",
+        ),
+        ({"model": "m", "messages": USER, "stop": ["\ud83d"]}, "stop[0]"),
+        ({"model": "\ud800", "messages": USER}, "model"),
     ],
 )
 def test_invalid_requests_name_the_field(body, param):
@@ -135,6 +150,14 @@ def test_held_back_tail(text, stops, held):
     assert _held_back(text, stops) == held
 
 
+def _fake_adapter(folder):
+    """A folder that passes the adapter checks (config and whole weights); nothing loads it."""
+    folder.mkdir(exist_ok=True)
+    (folder / "adapter_config.json").write_text("{}")
+    save_file({"w": torch.zeros(1)}, folder / "adapter_model.safetensors")
+    return folder
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
@@ -147,15 +170,13 @@ def test_held_back_tail(text, stops, held):
     ],
 )
 def test_adapter_specs_errors(values, message, tmp_path):
-    adapter = tmp_path / "adapter"
-    adapter.mkdir()
-    (adapter / "adapter_config.json").write_text("{}")
+    adapter = _fake_adapter(tmp_path / "adapter")
     values = [v.format(a=adapter, missing=tmp_path / "nope") for v in values]
     with pytest.raises(ConfigError, match=message):
         parse_adapter_specs(values)
 
 
 def test_adapter_specs_names(tmp_path):
-    (tmp_path / "adapter_config.json").write_text("{}")
+    _fake_adapter(tmp_path)
     specs = parse_adapter_specs([str(tmp_path), f"round_1={tmp_path}"])
     assert [(s.name, s.path) for s in specs] == [("global", tmp_path), ("round_1", tmp_path)]

@@ -4,6 +4,7 @@ and the real script serves a run until it is interrupted."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -42,6 +43,7 @@ BAD_SERVE = {
     "port in use": (["--adapter", "{adapter}", "--port", "{busy}"], "already in use"),
     "port out of range": (["--adapter", "{adapter}", "--port", "70000"], "not a port number"),
     "max tokens limit": (["--adapter", "{adapter}", "--max-tokens-limit", "0"], "must be >= 1"),
+    "max request bytes": (["--adapter", "{adapter}", "--max-request-bytes", "0"], "must be >= 1"),
 }
 
 
@@ -121,12 +123,16 @@ def test_serve_command_wires_adapters_key_and_limit(adapter, monkeypatch, capsys
             )
             assert response.usage.completion_tokens <= 8
             assert httpx.get(f"{url}/v1/models", timeout=5).status_code == 401
+            big = {"model": "base", "messages": [{"role": "user", "content": "hi " * 2000}]}
+            auth = {"Authorization": "Bearer k3y"}
+            endpoint = f"{url}/v1/chat/completions"
+            assert httpx.post(endpoint, json=big, headers=auth, timeout=30).status_code == 413
             checked.append(url)
 
     monkeypatch.setattr(server, "run_server", serve_in_thread)
     monkeypatch.setenv("FEDIT_API_KEY", "k3y")
     args = ["--adapter", str(adapter), "--adapter", f"round_1={adapter}", "--port", "0"]
-    assert main(["serve", *args, "--max-tokens-limit", "8"]) == 0
+    assert main(["serve", *args, "--max-tokens-limit", "8", "--max-request-bytes", "4000"]) == 0
     assert len(checked) == 1
 
 
@@ -166,3 +172,27 @@ def test_serve_script_answers_the_openai_client(adapter, tmp_path):
         output = process.communicate(timeout=30)[0]
     assert process.returncode == 0, output
     assert f"serving on {url}" in output
+
+
+def _broken_copy(adapter: Path, folder: Path, damage: str) -> Path:
+    """A copy of ``adapter`` inside a run folder, without weights or with them truncated."""
+    shutil.copytree(adapter.parent, folder)
+    weights = folder / adapter.name / "adapter_model.safetensors"
+    if damage == "no weights":
+        weights.unlink()
+    else:
+        weights.write_bytes(weights.read_bytes()[:-64])
+    return folder / adapter.name
+
+
+@pytest.mark.parametrize("damage", ["no weights", "truncated weights"])
+@pytest.mark.parametrize("command", ["generate", "serve", "eval"])
+def test_adapter_with_missing_or_damaged_weights_is_one_line(
+    adapter, tmp_path, capsys, command, damage
+):
+    broken = _broken_copy(adapter, tmp_path / "run", damage)
+    rest = {"generate": ["hi"], "serve": ["--port", "0"], "eval": ["--suite", "heldout"]}
+    assert main([command, "--adapter", str(broken), *rest[command]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("fedit: error: --adapter:"), err
+    assert "adapter_model.safetensors" in err and "base model" not in err

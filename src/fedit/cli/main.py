@@ -148,6 +148,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     require_serve_extra()
     if args.max_tokens_limit < 1:
         raise ConfigError(f"--max-tokens-limit: must be >= 1, got {args.max_tokens_limit}")
+    if args.max_request_bytes < 1:
+        raise ConfigError(f"--max-request-bytes: must be >= 1, got {args.max_request_bytes}")
     specs = parse_adapter_specs(args.adapter)
     sock = bind_socket(args.host, args.port)  # a taken port fails before the model loads
     try:
@@ -171,7 +173,9 @@ def _serve_app(args: argparse.Namespace, specs: list[Any]) -> Any:
         logging.getLogger(__name__).warning(
             "serving on %s without an API key: anyone who can reach it can use it", args.host
         )
-    return create_app(CompletionEngine(models), api_key, args.max_tokens_limit)
+    return create_app(
+        CompletionEngine(models), api_key, args.max_tokens_limit, args.max_request_bytes
+    )
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -244,6 +248,14 @@ def _add_serve_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-tokens-limit", type=int, default=512, help="largest max_tokens a request may ask"
+    )
+    from fedit.serving.protocol import MAX_REQUEST_BYTES
+
+    parser.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=MAX_REQUEST_BYTES,
+        help="largest request body accepted; larger ones get 413 (default: 1 MiB)",
     )
 
 

@@ -22,6 +22,7 @@ from transformers import GenerationConfig
 from fedit.client.batching import collate
 from fedit.client.train import autocast_context, model_device, model_pad_token_id, token_loss_sum
 from fedit.data.templates import IGNORE_INDEX, TokenizedExample, build_prompt
+from fedit.model.loading import context_window
 from fedit.types import Example
 
 logger = logging.getLogger(__name__)
@@ -121,6 +122,49 @@ def evaluate_loss(
     }
 
 
+def keep_tail(row: list[int], limit: int, keep_first: bool) -> list[int]:
+    """The last ``limit`` items of ``row``; with ``keep_first``, its first item (BOS) and the
+    last ``limit - 1``. A prompt keeps its end, where the response starts."""
+    if len(row) <= limit:
+        return row
+    head = row[:1] if keep_first else []
+    return head + row[len(row) - (limit - len(head)) :]
+
+
+def warn_cut(cut: int, total: int, what: str, limit: int) -> None:
+    """Log how many rows were cut to fit the model's context window."""
+    if cut:
+        logger.warning(
+            "%d of %d %s are longer than the model's context window allows (%d tokens): "
+            "cut to their last %d tokens",
+            cut,
+            total,
+            what,
+            limit,
+            limit,
+        )
+
+
+def fit_to_context(
+    model: nn.Module, tokenizer: Any, rows: list[list[int]], max_new_tokens: int
+) -> list[list[int]]:
+    """Prompts cut to their last tokens where they and ``max_new_tokens`` would not fit the
+    model's context window (a leading BOS is kept); warns with the count."""
+    window = context_window(model, tokenizer)
+    if window is None:
+        return rows
+    limit = max(window - max_new_tokens, 1)
+    bos = tokenizer.bos_token_id
+    fitted = [keep_tail(row, limit, bos is not None and row[:1] == [bos]) for row in rows]
+    warn_cut(
+        sum(len(a) != len(b) for a, b in zip(rows, fitted, strict=True)),
+        len(rows),
+        "prompts",
+        limit,
+    )
+    return fitted
+
+
 def _left_pad(rows: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask), both (B, T), padded on the left so generation continues
     every row from its last real token."""
@@ -161,14 +205,16 @@ def generate_token_ids(
     """Greedy continuations of ``prompts`` as new token ids (up to and including EOS).
 
     Prompts are tokenized one by one and left-padded here, so the tokenizer is never modified;
-    batches group prompts of similar length and results come back in the input order. Arguments
-    as for ``generate_answers``.
+    batches group prompts of similar length and results come back in the input order. A prompt
+    that would not leave room for ``max_new_tokens`` in the context window keeps only its end
+    (``fit_to_context``). Arguments as for ``generate_answers``.
     """
     device = model_device(model)
     encoded = [
         list(tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"])
         for prompt in prompts
     ]
+    encoded = fit_to_context(model, tokenizer, encoded, max_new_tokens)
     generation_config = _generation_config(model, tokenizer, max_new_tokens)
     eos_ids = set(generation_config.eos_token_id or [])
     results: list[list[int]] = [[] for _ in prompts]

@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -97,10 +98,10 @@ def _coerce(key: str, value: Any, annotation: Any, problems: list[str]) -> Any:
         return value
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            return _finite(key, float(value), problems)
         if isinstance(value, str):
             try:
-                return float(value)
+                return _finite(key, float(value), problems)
             except ValueError:
                 pass
         problems.append(f"{key}: got {value!r}, expected a number")
@@ -111,6 +112,13 @@ def _coerce(key: str, value: Any, annotation: Any, problems: list[str]) -> Any:
         problems.append(f"{key}: got {value!r}, expected a string")
         return value
     return value
+
+
+def _finite(key: str, number: float, problems: list[str]) -> float:
+    """nan and inf parse as floats but break training late: refuse them here."""
+    if not math.isfinite(number):
+        problems.append(f"{key}: got {number!r}, expected a finite number (not nan or inf)")
+    return number
 
 
 def _type_name(annotation: Any) -> str:

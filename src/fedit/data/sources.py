@@ -119,7 +119,28 @@ def load_source(source: str, key: str, folder_split: str, data: DataConfig) -> l
     examples = normalize_records(records, data.columns, origin)
     if not examples:
         raise ConfigError(f"{key}: {origin} holds no examples")
+    _check_responses(examples, key, origin)
     return examples
+
+
+def _check_responses(examples: list[Example], key: str, origin: str) -> None:
+    """Refuse a source whose responses are all empty (the model would learn to say nothing, or
+    be scored against nothing), and count the empty ones otherwise."""
+    empty = sum(not example["output"].strip() for example in examples)
+    if empty == len(examples):
+        raise ConfigError(
+            f"{key}: every response in {origin} is empty ({empty} examples); point "
+            "data.columns.output at the column that holds the answers"
+        )
+    if empty:
+        logger.warning(
+            "%s: %d of %d examples in %s have an empty response; they teach the model to "
+            "answer nothing",
+            key,
+            empty,
+            len(examples),
+            origin,
+        )
 
 
 def _looks_like_path(source: str) -> bool:
@@ -178,9 +199,21 @@ def read_records(path: Path, key: str = "data.source") -> list[Record]:
     return reader(path)
 
 
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 text (a byte-order mark is allowed), or an error naming the line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}); save the file as UTF-8"
+        ) from None
+
+
 def _read_json(path: Path) -> list[Record]:
     """A JSON array of records, or JSON-lines content in a .json file."""
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     try:
         content = json.loads(text)
     except json.JSONDecodeError as err:
@@ -203,7 +236,7 @@ def _first_line_is_object(text: str) -> bool:
 
 
 def _read_jsonl(path: Path) -> list[Record]:
-    return _parse_json_lines(path.read_text(encoding="utf-8"), path)
+    return _parse_json_lines(_read_text(path), path)
 
 
 def _parse_json_lines(text: str, path: Path) -> list[Record]:

@@ -149,7 +149,7 @@ def write_certificates(folder: Path, hosts: list[str], bits: int = 4096) -> Path
         + ["-extfile", "san.cnf"],
     ]
     try:
-        with atomic_directory(folder) as tmp:
+        with atomic_directory(folder, private=True) as tmp:  # holds the CA's private key
             (tmp / "san.cnf").write_text(f"subjectAltName={san}\n")
             for step in steps:
                 subprocess.run(["openssl", *step], cwd=tmp, check=True, capture_output=True)

@@ -31,11 +31,12 @@ from typing import Any
 from torch import nn
 
 from fedit.client.batching import collate
-from fedit.client.evaluate import by_length, eval_mode, report_batch
+from fedit.client.evaluate import by_length, eval_mode, keep_tail, report_batch, warn_cut
 from fedit.client.train import autocast_context, model_device, model_pad_token_id, token_loss_sum
 from fedit.config import ConfigError
 from fedit.data.sources import read_records
 from fedit.data.templates import IGNORE_INDEX, TokenizedExample, build_prompt
+from fedit.model.loading import context_window
 from fedit.types import Example
 
 logger = logging.getLogger(__name__)
@@ -254,15 +255,17 @@ def option_continuation(question: MCQuestion, index: int) -> str:
 
 
 def _option_rows(
-    questions: list[MCQuestion], template: str, tokenizer: Any
+    questions: list[MCQuestion], template: str, tokenizer: Any, window: int | None = None
 ) -> list[TokenizedExample]:
     """One row per (question, option): prompt + continuation, labels only on the continuation.
 
     The split is training's: the prompt's own token count marks where the response starts in
     the tokenized whole text. No EOS is appended, so only the option's own tokens are scored.
+    A row longer than ``window`` loses the start of its prompt (a leading BOS stays).
     """
     add_special_tokens = template != "chat"
     rows = []
+    cut = 0
     for question in questions:
         prompt = build_prompt(mc_example(question), template, tokenizer)
         prompt_len = len(tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"])
@@ -272,7 +275,14 @@ def _option_rows(
             if len(input_ids) <= prompt_len:
                 raise ValueError(f"option {index} of {question.question[:40]!r} has no tokens")
             labels = [IGNORE_INDEX] * prompt_len + input_ids[prompt_len:]
+            if window is not None and len(input_ids) > window:
+                keep_first = input_ids[:1] == [tokenizer.bos_token_id]
+                input_ids = keep_tail(input_ids, window, keep_first)
+                labels = keep_tail(labels, window, keep_first)
+                cut += 1
             rows.append(TokenizedExample(input_ids, labels, question.subject, False))
+    if window is not None:
+        warn_cut(cut, len(rows), "question-option rows", window)
     return rows
 
 
@@ -320,9 +330,8 @@ def score_multiple_choice(
     """
     if not questions:
         raise ValueError("score_multiple_choice: got no questions")
-    scores = option_log_likelihoods(
-        model, _option_rows(questions, template, tokenizer), batch_size, autocast
-    )
+    rows = _option_rows(questions, template, tokenizer, context_window(model, tokenizer))
+    scores = option_log_likelihoods(model, rows, batch_size, autocast)
     correct: dict[str, int] = defaultdict(int)
     counts: dict[str, int] = defaultdict(int)
     predictions = []

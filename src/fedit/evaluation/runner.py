@@ -21,6 +21,7 @@ from typing import Any
 from fedit.client.evaluate import batch_progress
 from fedit.config import Config, ConfigError, load_config
 from fedit.evaluation.suites import EvalContext, JudgeSuite, Suite
+from fedit.integrity import check_adapter_folder
 from fedit.io import atomic_write_json, atomic_write_text
 from fedit.reporting.summary import suite_summary
 from fedit.server.observer import RunObserver
@@ -40,8 +41,8 @@ def find_run_config(adapter: Path | None) -> Path | None:
 
 
 def _check_adapter(adapter: Path | None) -> None:
-    if adapter is not None and not (adapter / "adapter_config.json").is_file():
-        raise ConfigError(f"--adapter: {adapter} is not a PEFT adapter (no adapter_config.json)")
+    if adapter is not None:
+        check_adapter_folder(adapter)
 
 
 def resolve_config(

@@ -14,7 +14,6 @@ import importlib.util
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from transformers import (
 )
 
 from fedit.config import ConfigError, ModelConfig
+from fedit.io import temporary_directory
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def ensure_embedded_model(name: str) -> Path:
         return target
     gguf_path = _gguf_path(name, EMBEDDED_MODELS[name])
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=target.parent))
+    tmp = temporary_directory(target)  # shared caches stay readable to the group (umask)
     logger.info("converting embedded model %s from %s (one time, ~20 s)", name, gguf_path.name)
     start = time.perf_counter()
     try:
@@ -292,3 +292,14 @@ def load_model(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBa
         time.perf_counter() - start,
     )
     return model, tokenizer
+
+
+def context_window(model: Any, tokenizer: Any = None) -> int | None:
+    """The most positions ``model`` takes (prompt plus generated tokens), or None if unknown."""
+    config = model.config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    return limit if isinstance(limit, int) and limit < 10**7 else None

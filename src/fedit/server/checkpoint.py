@@ -13,8 +13,11 @@ Layout::
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,11 +27,11 @@ from safetensors.torch import load, save
 from torch import Tensor
 
 from fedit.config import Config, ConfigError, save_config
+from fedit.integrity import safetensors_problem
 from fedit.io import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
-    read_jsonl,
     write_jsonl,
 )
 
@@ -38,6 +41,7 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 ROUND_MARKER = "round.json"
 STRATEGY_FILE = "strategy.safetensors"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 # Keys that may differ between a run and its resumption: they do not change what was trained.
 RESUMABLE_DIFFERENCES = ("resume", "overwrite", "federation.rounds", "output_dir")
@@ -57,6 +61,42 @@ class ResumePoint:
     adapter_dir: Path | None
     history: list[dict[str, Any]]
     strategy_state: dict[str, Tensor]
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of ``metrics.jsonl``.
+
+    Raises:
+        ConfigError: A line that is not a JSON object, named as ``metrics.jsonl:LINE``.
+    """
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ConfigError(
+                f"resume: {path}:{number} is not valid JSON ({err.msg}); repair or delete that line"
+            ) from None
+        if not isinstance(record, dict) or not isinstance(record.get("round"), int):
+            raise ConfigError(
+                f"resume: {path}:{number} is not a round's record (an object with a 'round'); "
+                "repair or delete that line"
+            )
+        records.append(record)
+    return records
+
+
+def _checkpoint_problem(folder: Path) -> str | None:
+    """Why a complete round's checkpoint cannot be loaded, or None."""
+    if not (folder / ADAPTER_WEIGHTS).is_file():
+        return f"{folder} has no {ADAPTER_WEIGHTS}"
+    for path in sorted(folder.glob("*.safetensors")):
+        problem = safetensors_problem(path)
+        if problem:
+            return f"{path} is damaged ({problem})"
+    return None
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -85,8 +125,31 @@ class RunDir:
     def is_run(self) -> bool:
         return (self.path / CONFIG_FILE).is_file()
 
+    def check_writable(self) -> None:
+        """Fail unless ``output_dir`` is, or can be created as, a folder that takes files.
+
+        Tried for real (a temporary folder made and removed at once): permissions say little on
+        ``/proc`` or a read-only mount, or to root.
+        """
+        existing = self.path
+        try:
+            while not existing.exists() and existing != existing.parent:
+                existing = existing.parent
+            if not existing.is_dir():
+                raise ConfigError(
+                    f"output_dir: {existing} is a file, not a folder; choose another output_dir"
+                )
+            os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".fedit-write-check-"))
+        except OSError as err:
+            raise ConfigError(
+                f"output_dir: cannot create {self.path}: {existing} does not take new files "
+                f"({err.strerror}); choose another output_dir"
+            ) from None
+
     def check_fresh(self, overwrite: bool) -> None:
-        """Refuse to mix a new run into an old one unless told to overwrite."""
+        """Refuse to mix a new run into an old one unless told to overwrite, and an
+        ``output_dir`` that cannot be written."""
+        self.check_writable()
         if not self.path.exists() or not any(self.path.iterdir()):
             return
         if not self.is_run():
@@ -115,7 +178,14 @@ class RunDir:
                 f"resume: {self.path} is not a fedit run (no {CONFIG_FILE}); "
                 "point output_dir at an existing run or drop resume=true"
             )
-        saved = yaml.safe_load((self.path / CONFIG_FILE).read_text(encoding="utf-8")) or {}
+        self.check_writable()
+        try:
+            saved = yaml.safe_load((self.path / CONFIG_FILE).read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            reason = str(err).splitlines()[0]
+            raise ConfigError(
+                f"resume: {self.path / CONFIG_FILE} is not valid YAML ({reason})"
+            ) from None
         old, new = _flatten(saved), _flatten(cfg.to_dict())
         changed = [
             k
@@ -125,17 +195,35 @@ class RunDir:
         if changed:
             details = ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in changed[:4])
             raise ConfigError(f"resume: settings differ from the saved run: {details}")
+        self._check_readable()
 
-    def resume_point(self) -> ResumePoint:
-        """The last complete round, its adapter, and the metrics up to it."""
+    def _check_readable(self) -> None:
+        """Read what ``resume_point`` will read, so a damaged file fails before anything loads."""
+        metrics_path = self.path / METRICS_FILE
+        if metrics_path.is_file():
+            read_metrics(metrics_path)
+        last = self._last_complete_round()
+        problem = _checkpoint_problem(self.round_dir(last)) if last else None
+        if problem:
+            earlier = f"resume after round {last - 1}" if last > 1 else "start again from round 1"
+            raise ConfigError(
+                f"resume: {problem}; delete {self.round_dir(last)} to {earlier}, "
+                "or pass overwrite=true without resume=true to start over"
+            )
+
+    def _last_complete_round(self) -> int:
         complete = sorted(
             int(d.name.split("_")[1])
             for d in self.checkpoints.glob("round_*")
             if (d / ROUND_MARKER).is_file()
         )
-        last = complete[-1] if complete else 0
+        return complete[-1] if complete else 0
+
+    def resume_point(self) -> ResumePoint:
+        """The last complete round, its adapter, and the metrics up to it."""
+        last = self._last_complete_round()
         metrics_path = self.path / METRICS_FILE
-        history = read_jsonl(metrics_path) if metrics_path.is_file() else []
+        history = read_metrics(metrics_path) if metrics_path.is_file() else []
         history = [r for r in history if r["round"] <= last]
         if last == 0:
             return ResumePoint(1, None, history, {})

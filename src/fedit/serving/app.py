@@ -8,7 +8,15 @@ Routes:
     POST /v1/chat/completions   OpenAI's chat completions, streamed as server-sent events or not
 
 Every error is an OpenAI-style JSON body (``protocol.error_body``). With an API key, ``/v1/*``
-needs ``Authorization: Bearer KEY``; the page and ``/health`` do not.
+needs ``Authorization: Bearer KEY``; the page and ``/health`` do not. A body larger than
+``max_request_bytes`` is refused with 413 before it is read to the end.
+
+A client that disconnects sets its request's ``client_gone`` flag at once (``GenerationStream``
+for streams, ``_complete`` otherwise), which stops generation after the step in progress or keeps
+a queued request from starting. Waiting for the stream's iterator to notice is not enough: it is
+blocked in a worker thread until the next token (a queued request's first token comes only once
+it has started), and a stream cancelled while it waits to send is closed only when the garbage
+collector finds it.
 
 Example:
     app = create_app(CompletionEngine(ServedModels(specs)), api_key=None, max_tokens_limit=512)
@@ -19,19 +27,24 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from collections.abc import AsyncIterator, Generator
 from importlib import resources
 from typing import Any
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from fedit.serving.engine import CompletionEngine, PreparedRequest
+from fedit.serving.engine import Completion, CompletionEngine, PreparedRequest
 from fedit.serving.models import ServedModel
 from fedit.serving.protocol import (
+    MAX_REQUEST_BYTES,
     APIError,
     chunk_body,
     completion_body,
@@ -101,25 +114,86 @@ def _with_role(delta: dict[str, str], role_sent: bool) -> dict[str, str]:
 
 
 async def _in_threads(events: Generator[str, None, None]) -> AsyncIterator[str]:
-    """Iterate a blocking generator off the event loop, and close it when the client leaves
-    (Starlette's own wrapper does not), which stops generation and frees the model."""
+    """Iterate a blocking generator off the event loop, and close it when the stream ends
+    (Starlette's own wrapper does not). Closing joins the generation thread, so it runs in a
+    thread too, shielded from the cancellation that a disconnect brings."""
     try:
         while (item := await run_in_threadpool(next, events, None)) is not None:
             yield item
     finally:
-        events.close()
+        with anyio.CancelScope(shield=True):
+            await run_in_threadpool(events.close)
 
 
-async def _json_body(request: Request) -> Any:
-    raw = await request.body()
+class GenerationStream(StreamingResponse):
+    """A streamed completion that sets ``client_gone`` the moment its client disconnects.
+
+    It listens for the disconnect itself, whatever ASGI version the server speaks, while the
+    events are sent; Starlette then cancels the sending, which waits for the next event.
+    """
+
+    def __init__(self, content: AsyncIterator[str], client_gone: threading.Event) -> None:
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        super().__init__(content, media_type="text/event-stream", headers=headers)
+        self.client_gone = client_gone
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with anyio.create_task_group() as group:
+
+            async def stream() -> None:
+                try:
+                    await self.stream_response(send)
+                except OSError:  # ASGI 2.4 servers report a lost client from send
+                    self.client_gone.set()
+                group.cancel_scope.cancel()
+
+            group.start_soon(stream)
+            await self.listen_for_disconnect(receive)
+            self.client_gone.set()
+            group.cancel_scope.cancel()
+
+
+async def _complete(
+    engine: CompletionEngine, prepared: PreparedRequest, request: Request
+) -> Completion:
+    """The whole answer, with ``client_gone`` set if the client disconnects meanwhile."""
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        prepared.client_gone.set()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(watch)
+        done = await run_in_threadpool(engine.complete, prepared)
+        group.cancel_scope.cancel()
+    return done
+
+
+async def _json_body(request: Request, max_bytes: int) -> Any:
+    declared = request.headers.get("content-length", "")
+    too_large = APIError(
+        413,
+        f"the request body is larger than this server's limit of {max_bytes} bytes "
+        "(fedit serve --max-request-bytes)",
+        "body",
+        "request_too_large",
+    )
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise too_large
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > max_bytes:
+            raise too_large
     try:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise APIError(400, f"the request body is not valid JSON: {err}", "body") from None
 
 
-def _authorized(request: Request, api_key: str) -> bool:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+def _authorized(headers: Headers, api_key: str) -> bool:
+    scheme, _, token = headers.get("authorization", "").partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(
         token.strip().encode(), api_key.encode()
     )
@@ -141,23 +215,34 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body(f"internal error: {err}", "server_error"), status_code=500)
 
 
-def _add_auth(app: FastAPI, api_key: str | None) -> None:
-    if not api_key:
-        return
+class RequireKey:
+    """ASGI middleware: ``/v1/*`` needs ``Authorization: Bearer <api_key>``.
 
-    @app.middleware("http")
-    async def require_key(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        if request.url.path.startswith("/v1") and not _authorized(request, api_key):
+    Plain ASGI on purpose: Starlette's ``@app.middleware("http")`` relays a streamed body through
+    a queue, so a client's disconnect cancels the relay instead of reaching the stream, and the
+    abandoned generation ran on until the garbage collector closed it.
+    """
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self.api_key = api_key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["path"].startswith("/v1")
+            and not _authorized(Headers(scope=scope), self.api_key)
+        ):
             body = error_body(
                 "Missing or incorrect API key: send 'Authorization: Bearer KEY' with the key "
                 "given to fedit serve (--api-key or FEDIT_API_KEY).",
                 "invalid_request_error",
                 code="invalid_api_key",
             )
-            return JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
-        return await call_next(request)
+            response = JSONResponse(body, 401, headers={"WWW-Authenticate": "Bearer"})
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def _add_page(app: FastAPI) -> None:
@@ -173,7 +258,10 @@ def _add_page(app: FastAPI) -> None:
 
 
 def create_app(
-    engine: CompletionEngine, api_key: str | None = None, max_tokens_limit: int = 512
+    engine: CompletionEngine,
+    api_key: str | None = None,
+    max_tokens_limit: int = 512,
+    max_request_bytes: int = MAX_REQUEST_BYTES,
 ) -> FastAPI:
     """The FastAPI application serving ``engine``'s models.
 
@@ -181,10 +269,12 @@ def create_app(
         engine: The loaded models and the generation lock.
         api_key: When set, ``/v1/*`` requests need ``Authorization: Bearer <api_key>``.
         max_tokens_limit: Largest ``max_tokens`` a request may ask for (400 above it).
+        max_request_bytes: Largest request body accepted (413 above it).
     """
     app = FastAPI(title="fedit", docs_url=None, redoc_url=None, openapi_url=None)
     _add_error_handlers(app)
-    _add_auth(app, api_key)
+    if api_key:
+        app.add_middleware(RequireKey, api_key=api_key)
     _add_page(app)
     models = engine.models
 
@@ -208,13 +298,12 @@ def create_app(
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: Request) -> Response:
-        chat = parse_chat_request(await _json_body(request), max_tokens_limit)
+        chat = parse_chat_request(await _json_body(request, max_request_bytes), max_tokens_limit)
         prepared = await run_in_threadpool(engine.prepare, chat)
         if chat.stream:
-            headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
             events = _in_threads(sse_events(engine, prepared))
-            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
-        done = await run_in_threadpool(engine.complete, prepared)
+            return GenerationStream(events, prepared.client_gone)
+        done = await _complete(engine, prepared, request)
         body = completion_body(
             new_completion_id(),
             chat.model,

@@ -6,6 +6,10 @@ requests wait for it (a queue of one). The worker hands token ids to the caller 
 and the caller turns them into text deltas. Exactly one ``Delta`` is yielded per generated token
 (EOS excluded), so a stream has as many content chunks as ``usage.completion_tokens``.
 
+A client that leaves is told to the engine by setting ``PreparedRequest.client_gone`` (the HTTP
+layer does, the moment it sees the disconnect): generation stops after the step in progress, and
+a request still waiting for the model gives up its place without being started.
+
 Example:
     engine = CompletionEngine(ServedModels(parse_adapter_specs(["runs/quickstart/global_adapter"])))
     prepared = engine.prepare(parse_chat_request(body, max_tokens_limit=512))
@@ -32,6 +36,7 @@ from fedit.serving.protocol import APIError, ChatRequest
 logger = logging.getLogger(__name__)
 
 _END = object()  # end of the token queue
+_QUEUE_POLL_S = 0.05  # how often a waiting request checks whether its client is still there
 
 
 @dataclass
@@ -41,6 +46,8 @@ class PreparedRequest:
     request: ChatRequest
     input_ids: list[int]
     max_new_tokens: int
+    client_gone: threading.Event = field(default_factory=threading.Event, compare=False)
+    """Set when the client disconnects: stop generating, or never start."""
 
     @property
     def prompt_tokens(self) -> int:
@@ -74,6 +81,7 @@ class _TokenQueue(BaseStreamer):
 
     def __init__(self) -> None:
         self.queue: queue.Queue[Any] = queue.Queue()
+        self.generated = 0
         self._prompt_seen = False
 
     def put(self, value: torch.Tensor) -> None:
@@ -81,6 +89,7 @@ class _TokenQueue(BaseStreamer):
             self._prompt_seen = True
             return
         for token in value.reshape(-1).tolist():  # (1,) per step for one sequence
+            self.generated += 1
             self.queue.put(token)
 
     def end(self) -> None:
@@ -88,13 +97,14 @@ class _TokenQueue(BaseStreamer):
 
 
 class _StopWhen(StoppingCriteria):
-    """Stops generation once the caller has set ``event`` (stop string seen, client gone)."""
+    """Stops generation once one of ``events`` is set (stop string seen, client gone)."""
 
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
+    def __init__(self, *events: threading.Event) -> None:
+        self.events = events
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> Any:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), device=input_ids.device)
+        stop = any(event.is_set() for event in self.events)
+        return torch.full((input_ids.shape[0],), stop, device=input_ids.device)
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
@@ -193,13 +203,16 @@ class CompletionEngine:
         """Yield one ``Delta`` per generated token; the last carries ``finish_reason``.
 
         With no token generated at all (EOS first), a single empty delta with
-        ``is_token=False`` is yielded. Closing the iterator early
-        (a client that disconnects) stops generation and frees the model.
+        ``is_token=False`` is yielded. Closing the iterator early, or setting
+        ``prepared.client_gone``, stops generation and frees the model.
         """
         cancel = threading.Event()
         tokens = _TokenQueue()
         worker = threading.Thread(
-            target=self._generate, args=(prepared, tokens, cancel), daemon=True
+            target=self._generate,
+            args=(prepared, tokens, cancel),
+            name="fedit-generate",
+            daemon=True,
         )
         worker.start()
         try:
@@ -259,22 +272,57 @@ class CompletionEngine:
             pad_token_id=self.tokenizer.pad_token_id,
         )
         try:
-            with self.lock, self.models.activate(request.model) as model, torch.no_grad():
-                if cancel.is_set():  # the client left while this request waited
-                    return
-                if request.seed is not None:
-                    torch.manual_seed(request.seed)
-                device = next(model.parameters()).device
-                input_ids = torch.tensor([prepared.input_ids], device=device)  # (1, T)
-                model.generate(
-                    input_ids=input_ids,
-                    attention_mask=torch.ones_like(input_ids),
-                    generation_config=config,
-                    streamer=tokens,
-                    stopping_criteria=StoppingCriteriaList([_StopWhen(cancel)]),
+            if not self._wait_for_model(cancel, prepared.client_gone):
+                if prepared.client_gone.is_set():
+                    logger.info(
+                        "client left while queued: request for %r not started", request.model
+                    )
+                return
+            try:
+                self._run(prepared, config, tokens, cancel)
+            finally:
+                self.lock.release()
+            if prepared.client_gone.is_set():
+                logger.info(
+                    "client left: generation for %r stopped after %d tokens",
+                    request.model,
+                    tokens.generated,
                 )
         except Exception as err:  # handed to the caller, who reports it
             logger.exception("generation failed")
             tokens.queue.put(err)
         finally:
             tokens.end()
+
+    def _wait_for_model(self, *events: threading.Event) -> bool:
+        """Take ``self.lock``; give up (False, lock not held) as soon as one of ``events`` is set,
+        so that a request whose client has left never starts."""
+        while not self.lock.acquire(timeout=_QUEUE_POLL_S):
+            if any(event.is_set() for event in events):
+                return False
+        if any(event.is_set() for event in events):
+            self.lock.release()
+            return False
+        return True
+
+    def _run(
+        self,
+        prepared: PreparedRequest,
+        config: GenerationConfig,
+        tokens: _TokenQueue,
+        cancel: threading.Event,
+    ) -> None:
+        """Generate with the lock held, streaming token ids into ``tokens``."""
+        request = prepared.request
+        with self.models.activate(request.model) as model, torch.no_grad():
+            if request.seed is not None:
+                torch.manual_seed(request.seed)
+            device = next(model.parameters()).device
+            input_ids = torch.tensor([prepared.input_ids], device=device)  # (1, T)
+            model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                generation_config=config,
+                streamer=tokens,
+                stopping_criteria=StoppingCriteriaList([_StopWhen(cancel, prepared.client_gone)]),
+            )

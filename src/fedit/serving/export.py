@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from fedit.config import ConfigError, ModelConfig
+from fedit.integrity import check_adapter_folder
 from fedit.io import atomic_directory, atomic_write_json
 from fedit.serving.generate import run_quantization, run_settings
 
@@ -42,8 +43,7 @@ EXPORT_INFO = "fedit_export.json"
 
 
 def _check_paths(adapter: Path, out: Path, overwrite: bool) -> None:
-    if not (adapter / "adapter_config.json").is_file():
-        raise ConfigError(f"--adapter: {adapter} is not a PEFT adapter (no adapter_config.json)")
+    check_adapter_folder(adapter)
     resolved_out, resolved_adapter = out.resolve(), adapter.resolve()
     if resolved_out == resolved_adapter or resolved_adapter in resolved_out.parents:
         raise ConfigError(f"--out: {out} must not be the adapter folder or inside it")
@@ -119,7 +119,8 @@ def export_model(
         ``out``.
 
     Raises:
-        ConfigError: Not an adapter, unknown base model, or an ``out`` that would be clobbered.
+        ConfigError: Not a whole adapter, unknown base model, or an ``out`` that would be
+            clobbered.
     """
     _check_paths(adapter, out, overwrite)
     base_name, template = _base_name(adapter, model_name)

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from fedit.config import ConfigError, ModelConfig
+from fedit.integrity import check_adapter_folder
 
 
 def _run_config(adapter: Path) -> dict | None:
@@ -45,8 +46,7 @@ def load_adapter_model(adapter: Path, model_name: str | None = None) -> tuple[ob
 
     from fedit.model.loading import load_model
 
-    if not (adapter / "adapter_config.json").is_file():
-        raise ConfigError(f"--adapter: {adapter} is not a PEFT adapter (no adapter_config.json)")
+    check_adapter_folder(adapter)
     recorded_model, template = run_settings(adapter)
     name = model_name or recorded_model
     if not name:

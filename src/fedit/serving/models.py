@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fedit.config import ConfigError, ModelConfig
+from fedit.integrity import check_adapter_folder
 from fedit.serving.generate import run_settings
 from fedit.serving.prompts import TEMPLATES, chat_prompt
 
@@ -50,7 +51,7 @@ def parse_adapter_specs(values: list[str]) -> list[AdapterSpec]:
 
     Raises:
         ConfigError: Bad or duplicate names, more than one unnamed adapter, or a folder that is
-            not a PEFT adapter.
+            not a whole PEFT adapter (config and weights).
     """
     if not values:
         raise ConfigError("--adapter: give at least one adapter folder, e.g. RUN/global_adapter")
@@ -69,10 +70,7 @@ def parse_adapter_specs(values: list[str]) -> list[AdapterSpec]:
             hint = "; name the others name=path" if name == GLOBAL_ID else ""
             raise ConfigError(f"--adapter: the name {name!r} is given twice{hint}")
         adapter = Path(path).expanduser()
-        if not (adapter / "adapter_config.json").is_file():
-            raise ConfigError(
-                f"--adapter: {adapter} is not a PEFT adapter (no adapter_config.json)"
-            )
+        check_adapter_folder(adapter)
         specs.append(AdapterSpec(name, adapter))
     return specs
 
@@ -83,16 +81,6 @@ def _template(adapter: Path, default: str) -> str:
     if template not in TEMPLATES:
         raise ConfigError(f"--template: unknown value {template!r}; choose alpaca or chat")
     return template
-
-
-def _context_window(model: Any, tokenizer: Any) -> int | None:
-    config = model.config
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    limit = getattr(tokenizer, "model_max_length", None)
-    return limit if isinstance(limit, int) and limit < 10**7 else None
 
 
 class ServedModels:
@@ -114,7 +102,7 @@ class ServedModels:
     ) -> None:
         from peft import PeftModel
 
-        from fedit.model.loading import load_model
+        from fedit.model.loading import context_window, load_model
 
         recorded, _ = run_settings(specs[0].path)
         base_name = model_name or recorded
@@ -135,7 +123,7 @@ class ServedModels:
         for template in {served.template for served in self.models.values()}:
             chat_prompt([{"role": "user", "content": "hi"}], template, self.tokenizer)  # usable?
         self.model.eval()
-        self.context_window = _context_window(self.model, self.tokenizer)
+        self.context_window = context_window(self.model, self.tokenizer)
         logger.info("serving %s on %s", ", ".join(self.models), self.base_name)
 
     def _load(self, spec: AdapterSpec, load: Callable[[], Any]) -> Any:

@@ -14,6 +14,7 @@ from typing import Any
 
 ROLES = ("system", "developer", "user", "assistant")
 MAX_STOP_SEQUENCES = 4
+MAX_REQUEST_BYTES = 1 << 20  # 1 MiB by default: a long conversation is tens of kilobytes
 
 
 class APIError(Exception):
@@ -63,6 +64,36 @@ class ChatRequest:
 
 def _bad(message: str, param: str, code: str | None = None) -> APIError:
     return APIError(400, message, param=param, code=code)
+
+
+def check_unicode(body: Any) -> None:
+    """Every string in the body must be text that UTF-8 can hold.
+
+    JSON's ``"\\ud800"`` escape decodes to a lone UTF-16 surrogate, which no tokenizer accepts
+    and no UTF-8 writer can write back. Walked without recursion: a deeply nested body is no
+    reason to fail.
+
+    Raises:
+        APIError: 400 naming the field (``messages[0].content``).
+    """
+    pending: list[tuple[str, Any]] = [("", body)]
+    while pending:
+        param, value = pending.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as err:
+                name = param or "body"
+                raise _bad(
+                    f"{name} is not valid Unicode: a lone surrogate "
+                    f"{value[err.start]!r} at character {err.start}",
+                    name,
+                ) from None
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                pending += [(param or "body", key), (f"{param}.{key}" if param else key, item)]
+        elif isinstance(value, list):
+            pending += [(f"{param}[{index}]", item) for index, item in enumerate(value)]
 
 
 def _number(body: dict[str, Any], key: str, default: float, low: float, high: float) -> float:
@@ -154,6 +185,7 @@ def parse_chat_request(body: Any, max_tokens_limit: int) -> ChatRequest:
     """Validate a decoded JSON body. Raises ``APIError`` (400) naming the offending field."""
     if not isinstance(body, dict):
         raise _bad("the request body must be a JSON object", "body")
+    check_unicode(body)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise _bad("'model' is required: one of the ids that GET /v1/models lists", "model")
