@@ -138,7 +138,7 @@ def test_clients_that_leave_cost_the_next_request_at_most_one_step(served, how, 
         time.sleep(0.01)  # one generates (3 tokens at least), three wait for the model
     assert _generating(engine) == 4
     with caplog.at_level(logging.INFO, logger="fedit.serving"):
-        for client in clients:
+        for client in [*clients[1:], clients[0]]:  # the queued ones first, as a crowd leaves
             if isinstance(client, socket.socket):
                 client.close()
             else:
@@ -150,5 +150,10 @@ def test_clients_that_leave_cost_the_next_request_at_most_one_step(served, how, 
             time.sleep(0.01)
     assert _generating(engine) == 0 and not engine.lock.locked()
     left = [r.getMessage() for r in caplog.records if "client left" in r.getMessage()]
-    assert sum("while queued" in message for message in left) == 3, left
-    assert sum("stopped after" in message for message in left) == 1, left
+    assert len(left) == 4, left  # every departure is logged
+    # The active request stops after the step in progress. A queued request whose departure the
+    # server has seen never starts; one whose socket close is still in flight when the model
+    # frees up (on a loaded machine) may take one step before it sees it, never more.
+    stopped = [int(m.split("stopped after ")[1].split()[0]) for m in left if "stopped after" in m]
+    assert sum("while queued" in message for message in left) >= 2, left
+    assert sorted(stopped)[:-1] == [1] * (len(stopped) - 1), left
