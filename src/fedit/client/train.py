@@ -289,6 +289,7 @@ def _train_steps(
     progress: Callable[[int, int, float], None] | None,
     objective: LocalObjective,
     anchor: AdapterState,
+    named: dict[str, nn.Parameter],
 ) -> StepStats:
     """The optimizer steps of one local run."""
     device = model_device(model)
@@ -299,7 +300,7 @@ def _train_steps(
         optimizer=torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay),
         scaler=torch.amp.GradScaler(device.type, enabled=fp16),
         params=params,
-        named=adapter_parameters(model),
+        named=named,
         objective=objective,
         anchor=anchor,
         max_grad_norm=cfg.max_grad_norm,
@@ -375,7 +376,7 @@ def train_local(
     torch.manual_seed(seed)
     start = time.perf_counter()
     with _frozen(frozen):
-        stats = _train_steps(model, examples, cfg, lr, seed, progress, objective, anchor)
+        stats = _train_steps(model, examples, cfg, lr, seed, progress, objective, anchor, named)
     seconds = time.perf_counter() - start
     losses, real_tokens, padded_slots = stats.losses, stats.real_tokens, stats.padded_slots
     mean_loss = sum(losses) / len(losses)
