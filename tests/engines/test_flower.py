@@ -440,14 +440,18 @@ def test_malformed_update_from_a_real_supernode_is_rejected(tiny_model_dir, tmp_
 
 
 def _run_with_a_dead_node(federation: Federation, model_dir: Path, out: Path, *extra: str):
-    """Node 1 stalls once it holds its round-1 instruction; it is killed right then."""
+    """Node 1 stalls once it holds its round-1 instruction; it is killed right then.
+
+    Node 0 must still answer within ``flower.reply_timeout`` (its ClientApp loads the model in a
+    fresh process); 15 s was too tight on a loaded 2-core machine, so the wait is 30 s.
+    """
     federation.add_node({**ONE_THREAD, "partition-id": 0, "num-partitions": 2})
     federation.add_node(
         {**ONE_THREAD, "partition-id": 1, "num-partitions": 2, "test-fault": "stall"}
     )
     run = federation.start_run(
         str(QUICKSTART),
-        *tiny_args(model_dir, out, *FAST, "federation.rounds=1", "flower.reply_timeout=15", *extra),
+        *tiny_args(model_dir, out, *FAST, "federation.rounds=1", "flower.reply_timeout=30", *extra),
     )
     node_log = federation.root / "supernode1.log"
     deadline = time.monotonic() + 120
@@ -471,7 +475,7 @@ def test_killed_supernode_round_completes_with_the_rest(tiny_model_dir, tmp_path
     assert list(record["train_loss"]) == ["0"]  # aggregated from the client that answered
     assert "going on without clients [1]" in output
     assert "without TLS" in output  # insecure was asked for explicitly, and warned about
-    assert seconds < 60  # flower.reply_timeout=15 bounds the wait
+    assert seconds < 90  # flower.reply_timeout=30 bounds the wait
 
 
 @pytest.mark.slow  # the same path as above up to the min_fit_clients check (unit-tested)
@@ -484,7 +488,7 @@ def test_killed_supernode_below_min_fit_fails_clearly(tiny_model_dir, tmp_path):
     assert "no usable reply from clients [1]" in output
     assert run.returncode == 1  # fedit flower run reports the failed run
     assert not (out / "global_adapter").exists()
-    assert seconds < 60
+    assert seconds < 90
 
 
 @pytest.mark.slow
