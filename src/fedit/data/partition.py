@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from fedit.config import ConfigError, PartitionConfig
+from fedit.data.heterogeneity import format_heterogeneity
 from fedit.types import Example
 
 logger = logging.getLogger(__name__)
@@ -234,7 +235,8 @@ def count_table(
 
 
 def format_count_table(table: dict[str, Any]) -> str:
-    """A plain-text table of ``count_table``'s result: one row per client, plus a total row."""
+    """A plain-text table of ``count_table``'s result: one row per client, plus a total row;
+    under it, the split's heterogeneity statistics when the table carries them."""
     categories: list[str] = table["categories"]
     header = ["client", *categories, "total"]
     rows = [
@@ -254,6 +256,7 @@ def format_count_table(table: dict[str, Any]) -> str:
         return "  ".join(cells).rstrip()
 
     rule = "-" * len(render(header))
-    return "\n".join(
-        [render(header), rule, *(render(row) for row in rows[:-1]), rule, render(rows[-1])]
-    )
+    lines = [render(header), rule, *(render(row) for row in rows[:-1]), rule, render(rows[-1])]
+    if "heterogeneity" in table:
+        lines.append(format_heterogeneity(table["heterogeneity"]))
+    return "\n".join(lines)

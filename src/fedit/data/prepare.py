@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedit.config import Config
+from fedit.data.heterogeneity import heterogeneity
 from fedit.data.partition import count_table, partition_examples, split_test
 from fedit.data.sources import load_examples, load_test_examples
 from fedit.types import Example
@@ -18,7 +19,7 @@ class PreparedData:
     train: list[Example]
     test: list[Example]
     parts: list[list[int]]  # client id -> indices into ``train``
-    table: dict[str, Any]  # examples per client and label, for the report
+    table: dict[str, Any]  # examples per client and label, heterogeneity, for the report
 
 
 def prepare_data(cfg: Config) -> PreparedData:
@@ -32,4 +33,5 @@ def prepare_data(cfg: Config) -> PreparedData:
     parts = partition_examples(train, cfg.federation.num_clients, cfg.data.partition, cfg.seed)
     table = count_table(train, parts, cfg.data.partition.by)
     table["num_train"], table["num_test"] = len(train), len(test)
+    table["heterogeneity"] = heterogeneity(train, parts, cfg.data.partition.by)
     return PreparedData(train, test, parts, table)
