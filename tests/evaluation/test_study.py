@@ -114,3 +114,23 @@ def test_bad_seeds_are_one_line_errors(tmp_path, capsys):
     )
     assert code == 2
     assert "compare.seeds: seeds repeat in [1, 1]" in capsys.readouterr().err
+
+
+def test_one_seed_findings_claim_beats_only_when_the_interval_excludes_zero():
+    from fedit.evaluation.compare_report import findings
+
+    names = ["base", "local-0", "fedit"]
+
+    def results(fedit, local):
+        return {
+            "base": _result([0.0] * len(fedit), 5.0),
+            "local-0": _result(local, 2.0),
+            "fedit": _result(fedit, 1.0),
+        }
+
+    # 11 of 20 right against 10 of 20, on mostly the same examples: a lead, not significant
+    close = findings(names, results([1.0] * 11 + [0.0] * 9, [1.0] * 10 + [0.0] * 10))
+    assert "leads the best Local-k, not significantly" in close[0], close
+    # 18 of 20 against 2 of 20: significant
+    far = findings(names, results([1.0] * 18 + [0.0] * 2, [1.0] * 2 + [0.0] * 18))
+    assert "beats every Local-k" in far[0] and "paired bootstrap over the test examples" in far[0]

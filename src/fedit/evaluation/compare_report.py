@@ -6,7 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fedit.config import Config
+from fedit.evaluation.intervals import Interval, paired_bootstrap
 from fedit.io import atomic_write_text
 from fedit.reporting.plots import plot_compare
 from fedit.reporting.summary import category_table, fmt, judge_notes, metric_view, table_metrics
@@ -84,13 +87,24 @@ def findings(names: list[str], results: dict[str, dict[str, dict[str, Any]]]) ->
         if local:
             best_name = (min if lower_is_better else max)(local, key=lambda n: local[n])
             best = local[best_name]
+            ahead = (fedit < best) if lower_is_better else (fedit > best)
+            interval = _paired(results["fedit"][suite], results[best_name][suite], metric)
             if fedit == best:
                 verdict = "ties the best Local-k"
-            elif (fedit < best) if lower_is_better else (fedit > best):
+            elif interval is not None and not interval.excludes_zero():
+                verdict = f"{'leads' if ahead else 'trails'} the best Local-k, not significantly"
+            elif ahead:
                 verdict = "beats every Local-k"
             else:
                 verdict = "does not beat every Local-k"
-            parts.append(f"{verdict} (best {best_name} {fmt(best)})")
+            detail = f"best {best_name} {fmt(best)}"
+            if interval is not None:
+                detail += (
+                    f"; FedIT − {best_name} {interval.mean:+.3f}, 95% interval "
+                    f"[{interval.low:+.3f}, {interval.high:+.3f}], paired bootstrap over the test "
+                    "examples (one seed; compare.seeds adds seeds)"
+                )
+            parts.append(f"{verdict} ({detail})")
         for other in ("base", "centralized"):
             if other in results:
                 value = _headline(results[other][suite])[1]
@@ -98,6 +112,16 @@ def findings(names: list[str], results: dict[str, dict[str, dict[str, Any]]]) ->
                     parts.append(f"{other} {fmt(value)}")
         lines.append("; ".join(parts))
     return lines
+
+
+def _paired(fedit: dict[str, Any], other: dict[str, Any], metric: str) -> Interval | None:
+    """FedIT minus ``other`` on ``metric``, bootstrapped over the test examples, when both
+    results carry per-example scores (``compare.seeds`` adds the seed-to-seed spread)."""
+    a = fedit.get("per_example", {}).get(metric)
+    b = other.get("per_example", {}).get(metric)
+    if not a or not b or len(a) != len(b):
+        return None
+    return paired_bootstrap([np.asarray(a) - np.asarray(b)])
 
 
 def overview(names: list[str], results: dict[str, dict[str, dict[str, Any]]]) -> str:
