@@ -85,3 +85,38 @@ def test_partition_json_and_the_count_table_carry_them(tmp_path):
     assert stats["js_divergence"]["max"] < 0.1  # iid: every client close to the global mix
     text = format_count_table(table)
     assert "Jensen–Shannon divergence from the global mix" in text
+
+
+def test_client_test_shares_are_disjoint_from_training_and_zero_changes_nothing(tmp_path):
+    from fedit.data.partition import partition_examples, split_client_tests
+
+    parts = [[0, 1, 2, 3, 4, 5, 6, 7, 8, 9], [10, 11], [12]]
+    train, test = split_client_tests(parts, 0.2, seed=1)
+    assert [len(t) for t in test] == [2, 1, 0]  # round(0.2 n), at least 1, never all
+    for whole, kept, held in zip(parts, train, test, strict=True):
+        assert not set(kept) & set(held) and sorted(kept + held) == whole
+    assert split_client_tests(parts, 0.2, seed=1) == (train, test)  # seeded
+    assert split_client_tests(parts, 0.0, seed=1) == (parts, [[], [], []])
+
+    base = load_config(QUICKSTART, [f"output_dir={tmp_path}"])
+    data = prepare_data(base)
+    expected = partition_examples(data.train, 8, base.data.partition, base.seed)
+    assert data.parts == expected and not any(data.client_test)  # today's split, unchanged
+    assert "client_test" not in data.table
+    held = prepare_data(
+        load_config(QUICKSTART, [f"output_dir={tmp_path}", "data.client_test_fraction=0.1"])
+    )
+    assert held.table["client_test"] == [len(t) for t in held.client_test]
+    for client, part in enumerate(held.parts):
+        trained = {id(held.train[i]) for i in part}
+        assert not trained & {id(e) for e in held.client_test[client]}
+    assert held.table["num_train"] + sum(held.table["client_test"]) == len(data.train)
+
+
+def test_client_test_fraction_must_be_below_one(tmp_path):
+    from fedit.config import ConfigError
+
+    with pytest.raises(
+        ConfigError, match=r"data.client_test_fraction: must be in \[0, 1\), got 1.0"
+    ):
+        load_config(QUICKSTART, ["data.client_test_fraction=1.0"])

@@ -134,3 +134,39 @@ def test_one_seed_findings_claim_beats_only_when_the_interval_excludes_zero():
     # 18 of 20 against 2 of 20: significant
     far = findings(names, results([1.0] * 18 + [0.0] * 2, [1.0] * 2 + [0.0] * 18))
     assert "beats every Local-k" in far[0] and "paired bootstrap over the test examples" in far[0]
+
+
+def test_compare_scores_every_model_on_every_clients_own_share(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    args = ["compare", "configs/quickstart.yaml", *tiny_args(tiny_model_dir, out)]
+    args += ["compare.num_local=4", "compare.centralized=false", "data.client_test_fraction=0.2"]
+    assert main(args) == 0
+    stored = json.loads((out / "compare" / "results.json").read_text())
+    per_client = stored["per_client"]
+    partition = json.loads((out / "partition.json").read_text())
+    names = [m["name"] for m in stored["models"]]  # Local-k for every client FedIT trained
+    assert set(per_client) == set(names) and len(names) >= 4
+    for scores in per_client.values():
+        assert [scores[str(c)]["num_examples"] for c in range(4)] == partition["client_test"]
+    report = (out / "compare" / "report.md").read_text()
+    assert "## Per client" in report and "that have their own Local model" in report
+    assert (out / "compare" / "per_client_gain.png").is_file()
+    assert (out / "compare" / "curve_accuracy.png").is_file()
+
+
+def test_fairness_by_hand():
+    from fedit.evaluation.per_client import fairness, gains
+
+    per_client = {
+        "fedit": {"0": {"accuracy": 0.5}, "1": {"accuracy": 0.3}, "2": {"accuracy": 0.7}},
+        "local-0": {"0": {"accuracy": 0.6}, "1": {"accuracy": 0.0}, "2": {"accuracy": 0.1}},
+        "local-2": {"0": {"accuracy": 0.2}, "1": {"accuracy": 0.1}, "2": {"accuracy": 0.4}},
+    }
+    summary = fairness(per_client, "accuracy")
+    # FedIT over clients: mean 0.5, worst 0.3, population std sqrt((0 + 0.04 + 0.04) / 3)
+    assert summary["fedit"]["mean"] == pytest.approx(0.5)
+    assert summary["fedit"]["worst"] == pytest.approx(0.3)
+    assert summary["fedit"]["std"] == pytest.approx((0.08 / 3) ** 0.5)
+    # client 0: 0.5 < its own 0.6; client 2: 0.7 > its own 0.4; client 1 has no Local model
+    assert summary["fedit_helps"] == {"clients": 2, "helped": 1}
+    assert gains(per_client, "accuracy") == pytest.approx({"0": -0.1, "2": 0.3})

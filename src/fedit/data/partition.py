@@ -200,6 +200,29 @@ def _partition_natural(
     return parts
 
 
+def split_client_tests(
+    parts: list[list[int]], fraction: float, seed: int
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Keep ``fraction`` of every client's examples out of its training, as its own test share.
+
+    A client with two or more examples gives ``round(fraction * n)`` of them, at least one and
+    never all; a client with fewer gives none. With ``fraction`` 0 the parts come back unchanged.
+
+    Returns:
+        ``(train_parts, test_parts)``: disjoint, each list in ascending order.
+    """
+    if fraction <= 0:
+        return [list(part) for part in parts], [[] for _ in parts]
+    rng = np.random.default_rng([seed, len(parts), 17])  # apart from the partition's stream
+    train_parts, test_parts = [], []
+    for part in parts:
+        take = min(max(round(fraction * len(part)), 1), len(part) - 1) if len(part) >= 2 else 0
+        held = set(rng.choice(part, size=take, replace=False).tolist()) if take else set()
+        train_parts.append([i for i in part if i not in held])
+        test_parts.append(sorted(held))
+    return train_parts, test_parts
+
+
 Partitioner = Callable[[list[Example], int, PartitionConfig, np.random.Generator], list[list[int]]]
 
 PARTITIONERS: dict[str, Partitioner] = {

@@ -33,8 +33,9 @@ import numpy as np
 
 from fedit.config import Config, save_config
 from fedit.evaluation.compare import run_compare
+from fedit.evaluation.compare_report import reference_lines
 from fedit.evaluation.intervals import paired_bootstrap, resolving_size, t_interval
-from fedit.io import atomic_write_json
+from fedit.io import atomic_write_json, read_jsonl
 from fedit.server.observer import RunObserver
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,11 @@ def run_study(cfg: Config, observer: RunObserver | None = None) -> StudyOutcome:
     summary = summarize(per_seed)
     study_dir = Path(cfg.output_dir) / "study"
     atomic_write_json(study_dir / "results.json", summary)
-    report = write_study_report(study_dir, cfg, summary)
+    histories = [
+        read_jsonl(Path(seed_config(cfg, s).output_dir) / "metrics.jsonl") for s in per_seed
+    ]
+    references = reference_lines([per_seed[s]["results"] for s in per_seed])
+    report = write_study_report(study_dir, cfg, summary, histories, references)
     return StudyOutcome(study_dir, report, summary, time.perf_counter() - started)
 
 

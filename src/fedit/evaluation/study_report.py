@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from fedit.config import Config
+from fedit.evaluation.compare_report import learning_curves
 from fedit.evaluation.intervals import BOOTSTRAP_METHOD, T_METHOD
 from fedit.io import atomic_write_text
 
@@ -52,8 +53,14 @@ def finding(row: dict[str, Any], summary: dict[str, Any]) -> str:
     return text + "."
 
 
-def write_study_report(out: Path, cfg: Config, summary: dict[str, Any]) -> Path:
-    """Write ``report.md`` into ``out``; returns its path."""
+def write_study_report(
+    out: Path,
+    cfg: Config,
+    summary: dict[str, Any],
+    histories: list[list[dict[str, Any]]],
+    references: dict[str, dict],
+) -> Path:
+    """Write ``report.md`` and FedIT's learning curves (a band over seeds) into ``out``."""
     seeds = summary["seeds"]
     lines = [
         f"# FedIT vs base, Local-k and Centralized over {len(seeds)} seeds",
@@ -85,6 +92,7 @@ def write_study_report(out: Path, cfg: Config, summary: dict[str, Any]) -> Path:
         for row in data["paired"]:
             if row["metric"] in HEADLINE[:1] + HEADLINE[3:]:
                 lines.append(f"- {suite}: {finding(row, summary)}")
+    lines += ["", "## Learning curves", ""] + learning_curves(histories, references, out)
     for suite, data in summary["suites"].items():
         lines += ["", f"## {suite}", ""]
         for metric in [m for m in HEADLINE if m in data["models"]["fedit"]]:
