@@ -22,7 +22,7 @@ import numpy as np
 
 from fedit.config import Config
 from fedit.evaluation.runner import LoadedModel, evaluate_suites
-from fedit.evaluation.suites import InstructionSuite, SuiteSpec
+from fedit.evaluation.suites import InstructionSuite, Suite, SuiteSpec
 from fedit.model.lora import set_adapter_state
 from fedit.server.observer import RunObserver
 from fedit.types import Example
@@ -39,7 +39,7 @@ def score_clients(
     observer: RunObserver,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """model -> client id (str) -> {"accuracy", "loss", "num_examples"}."""
-    suites = [
+    suites: list[Suite] = [
         InstructionSuite(SuiteSpec(f"client-{client}", "heldout"), examples)
         for client, examples in enumerate(client_test)
         if examples
