@@ -173,9 +173,28 @@ def cmd_compare(args: argparse.Namespace, out: Console, console: Console) -> int
     from fedit.evaluation.compare import run_compare
 
     cfg = load_config(args.config, args.overrides)
+    if cfg.compare.seeds:
+        return _compare_seeds(cfg, out, console)
     with ProgressObserver(console) as observer:
         outcome = run_compare(cfg, observer)
     out.print(outcome.table_text, markup=False, highlight=False)
+    out.print(f"report: {outcome.report}")
+    out.print(f"finished in {outcome.seconds / 60:.1f} min ({outcome.seconds:.0f} s)")
+    return 0
+
+
+def _compare_seeds(cfg: Config, out: Console, console: Console) -> int:
+    """``compare.seeds``: one comparison per seed, then intervals (evaluation/study.py)."""
+    from fedit.cli.progress import ProgressObserver
+    from fedit.evaluation.study import run_study
+    from fedit.evaluation.study_report import finding
+
+    with ProgressObserver(console) as observer:
+        outcome = run_study(cfg, observer)
+    for suite, data in outcome.summary["suites"].items():
+        for row in data["paired"]:
+            if row["metric"] in ("accuracy", "loss"):
+                out.print(f"{suite}: {finding(row, outcome.summary)}", markup=False)
     out.print(f"report: {outcome.report}")
     out.print(f"finished in {outcome.seconds / 60:.1f} min ({outcome.seconds:.0f} s)")
     return 0

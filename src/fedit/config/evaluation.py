@@ -86,9 +86,19 @@ class CompareConfig:
         "run only when eval.judge.base_url is set",
     )
     centralized: bool = option(True, "also train on all clients' data pooled, same total steps")
+    seeds: list[int] | None = option(
+        None,
+        "repeat the whole study per seed (split, partition, LoRA init, selection, training) "
+        "and report means with 95% intervals, e.g. [42, 43, 44] (default: just `seed`)",
+    )
 
     def validate(self, num_clients: int) -> list[str]:
         problems = []
+        if self.seeds is not None:
+            if not self.seeds:
+                problems.append("compare.seeds: name at least one seed, or leave it unset")
+            elif len(set(self.seeds)) != len(self.seeds):
+                problems.append(f"compare.seeds: seeds repeat in {self.seeds}")
         if self.num_local < 0:
             problems.append(f"compare.num_local: must be >= 0, got {self.num_local}")
         for client in self.local_clients or []:

@@ -148,6 +148,11 @@ class DataConfig:
         None, "separate test file or hub dataset (instead of holding out)"
     )
     max_examples: int | None = option(None, "use only the first N examples after shuffling")
+    client_test_fraction: float = option(
+        0.0,
+        "share of each client's examples kept out of training as its own test set, so "
+        "fedit compare scores every model per client (0: none)",
+    )
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
@@ -157,6 +162,10 @@ class DataConfig:
             problems.append(f"data.test_per_category: must be >= 0, got {self.test_per_category}")
         if self.max_examples is not None and self.max_examples < 1:
             problems.append(f"data.max_examples: must be >= 1, got {self.max_examples}")
+        if not 0 <= self.client_test_fraction < 1:
+            problems.append(
+                f"data.client_test_fraction: must be in [0, 1), got {self.client_test_fraction}"
+            )
         return problems + self.partition.validate() + self.synthetic.validate()
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from fedit.config import ConfigError, PartitionConfig
+from fedit.data.heterogeneity import format_heterogeneity
 from fedit.types import Example
 
 logger = logging.getLogger(__name__)
@@ -199,6 +200,29 @@ def _partition_natural(
     return parts
 
 
+def split_client_tests(
+    parts: list[list[int]], fraction: float, seed: int
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Keep ``fraction`` of every client's examples out of its training, as its own test share.
+
+    A client with two or more examples gives ``round(fraction * n)`` of them, at least one and
+    never all; a client with fewer gives none. With ``fraction`` 0 the parts come back unchanged.
+
+    Returns:
+        ``(train_parts, test_parts)``: disjoint, each list in ascending order.
+    """
+    if fraction <= 0:
+        return [list(part) for part in parts], [[] for _ in parts]
+    rng = np.random.default_rng([seed, len(parts), 17])  # apart from the partition's stream
+    train_parts, test_parts = [], []
+    for part in parts:
+        take = min(max(round(fraction * len(part)), 1), len(part) - 1) if len(part) >= 2 else 0
+        held = set(rng.choice(part, size=take, replace=False).tolist()) if take else set()
+        train_parts.append([i for i in part if i not in held])
+        test_parts.append(sorted(held))
+    return train_parts, test_parts
+
+
 Partitioner = Callable[[list[Example], int, PartitionConfig, np.random.Generator], list[list[int]]]
 
 PARTITIONERS: dict[str, Partitioner] = {
@@ -234,7 +258,8 @@ def count_table(
 
 
 def format_count_table(table: dict[str, Any]) -> str:
-    """A plain-text table of ``count_table``'s result: one row per client, plus a total row."""
+    """A plain-text table of ``count_table``'s result: one row per client, plus a total row;
+    under it, the split's heterogeneity statistics when the table carries them."""
     categories: list[str] = table["categories"]
     header = ["client", *categories, "total"]
     rows = [
@@ -254,6 +279,7 @@ def format_count_table(table: dict[str, Any]) -> str:
         return "  ".join(cells).rstrip()
 
     rule = "-" * len(render(header))
-    return "\n".join(
-        [render(header), rule, *(render(row) for row in rows[:-1]), rule, render(rows[-1])]
-    )
+    lines = [render(header), rule, *(render(row) for row in rows[:-1]), rule, render(rows[-1])]
+    if "heterogeneity" in table:
+        lines.append(format_heterogeneity(table["heterogeneity"]))
+    return "\n".join(lines)

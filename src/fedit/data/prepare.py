@@ -6,7 +6,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedit.config import Config
-from fedit.data.partition import count_table, partition_examples, split_test
+from fedit.data.heterogeneity import heterogeneity
+from fedit.data.partition import (
+    count_table,
+    partition_examples,
+    split_client_tests,
+    split_test,
+)
 from fedit.data.sources import load_examples, load_test_examples
 from fedit.types import Example
 
@@ -18,7 +24,8 @@ class PreparedData:
     train: list[Example]
     test: list[Example]
     parts: list[list[int]]  # client id -> indices into ``train``
-    table: dict[str, Any]  # examples per client and label, for the report
+    client_test: list[list[Example]]  # client id -> its own test share (data.client_test_fraction)
+    table: dict[str, Any]  # examples per client and label, heterogeneity, for the report
 
 
 def prepare_data(cfg: Config) -> PreparedData:
@@ -30,6 +37,11 @@ def prepare_data(cfg: Config) -> PreparedData:
     else:
         train, test = split_test(examples, cfg.data.test_per_category, cfg.seed)
     parts = partition_examples(train, cfg.federation.num_clients, cfg.data.partition, cfg.seed)
+    parts, test_parts = split_client_tests(parts, cfg.data.client_test_fraction, cfg.seed)
     table = count_table(train, parts, cfg.data.partition.by)
-    table["num_train"], table["num_test"] = len(train), len(test)
-    return PreparedData(train, test, parts, table)
+    table["num_train"], table["num_test"] = sum(len(p) for p in parts), len(test)
+    if cfg.data.client_test_fraction > 0:
+        table["client_test"] = [len(p) for p in test_parts]
+    table["heterogeneity"] = heterogeneity(train, parts, cfg.data.partition.by)
+    client_test = [[train[i] for i in part] for part in test_parts]
+    return PreparedData(train, test, parts, client_test, table)

@@ -35,6 +35,7 @@ from fedit.evaluation.baselines import (
     train_schedule,
 )
 from fedit.evaluation.compare_report import write_compare_report
+from fedit.evaluation.per_client import score_clients
 from fedit.evaluation.runner import LoadedModel, evaluate_suites, grade_judge_suites
 from fedit.evaluation.suites import Suite, load_suites
 from fedit.experiment import RunOutcome, Setup, load_setup, run_experiment
@@ -107,11 +108,16 @@ def run_compare(cfg: Config, observer: RunObserver | None = None) -> CompareOutc
         contenders.append(_centralized(cfg, setup, schedule, observer))
     phases["baselines"] = time.perf_counter() - started - phases["fedit"]
     results = _score(cfg, setup.server, contenders, suites, observer)
+    per_client = None
+    if any(setup.data.client_test):  # data.client_test_fraction: who gains from federation
+        loaded = LoadedModel(setup.server.model, setup.server.tokenizer, has_adapter=True)
+        per_client = score_clients(cfg, loaded, contenders, setup.data.client_test, observer)
     seconds = time.perf_counter() - started
     phases["scoring"] = seconds - phases["fedit"] - phases["baselines"]
-    atomic_write_json(compare_dir / "results.json", _jsonable(results, contenders, phases))
+    stored = _jsonable(results, contenders, phases) | {"per_client": per_client}
+    atomic_write_json(compare_dir / "results.json", stored)
     report, table_text = write_compare_report(
-        compare_dir, cfg, contenders, results, setup.data.table
+        compare_dir, cfg, contenders, results, setup.data.table, fedit_run.history, per_client
     )
     return CompareOutcome(compare_dir, report, results, table_text, seconds, phases)
 

@@ -28,7 +28,7 @@ from fedit.config import Config, ConfigError
 from fedit.data.synthetic import score_answer
 from fedit.data.templates import tokenize_examples
 from fedit.evaluation.answers import generate_turn_answers
-from fedit.evaluation.metrics import generation_scores
+from fedit.evaluation.metrics import generation_scores, rouge_l, token_f1
 from fedit.types import Example
 
 log = logging.getLogger(__name__)
@@ -130,11 +130,23 @@ class InstructionSuite:
         categories = [e.get("category", "") for e in self.examples]
         result.update(generation_scores(answers, references, categories))
         result.update(_exact_answer_accuracy(answers, references, categories))
+        # What a paired comparison of two models needs: every example's score, in test order.
+        result["per_example"] = per_example_scores(answers, references)
         result["samples"] = [
             {"category": c, "reference": r, "answer": a[:500]}
             for c, r, a in zip(categories, references, answers, strict=True)
         ]
         return result
+
+
+def per_example_scores(answers: list[str], references: list[str]) -> dict[str, list[float]]:
+    """Each example's exact-answer accuracy (0/1), token F1 and ROUGE-L, in the given order."""
+    pairs = list(zip(answers, references, strict=True))
+    return {
+        "accuracy": [float(score_answer(a, r)) for a, r in pairs],
+        "token_f1": [token_f1(a, r) for a, r in pairs],
+        "rouge_l": [rouge_l(a, r) for a, r in pairs],
+    }
 
 
 def _exact_answer_accuracy(

@@ -1,4 +1,5 @@
-"""PNG plots of a run: loss and accuracy per round, accuracy per category (base vs final)."""
+"""PNG plots: a run (loss and accuracy per round, per category); fedit compare (bars per
+category, per-client gains, learning curves with reference lines)."""
 
 from __future__ import annotations
 
@@ -110,3 +111,47 @@ def plot_compare(
     grouped_bars(
         series, categories + ["overall"], title, path, title=f"{rows[0][1]['suite']}: {title}"
     )
+
+
+def plot_client_gains(points: dict[str, tuple[float, float]], path: Path) -> None:
+    """Each client's gain from federation (y) against its divergence from the global mix (x)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for client, (distance, gain) in sorted(points.items(), key=lambda item: int(item[0])):
+        ax.scatter(distance, gain, color="tab:blue")
+        ax.annotate(client, (distance, gain), textcoords="offset points", xytext=(4, 4))
+    ax.axhline(0, color="grey", linewidth=1)
+    ax.set_xlabel("client's Jensen–Shannon divergence from the global mix")
+    ax.set_ylabel("FedIT − own Local model, accuracy on its test share")
+    ax.set_title("Who gains from federation")
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def plot_learning_curves(
+    curves: list[list[tuple[int, float]]],
+    references: dict[str, float],
+    metric: str,
+    path: Path,
+) -> None:
+    """FedIT's held-out ``metric`` per round (one curve per seed: their mean, and a min–max band
+    when there are several) with horizontal lines for the reference models."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    rounds = sorted({r for curve in curves for r, _ in curve})
+    by_round = [[v for curve in curves for r, v in curve if r == x] for x in rounds]
+    mean = [sum(values) / len(values) for values in by_round]
+    label = "FedIT" + (f" (mean of {len(curves)} seeds, band: min–max)" if len(curves) > 1 else "")
+    ax.plot(rounds, mean, marker="o", color="tab:blue", label=label)
+    if len(curves) > 1:
+        lows = [min(values) for values in by_round]
+        highs = [max(values) for values in by_round]
+        ax.fill_between(rounds, lows, highs, color="tab:blue", alpha=0.2)
+    styles = ["--", ":", "-."]
+    for index, (name, value) in enumerate(references.items()):
+        ax.axhline(value, linestyle=styles[index % 3], color=f"C{index + 1}", label=name)
+    ax.set_xlabel("round (0 = base model)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(f"held-out {metric}")
+    ax.set_title(f"FedIT's held-out {metric} per round")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    _save(fig, path)

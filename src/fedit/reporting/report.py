@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from fedit.data.heterogeneity import format_heterogeneity
 from fedit.io import atomic_write_text, read_jsonl
 from fedit.reporting import plots
 from fedit.reporting.summary import fmt
@@ -158,6 +159,8 @@ def _data_stats(run_dir: Path) -> list[str]:
             f"- Truncated at train.cutoff_len: {tok['truncated']} of {tok['total']} "
             f"(dropped with no response left: {tok['dropped_no_labels']})"
         )
+    if "heterogeneity" in table:
+        lines += [f"- {line}" for line in format_heterogeneity(table["heterogeneity"]).splitlines()]
     return lines
 
 
