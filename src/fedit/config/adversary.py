@@ -109,6 +109,11 @@ class RobustConfig:
     trim_fraction: float = option(
         0.2, "trimmed_mean: fraction β of values dropped at each end, per coordinate"
     )
+    gram_precision: str = option(
+        "float64",
+        "float64 or float32 for the Gram matrices of the products (float32: about half the "
+        "time, but distances lose digits when updates are small next to the adapter)",
+    )
     reject_factor: float = option(
         2.0,
         "geometric_median: a client farther from the median than this × the median distance "
@@ -125,6 +130,9 @@ class RobustConfig:
             problems.append(f"robust.norm_multiple: must be > 0, got {self.norm_multiple}")
         if not 0 <= self.trim_fraction < 0.5:
             problems.append(f"robust.trim_fraction: must be in [0, 0.5), got {self.trim_fraction}")
+        problems += check_choice(
+            "robust.gram_precision", self.gram_precision, ("float64", "float32")
+        )
         if self.reject_factor <= 1:
             problems.append(f"robust.reject_factor: must be > 1, got {self.reject_factor}")
         return problems

@@ -21,6 +21,7 @@ from fedit.strategy.lora_math import lora_pairs
 from fedit.types import AdapterState
 
 GRAM_DTYPE = torch.float64  # distances are differences of Gram entries: keep the digits
+_ROW_BLOCKS = 8  # block rows of the upper triangle: 1/2 + 1/16 of the full products' flops
 
 
 def _segments(ranks: Sequence[int], dtype: torch.dtype) -> Tensor:
@@ -35,7 +36,16 @@ def product_gram(
     """P_ij = ⟨B_i A_i, B_j A_j⟩_F for one module's (B_k (d_out, r_k), A_k (r_k, d_in)) pairs."""
     b_cat = torch.cat([b.detach().to("cpu", dtype) for b, _ in factors], dim=1)  # (d_out, R)
     a_cat = torch.cat([a.detach().to("cpu", dtype) for _, a in factors], dim=0)  # (R, d_in)
-    blocks = (b_cat.T @ b_cat) * (a_cat @ a_cat.T)  # (R, R): G_B ⊙ G_A
+    total = a_cat.shape[0]
+    blocks = torch.empty(total, total, dtype=dtype)  # G_B ⊙ G_A
+    # G_B ⊙ G_A is symmetric: compute block rows of its upper triangle only (about half the
+    # flops of the full products), and mirror them.
+    step = max(1, -(-total // _ROW_BLOCKS))
+    for start in range(0, total, step):
+        stop = min(total, start + step)
+        row = (b_cat[:, start:stop].T @ b_cat[:, start:]) * (a_cat[start:stop] @ a_cat[start:].T)
+        blocks[start:stop, start:] = row  # (rows, R - start)
+        blocks[start:, start:stop] = row.T
     segments = _segments([a.shape[0] for _, a in factors], dtype)  # (R, K)
     return segments.T @ blocks @ segments  # (K, K)
 

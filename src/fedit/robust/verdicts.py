@@ -55,8 +55,9 @@ def _data_weights(updates: list[ClientUpdate]) -> Tensor:
     return counts / counts.sum()
 
 
-def _gram(global_state: AdapterState, updates: list[ClientUpdate]) -> Tensor:
-    return update_gram(global_state, [u.state for u in updates])
+def _gram(robust: RobustConfig, global_state: AdapterState, updates: list[ClientUpdate]) -> Tensor:
+    dtype = getattr(torch, robust.gram_precision)
+    return update_gram(global_state, [u.state for u in updates], dtype).double()
 
 
 def _selection(scores: Tensor, selected: list[int], updates: list[ClientUpdate]) -> Verdict:
@@ -71,7 +72,7 @@ def judge_krum(
     robust: RobustConfig, global_state: AdapterState, updates: list[ClientUpdate]
 ) -> Verdict:
     """Krum: the one update closest to its K − f − 2 nearest neighbours."""
-    gram = _gram(global_state, updates)
+    gram = _gram(robust, global_state, updates)
     best = multi_krum_selection(gram, robust.num_byzantine, keep=1).tolist()
     return _selection(krum_scores(gram, robust.num_byzantine), best, updates)
 
@@ -80,7 +81,7 @@ def judge_multi_krum(
     robust: RobustConfig, global_state: AdapterState, updates: list[ClientUpdate]
 ) -> Verdict:
     """Multi-Krum: the K − f updates with the lowest Krum scores."""
-    gram = _gram(global_state, updates)
+    gram = _gram(robust, global_state, updates)
     kept = multi_krum_selection(gram, robust.num_byzantine).tolist()
     return _selection(krum_scores(gram, robust.num_byzantine), kept, updates)
 
@@ -89,7 +90,7 @@ def judge_norm_bound(
     robust: RobustConfig, global_state: AdapterState, updates: list[ClientUpdate]
 ) -> Verdict:
     """Clip every ‖ΔW_i‖ to τ; the data-weighted mean of the clipped updates."""
-    gram = _gram(global_state, updates)
+    gram = _gram(robust, global_state, updates)
     factors = norm_bound_factors(gram, robust.norm_bound, robust.norm_multiple)
     clipped = [i for i, s in enumerate(factors.tolist()) if s < 1.0]
     if not clipped:  # nobody clipped: the plain mean, whole clients
@@ -104,7 +105,7 @@ def judge_geometric_median(
     robust: RobustConfig, global_state: AdapterState, updates: list[ClientUpdate]
 ) -> Verdict:
     """RFA: the data-weighted geometric median of the ΔW_i by Weiszfeld's iterations."""
-    gram = _gram(global_state, updates)
+    gram = _gram(robust, global_state, updates)
     alpha, iterations = geometric_median_weights(gram, _data_weights(updates))
     distances = distances_to_combination(gram, alpha).tolist()
     typical = statistics.median(distances)
