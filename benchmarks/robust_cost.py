@@ -131,8 +131,9 @@ def main() -> None:
             f"{args.clients} clients, r={RANK}, hidden {HIDDEN}, q_proj and v_proj; measured on "
             f"{args.layers} of {FULL_LAYERS} layers and scaled ×{scale:g} (every module costs "
             "the same and is independent). The Gram matrices are float64 (the server's "
-            "default); `krum_float32` is krum with `robust.gram_precision=float32`. Each row is a fresh "
-            "process; the run was under `nice -n 10` on a machine shared with other jobs.",
+            "default); `krum_float32` is krum with `robust.gram_precision=float32`. Each row "
+            "is a fresh process; the run was under `nice -n 10` on a machine shared with "
+            "other jobs.",
             "",
             *lines,
             "",

@@ -21,21 +21,28 @@ from fedit.types import ClientUpdate
 
 
 def _update(client_id: int, value: float) -> ClientUpdate:
-    state = {"m.lora_A.weight": torch.full((2, 3), value), "m.lora_B.weight": torch.full((4, 2), -value)}
+    state = {
+        "m.lora_A.weight": torch.full((2, 3), value),
+        "m.lora_B.weight": torch.full((4, 2), -value),
+    }
     return ClientUpdate(client_id, state, num_examples=5, train_loss=1.0, num_steps=1)
 
 
 START = {"m.lora_A.weight": torch.ones(2, 3), "m.lora_B.weight": torch.zeros(4, 2)}
 
 
-@pytest.mark.parametrize(("kind", "lam", "expected"), [("sign_flip", 2.0, -2.0), ("scale", 3.0, 3.0)])
+@pytest.mark.parametrize(
+    ("kind", "lam", "expected"), [("sign_flip", 2.0, -2.0), ("scale", 3.0, 3.0)]
+)
 def test_sign_flip_and_scale_send_exactly_global_plus_signed_lambda_delta(kind, lam, expected):
     generator = torch.Generator().manual_seed(0)
     trained = {name: t + torch.randn(t.shape, generator=generator) for name, t in START.items()}
     update = ClientUpdate(3, dict(trained), num_examples=5, train_loss=1.0, num_steps=1)
     forge_update(update, START, AttackConfig(kind=kind, magnitude=lam, clients=[3]), seed=1)
     for name in START:
-        torch.testing.assert_close(update.state[name], START[name] + expected * (trained[name] - START[name]))
+        torch.testing.assert_close(
+            update.state[name], START[name] + expected * (trained[name] - START[name])
+        )
     assert update.metrics[ATTACK_METRIC] == kind
 
 
@@ -67,8 +74,9 @@ def test_alie_sends_mean_minus_z_std_of_the_honest_updates():
     assert forged == [3]
     std = torch.tensor([1.0, 3, 5]).std(unbiased=False)
     torch.testing.assert_close(colluder.state["m.lora_A.weight"], torch.full((2, 3), 3 - 1.5 * std))
-    torch.testing.assert_close(alie_state([u.state for u in honest], 0.0)["m.lora_B.weight"],
-                               torch.full((4, 2), -3.0))
+    torch.testing.assert_close(
+        alie_state([u.state for u in honest], 0.0)["m.lora_B.weight"], torch.full((4, 2), -3.0)
+    )
 
 
 def test_alie_default_z_is_baruchs_z_max():
@@ -108,5 +116,7 @@ def test_model_attacks_leave_the_data_alone():
 def test_attackers_are_the_listed_clients_or_a_seeded_fraction():
     assert attacker_ids(AttackConfig(kind="scale", clients=[4, 1]), 8, 0) == [1, 4]
     drawn = attacker_ids(AttackConfig(kind="scale", fraction=0.25), 8, 3)
-    assert len(drawn) == 2 and drawn == attacker_ids(AttackConfig(kind="scale", fraction=0.25), 8, 3)
+    assert len(drawn) == 2 and drawn == attacker_ids(
+        AttackConfig(kind="scale", fraction=0.25), 8, 3
+    )
     assert attacker_ids(dataclasses.replace(AttackConfig(), clients=[1]), 8, 0) == []  # kind none

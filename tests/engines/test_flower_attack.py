@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from fedit.config import ConfigError, load_config
+from fedit.data.prepare import prepare_data
 from fedit.engines.flower_site import is_malicious, train_site
 from fedit.engines.simulation import SimulationTransport
 from fedit.experiment import load_setup
-from fedit.data.prepare import prepare_data
 from fedit.strategy import build_strategy
 from helpers import tiny_args
 
@@ -24,7 +24,9 @@ FAST = ("eval.generate=false", "data.synthetic.num_examples=80", "federation.num
 @pytest.mark.parametrize("kind", ["sign_flip", "backdoor"])
 def test_malicious_site_matches_the_in_process_attacker(tiny_model_dir, tmp_path, kind):
     attack = (f"attack.kind={kind}", "attack.magnitude=3")
-    cfg = load_config(QUICKSTART, tiny_args(tiny_model_dir, tmp_path, *FAST, *attack, "attack.clients=[1]"))
+    cfg = load_config(
+        QUICKSTART, tiny_args(tiny_model_dir, tmp_path, *FAST, *attack, "attack.clients=[1]")
+    )
     setup = load_setup(cfg, prepare_data(cfg))
     global_state = setup.server.initial_state()
     _, instructions = build_strategy(cfg).configure_fit(1, global_state, [10, 10], cfg.train.lr)
@@ -32,7 +34,12 @@ def test_malicious_site_matches_the_in_process_attacker(tiny_model_dir, tmp_path
     transport = SimulationTransport(cfg, setup.server.model, setup.client_data)
     local = transport._fit_one(instruction)
 
-    site_cfg = load_config(QUICKSTART, tiny_args(tiny_model_dir, tmp_path, *FAST, *attack, "engine=flower", "flower.insecure=true"))
+    site_cfg = load_config(
+        QUICKSTART,
+        tiny_args(
+            tiny_model_dir, tmp_path, *FAST, *attack, "engine=flower", "flower.insecure=true"
+        ),
+    )
     node = {"partition-id": 1, "num-partitions": 2, "malicious": "true"}
     remote = train_site(site_cfg, node, instruction)
     assert remote.metrics["attack"] == local.metrics["attack"] == kind
@@ -59,9 +66,16 @@ def test_real_supernode_with_malicious_true_is_marked_and_rejected(tiny_model_di
             node = {"num-threads": 1, "partition-id": client, "num-partitions": 5}
             federation.add_node({**node, "malicious": "true"} if client == 3 else node)
         items = tiny_args(
-            tiny_model_dir, out, *FAST[:2], "federation.num_clients=5", "federation.rounds=1",
-            "federation.fraction_fit=1.0", "flower.connect_timeout=120",
-            "attack.kind=sign_flip", "attack.magnitude=5", "robust.method=krum",
+            tiny_model_dir,
+            out,
+            *FAST[:2],
+            "federation.num_clients=5",
+            "federation.rounds=1",
+            "federation.fraction_fit=1.0",
+            "flower.connect_timeout=120",
+            "attack.kind=sign_flip",
+            "attack.magnitude=5",
+            "robust.method=krum",
         )
         result = federation.run(str(QUICKSTART), *items)
         assert result.returncode == 0, result.stdout + result.stderr + federation.logs()

@@ -88,8 +88,9 @@ def test_krum_refuses_too_few_replies_for_f():
 def test_geometric_median_of_a_square_is_its_centre():
     zero = _state(torch.zeros(2, 1), torch.zeros(1, 1))
     corners = [(0, 0), (4, 0), (0, 4), (4, 4), (4, 4), (0, 0)]
-    states = [_state(torch.tensor([[x], [y]], dtype=torch.float32), torch.ones(1, 1))
-              for x, y in corners]
+    states = [
+        _state(torch.tensor([[x], [y]], dtype=torch.float32), torch.ones(1, 1)) for x, y in corners
+    ]
     alpha, _ = geometric_median_weights(update_gram(zero, states), torch.ones(len(states)))
     points = torch.tensor(corners, dtype=torch.float64)
     torch.testing.assert_close(alpha @ points, torch.tensor([2.0, 2.0]).double(), atol=1e-4, rtol=0)
@@ -120,7 +121,8 @@ def test_trimmed_mean_and_median_by_hand():
     # β = 0.2 of 5 drops one each side: column 0 keeps 1, 2, 3; column 1 keeps 10, 20, 30.
     torch.testing.assert_close(trimmed_mean(stacked, 0.2), torch.tensor([2.0, 20]))
     torch.testing.assert_close(coordinate_median(stacked), torch.tensor([2.0, 20]))
-    torch.testing.assert_close(coordinate_median(torch.tensor([[1.0], [5], [3], [2]])),
-                               torch.tensor([2.5]))
+    torch.testing.assert_close(
+        coordinate_median(torch.tensor([[1.0], [5], [3], [2]])), torch.tensor([2.5])
+    )
     with pytest.raises(DefenceError, match="trims all"):
         trimmed_mean(stacked[:4], 0.5)

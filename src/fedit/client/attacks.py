@@ -85,7 +85,9 @@ def _flip_labels(examples: list[Example], chosen: set[int], rng: random.Random) 
     return poisoned
 
 
-def forge_update(update: ClientUpdate, start: AdapterState, attack: AttackConfig, seed: int) -> None:
+def forge_update(
+    update: ClientUpdate, start: AdapterState, attack: AttackConfig, seed: int
+) -> None:
     """Replace ``update.state`` by the attack's reply (in place) and mark the update.
 
     Args:
@@ -151,5 +153,3 @@ def collude(updates: list[ClientUpdate], attack: AttackConfig) -> list[int]:
 def site_attack(attack: AttackConfig, malicious: bool) -> AttackConfig | None:
     """The attack a site runs: the run's ``attack`` section if the site is malicious."""
     return attack if malicious and attack.active else None
-
-

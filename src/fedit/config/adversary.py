@@ -81,7 +81,9 @@ class AttackConfig:
         if not 0 <= self.fraction < 1:
             problems.append(f"attack.fraction: must be in [0, 1), got {self.fraction}")
         if self.poison_fraction is not None and not 0 < self.poison_fraction <= 1:
-            problems.append(f"attack.poison_fraction: must be in (0, 1], got {self.poison_fraction}")
+            problems.append(
+                f"attack.poison_fraction: must be in (0, 1], got {self.poison_fraction}"
+            )
         if self.magnitude is not None and self.magnitude <= 0:
             problems.append(f"attack.magnitude: must be > 0, got {self.magnitude}")
         if self.kind == "backdoor" and not (self.trigger.strip() and self.target.strip()):

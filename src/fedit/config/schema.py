@@ -60,7 +60,9 @@ class Config:
         # strategy.selection.num_selected's rule (config sits below strategy/)
         per_round = min(
             federation.num_clients,
-            max(int(federation.fraction_fit * federation.num_clients), 1, federation.min_fit_clients),
+            max(
+                int(federation.fraction_fit * federation.num_clients), 1, federation.min_fit_clients
+            ),
         )
         problems = self.attack.validate(federation.num_clients) + self.robust.validate()
         return problems + combination_problems(

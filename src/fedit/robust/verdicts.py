@@ -96,9 +96,7 @@ def judge_norm_bound(
     if not clipped:  # nobody clipped: the plain mean, whole clients
         return _selection(norms(gram), list(range(len(updates))), updates)
     coefficients = _data_weights(updates) * factors
-    return Verdict(
-        norms(gram).tolist(), coefficients.tolist(), clipped, coefficients=coefficients
-    )
+    return Verdict(norms(gram).tolist(), coefficients.tolist(), clipped, coefficients=coefficients)
 
 
 def judge_geometric_median(
@@ -123,13 +121,12 @@ def _coordinate_wise(
     reduce: Callable[[Tensor], Tensor], global_state: AdapterState, updates: list[ClientUpdate]
 ) -> Verdict:
     state = {
-        name: reduce(torch.stack([u.state[name].float() for u in updates]))
-        for name in global_state
+        name: reduce(torch.stack([u.state[name].float() for u in updates])) for name in global_state
     }
     # Scores: each client's product distance to the result's, for comparison with the others.
     gram = update_gram(global_state, [*(u.state for u in updates), state])
     last = gram.shape[0] - 1
-    distances = (torch.diagonal(gram)[:last] - 2 * gram[last, :last] + gram[last, last])
+    distances = torch.diagonal(gram)[:last] - 2 * gram[last, :last] + gram[last, last]
     return Verdict(distances.clamp_min(0).sqrt().tolist(), [], [], state=state)
 
 
