@@ -20,7 +20,7 @@ import time
 from common import ROOT, record
 
 from fedit.client.evaluate import answer_examples
-from fedit.config import load_config
+from fedit.config import ATTACKS, DEFENCES, load_config
 from fedit.experiment import run_experiment
 from fedit.model.lora import set_adapter_state
 from fedit.reporting.robustness import robustness_summary
@@ -40,17 +40,9 @@ SCALED = [
     "eval.base=false",
     "eval.max_new_tokens=12",
 ]
-ATTACKS = ["none", "sign_flip", "scale", "alie", "label_flip", "backdoor"]
-DEFENCES = [
-    "none",
-    "norm_bound",
-    "krum",
-    "multi_krum",
-    "geometric_median",
-    "trimmed_mean",
-    "median",
-]
-# attack/defence/fraction; "clean" is no attack.
+# The rows: every attack but gaussian (a random update of an honest norm).
+ROWS = [kind for kind in ATTACKS if kind != "gaussian"]
+# attack/defence/fraction ("none/.../0" is the clean federation).
 CELLS = [
     "none/none/0",
     "none/krum/0",
@@ -137,7 +129,7 @@ def write_up(results: dict[str, dict]) -> None:
             "| attack | " + " | ".join(DEFENCES) + " |",
             "|---|" + "---|" * len(DEFENCES),
         ]
-        for attack in ATTACKS:
+        for attack in ROWS:
             frac = "0" if attack == "none" else fraction
             cells = [_cell_text(results.get(f"{attack}/{d}/{frac}")) for d in DEFENCES]
             lines.append(f"| {attack} | " + " | ".join(cells) + " |")
