@@ -82,3 +82,18 @@ def test_real_supernode_with_malicious_true_is_marked_and_rejected(tiny_model_di
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["aggregation"]["attackers"] == [3]
     assert 3 in record["aggregation"]["robust"]["rejected"]
+
+
+def test_cli_supernode_malicious_flag_sets_the_node_config(monkeypatch):
+    pytest.importorskip("flwr")
+    from fedit.cli import flower as flower_cli
+    from fedit.cli.main import main
+
+    commands = []
+    monkeypatch.setattr(flower_cli, "_wait", lambda command: commands.append(command) or 0)
+    base = ["flower", "supernode", "--superlink", "127.0.0.1:1", "--insecure"]
+    site = ["--partition-id", "3", "--num-partitions", "5"]
+    assert main([*base, *site, "--malicious"]) == 0
+    assert main([*base, *site]) == 0
+    malicious, honest = (" ".join(command) for command in commands)
+    assert "malicious=true" in malicious and "malicious" not in honest
