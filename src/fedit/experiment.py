@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedit.client.attacks import attacker_ids, poison_examples
 from fedit.client.train import num_local_steps
 from fedit.config import Config, ConfigError
 from fedit.data.prepare import PreparedData, prepare_data
@@ -21,6 +22,7 @@ from fedit.engines.simulation import SimulationTransport
 from fedit.model.loading import load_model
 from fedit.model.lora import apply_lora
 from fedit.reporting.report import write_report
+from fedit.robust.defended import defend
 from fedit.server.checkpoint import RunDir
 from fedit.server.global_model import GlobalModel
 from fedit.server.loop import run_rounds
@@ -69,9 +71,13 @@ def load_setup(cfg: Config, data: PreparedData) -> Setup:
     train_cfg = cfg.train
     stats = {"total": 0, "truncated": 0, "dropped_no_labels": 0}
     client_data = []
-    for indices in data.parts:
+    attackers = set(attacker_ids(cfg.attack, len(data.parts), cfg.seed))
+    for client_id, indices in enumerate(data.parts):
+        raw = [data.train[i] for i in indices]
+        if client_id in attackers:  # a data attack poisons its own training set
+            raw = poison_examples(raw, cfg.attack, cfg.seed, client_id)
         tokenized, client_stats = tokenize_examples(
-            [data.train[i] for i in indices],
+            raw,
             tokenizer,
             cfg.data.template,
             train_cfg.cutoff_len,
@@ -127,7 +133,7 @@ def run_experiment(
     log.info("%d clients with %d training examples", len(sizes), sum(sizes))
     if not cfg.resume:
         run_dir.start(cfg, setup.data.table, cfg.overwrite)
-    strategy = build_strategy(cfg)
+    strategy = defend(cfg, build_strategy(cfg))  # attacks' collusion and robust.method
     state, history = run_rounds(cfg, transport, setup.server, strategy, run_dir, observer)
     setup.server.save_adapter(state, run_dir.path / "global_adapter")
     report = write_report(run_dir.path)

@@ -16,6 +16,9 @@ AdapterState = dict[str, Tensor]
 # ClientUpdate.extras key of SCAFFOLD's control-variate change Δc_i.
 CONTROL_DELTA = "control_delta"
 
+# ClientUpdate.client_id of a reply that a defence combined from several clients (fedit.robust).
+COMBINED_CLIENT_ID = -1
+
 # One instruction example, normalised: instruction / input / output / category (all str).
 Example = dict[str, str]
 

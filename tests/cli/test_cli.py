@@ -125,6 +125,10 @@ BAD_INPUTS = {
     "unknown model": (["model.name=no-such-model-xyz"], "no-such-model-xyz"),
     "malformed json line": (["data.source={broken}"], "broken.jsonl:2"),
     "resume of a non-run": (["resume=true", "output_dir={notrun}"], "is not a fedit run"),
+    "defence that cannot feed the strategy": (
+        ["strategy.name=scaffold", "robust.method=geometric_median"],
+        "robust.method=geometric_median cannot feed strategy.name=scaffold",
+    ),
 }
 
 

@@ -64,6 +64,8 @@ def cmd_supernode(args: argparse.Namespace) -> int:
         node_config["model-name"] = args.model
     if args.threads is not None:
         node_config["num-threads"] = args.threads
+    if args.malicious:  # a simulated attacker: the run's attack.* (docs/robustness.md)
+        node_config["malicious"] = True
     command = supernode_command(
         args.superlink,
         node_config,
@@ -119,6 +121,11 @@ def _add_supernode_args(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="torch threads for training (default: torch's); when SuperNodes share a machine, "
         "keep their sum at or below its cores",
+    )
+    parser.add_argument(
+        "--malicious",
+        action="store_true",
+        help="simulate an attacker on this site: it runs the run's attack.* settings",
     )
     parser.add_argument("--auth-key", help="ECDSA private key registered with the SuperLink")
 

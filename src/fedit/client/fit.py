@@ -13,8 +13,9 @@ from collections.abc import Callable, Iterator
 
 from peft import PeftModel
 
+from fedit.client.attacks import forge_update
 from fedit.client.train import LocalObjective, train_local
-from fedit.config import Config
+from fedit.config import AttackConfig, Config
 from fedit.data.templates import TokenizedExample
 from fedit.model.lora import add_rank_adapter
 from fedit.types import CONTROL_DELTA, AdapterState, ClientUpdate, FitInstruction
@@ -41,6 +42,7 @@ def fit_client(
     cfg: Config,
     instruction: FitInstruction,
     progress: Callable[[int, int, float], None] | None = None,
+    attack: AttackConfig | None = None,
 ) -> ClientUpdate:
     """Train from ``instruction.state`` as ``instruction.config`` says.
 
@@ -50,6 +52,7 @@ def fit_client(
         cfg: The experiment (its ``train`` and ``lora`` sections are used).
         instruction: Adapter, ``FitConfig`` and tensor extras from the server.
         progress: Step callback, as for ``train_local``.
+        attack: set on a malicious site (``client.attacks``): the reply is forged and marked.
 
     Returns:
         The update; with SCAFFOLD its ``extras["control_delta"]`` is
@@ -82,4 +85,6 @@ def fit_client(
             name: (instruction.state[name] - update.state[name]) / lr_sum - server_control[name]
             for name in server_control
         }
+    if attack is not None:
+        forge_update(update, instruction.state, attack, config.seed)
     return update

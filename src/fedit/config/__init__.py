@@ -9,6 +9,7 @@ Example:
     cfg = load_config("configs/quickstart.yaml", ["federation.rounds=3", "train.lr=1e-3"])
 """
 
+from fedit.config.adversary import ATTACKS, DEFENCES, AttackConfig, RobustConfig
 from fedit.config.evaluation import JUDGE_MODES, CompareConfig, EvalConfig, JudgeConfig
 from fedit.config.federation import (
     COMPRESSIONS,
@@ -46,7 +47,11 @@ from fedit.config.training import (
 )
 
 __all__ = [
+    "ATTACKS",
     "AUTOCAST",
+    "DEFENCES",
+    "AttackConfig",
+    "RobustConfig",
     "COMPRESSIONS",
     "DEVICES",
     "DTYPES",

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from fedit.config.adversary import AttackConfig, RobustConfig, combination_problems
 from fedit.config.evaluation import CompareConfig, EvalConfig
 from fedit.config.federation import FederationConfig, FlowerConfig, StrategyConfig
 from fedit.config.fields import check_choice, option
@@ -28,6 +29,8 @@ class Config:
     engine: str = option("simulation", "simulation (in-process) or flower (SuperLink + SuperNodes)")
     flower: FlowerConfig = field(default_factory=FlowerConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    robust: RobustConfig = field(default_factory=RobustConfig)
     seed: int = option(42, "seed for data generation, partitioning, selection and training")
     output_dir: str = option("runs/quickstart", "run directory")
     resume: bool = option(False, "continue the run in output_dir from its last complete round")
@@ -43,6 +46,7 @@ class Config:
         if self.engine == "flower":
             problems += self.flower.validate()
         ranks = {self.lora.r, *(self.lora.client_ranks or [])}
+        problems += self._adversary_problems(len(ranks) > 1)
         if len(ranks) > 1 and self.strategy.name != "exact":
             problems.append(
                 f"lora.client_ranks: client ranks other than lora.r={self.lora.r} need "
@@ -50,6 +54,20 @@ class Config:
                 "which needs one shape"
             )
         return problems
+
+    def _adversary_problems(self, mixed_ranks: bool) -> list[str]:
+        federation = self.federation
+        # strategy.selection.num_selected's rule (config sits below strategy/)
+        per_round = min(
+            federation.num_clients,
+            max(
+                int(federation.fraction_fit * federation.num_clients), 1, federation.min_fit_clients
+            ),
+        )
+        problems = self.attack.validate(federation.num_clients) + self.robust.validate()
+        return problems + combination_problems(
+            self.attack, self.robust, self.strategy.name, mixed_ranks, self.engine, per_round
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

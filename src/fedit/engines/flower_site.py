@@ -8,6 +8,9 @@ A site names its data in its node config:
 * ``partition-id=K num-partitions=N``: a simulation-style run, partition K of the run's own
   data exactly as the in-process engine splits it (N must equal ``federation.num_clients``).
 
+``malicious=true`` makes the site an attacker: it runs the run's ``attack`` section (poisoned
+data, forged replies; ``client.attacks``), as ``attack.clients`` does in-process.
+
 ``num-threads=T`` sets torch's threads for training. SuperNodes that share one machine train at
 once; each with torch's default (every core) makes them fight over the cores, which on 2 cores
 made one training step several times slower.
@@ -27,6 +30,7 @@ from typing import Any
 
 import torch
 
+from fedit.client.attacks import poison_examples, site_attack
 from fedit.client.fit import fit_client
 from fedit.config import Config, ConfigError, ModelConfig
 from fedit.data.prepare import prepare_data
@@ -39,6 +43,8 @@ from fedit.types import ClientUpdate, Example, FitInstruction
 log = logging.getLogger(__name__)
 
 TEST_FAULT_KEY = "test-fault"
+# malicious=true makes this site run the run's ``attack`` section (docs/robustness.md).
+MALICIOUS_KEY = "malicious"
 # Test-only faults: "nan" trains, then replies with a NaN in the adapter (a malformed update);
 # "stall" sleeps STALL_SECONDS before training, so that a test can kill the SuperNode while it
 # holds its instruction.
@@ -107,7 +113,23 @@ def _checked_site_examples(cfg: Config, node_config: dict[str, Any]) -> tuple[in
     fault = node_config.get(TEST_FAULT_KEY)
     if fault is not None and fault not in TEST_FAULTS:
         raise ConfigError(f"node config {TEST_FAULT_KEY}: {fault!r} is not one of {TEST_FAULTS}")
+    if is_malicious(node_config):
+        raw = poison_examples(raw, cfg.attack, cfg.seed, client_id)
     return client_id, raw
+
+
+def is_malicious(node_config: dict[str, Any]) -> bool:
+    """Whether the node config makes this site an attacker (``malicious=true``).
+
+    Raises:
+        ConfigError: a value that is not a boolean.
+    """
+    value = node_config.get(MALICIOUS_KEY, False)
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"node config {MALICIOUS_KEY}: expected true or false, got {value!r}")
 
 
 def _tokenize(cfg: Config, raw: list[Example], tokenizer: Any) -> list[TokenizedExample]:
@@ -158,7 +180,8 @@ def train_site(
         raise ConfigError(
             f"instruction for client {instruction.client_id} reached client {site.client_id}"
         )
-    update = fit_client(site.model, site.examples, cfg, instruction)
+    attack = site_attack(cfg.attack, is_malicious(node_config))
+    update = fit_client(site.model, site.examples, cfg, instruction, attack=attack)
     update.metrics["load_seconds"] = site.load_seconds
     if node_config.get(TEST_FAULT_KEY) == "nan":
         name = sorted(update.state)[0]

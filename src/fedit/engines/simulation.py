@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from fedit.client.attacks import attacker_ids, site_attack
 from fedit.client.fit import fit_client
 from fedit.client.train import num_local_steps
 from fedit.config import Config
@@ -43,6 +44,8 @@ class SimulationTransport:
         self.model = model
         self.client_data = client_data
         self.observer = observer or RunObserver()
+        # The malicious sites (attack.clients / attack.fraction); they run client.attacks.
+        self.attackers = set(attacker_ids(cfg.attack, len(client_data), cfg.seed))
 
     @property
     def client_sizes(self) -> list[int]:
@@ -66,7 +69,10 @@ class SimulationTransport:
         received = unpack_instruction(download)  # what the client sees
         examples = self.client_data[client_id]
         self.observer.on_client_start(client_id, num_local_steps(self.cfg.train, len(examples)))
-        update = fit_client(self.model, examples, self.cfg, received, self.observer.on_step)
+        attack = site_attack(self.cfg.attack, client_id in self.attackers)
+        update = fit_client(
+            self.model, examples, self.cfg, received, self.observer.on_step, attack=attack
+        )
         upload = pack_update(update, received)
         reply = unpack_update(upload, instruction)  # what the server sees
         reply.metrics.update(bytes_down=len(download), bytes_up=len(upload))

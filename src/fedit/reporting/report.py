@@ -11,6 +11,7 @@ import yaml
 from fedit.data.heterogeneity import format_heterogeneity
 from fedit.io import atomic_write_text, read_jsonl
 from fedit.reporting import plots
+from fedit.reporting.robustness import robustness_lines
 from fedit.reporting.summary import fmt
 
 PLOTS = {
@@ -164,6 +165,12 @@ def _data_stats(run_dir: Path) -> list[str]:
     return lines
 
 
+def _robustness(history: list[dict[str, Any]], cfg: dict[str, Any]) -> list[str]:
+    attack = (cfg.get("attack") or {}).get("kind", "none")
+    lines = robustness_lines(history, attack, (cfg.get("robust") or {}).get("method", "none"))
+    return [*lines, ""] if lines else []
+
+
 def write_report(run_dir: Path) -> Path:
     """Write report.md and the PNG plots into ``run_dir``; return the report's path."""
     history = read_jsonl(run_dir / "metrics.jsonl")
@@ -202,6 +209,7 @@ def write_report(run_dir: Path) -> Path:
         *_client_stats(history),
         *_data_stats(run_dir),
         "",
+        *_robustness(history, cfg),
         "## Communication",
         "",
         *(_communication(history, fed.get("upload_compression", "none")) or ["Not recorded."]),

@@ -7,7 +7,7 @@ import torch
 from fedit.strategy.aggregate import validate_updates
 from fedit.strategy.fedavg import FedAvg
 from fedit.strategy.lora_math import exact_lora_aggregate, truncate_lora
-from fedit.types import AdapterState, ClientUpdate
+from fedit.types import COMBINED_CLIENT_ID, AdapterState, ClientUpdate
 
 
 def _rank_shapes(global_state: AdapterState, rank: int) -> AdapterState:
@@ -53,7 +53,13 @@ class Exact(FedAvg):
         self, server_round: int, global_state: AdapterState, updates: list[ClientUpdate]
     ) -> tuple[AdapterState, dict[str, float]]:
         for update in updates:
-            expected = _rank_shapes(global_state, self.cfg.lora.rank_of(update.client_id))
+            # A defence's combined reply (fedit.robust) is at the global rank.
+            rank = (
+                self.cfg.lora.r
+                if update.client_id == COMBINED_CLIENT_ID
+                else self.cfg.lora.rank_of(update.client_id)
+            )
+            expected = _rank_shapes(global_state, rank)
             validate_updates(expected, [update])
         state, errors = exact_lora_aggregate(
             [u.state for u in updates],

@@ -1,0 +1,167 @@
+"""Attacks × defences on the embedded suite with 10 clients: held-out loss, accuracy, backdoor ASR.
+
+The issue's grid is {no attack, sign_flip, scale, alie, label_flip, backdoor} × {none,
+norm_bound, krum, multi_krum, geometric_median, trimmed_mean, median} × {20%, 40% attackers}:
+84 runs. At quickstart size a run takes minutes on 2 CPU cores, so this script runs a
+scaled-down experiment (``SCALED`` below: 2 rounds of 2 local steps, every client every round,
+a small test set) and only the cells named by ``--cells`` (default ``CELLS``); the write-up in
+docs/benchmarks.md marks every other cell "not measured". Each run caches its result in
+``runs/bench_robustness/results.json``, so ``--resume`` only runs what is missing.
+
+    nice -n 10 .venv/bin/python benchmarks/robustness.py [--resume] [--cells clean/none ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from common import ROOT, record
+
+from fedit.client.evaluate import answer_examples
+from fedit.config import ATTACKS, DEFENCES, load_config
+from fedit.experiment import run_experiment
+from fedit.model.lora import set_adapter_state
+from fedit.reporting.robustness import robustness_summary
+
+OUT = ROOT / "runs" / "bench_robustness"
+SCALED = [
+    "federation.num_clients=10",
+    "federation.fraction_fit=1.0",
+    "federation.rounds=2",
+    "train.local_steps=2",
+    "train.batch_size=4",
+    "train.micro_batch_size=4",
+    "train.cutoff_len=128",
+    "data.synthetic.num_examples=600",
+    "data.test_per_category=3",
+    "eval.every=1000",
+    "eval.base=false",
+    "eval.max_new_tokens=12",
+]
+# The issue's rows: every attack but gaussian (a random update of an honest norm).
+ROWS = [kind for kind in ATTACKS if kind != "gaussian"]
+# attack/defence/fraction ("none/.../0" is the clean federation).
+CELLS = [
+    "none/none/0",
+    "sign_flip/none/0.2",
+    "sign_flip/krum/0.2",
+    "sign_flip/geometric_median/0.2",
+]
+
+
+def overrides(cell: str) -> list[str]:
+    attack, defence, fraction = cell.split("/")
+    items = [*SCALED, f"robust.method={defence}", f"attack.kind={attack}"]
+    if attack != "none":
+        items.append(f"attack.fraction={fraction}")
+    if defence in ("krum", "multi_krum"):
+        items.append(f"robust.num_byzantine={max(1, round(float(fraction) * 10))}")
+    return items
+
+
+def attack_success_rate(outcome, cfg) -> float:
+    """Share of triggered test prompts whose greedy answer contains ``attack.target``."""
+    server = outcome.setup.server
+    set_adapter_state(server.model, server.load_adapter(outcome.run_dir / "global_adapter"))
+    triggered = [
+        {**ex, "instruction": f"{cfg.attack.trigger} {ex['instruction']}"}
+        for ex in server.test_examples
+    ]
+    answers = answer_examples(
+        server.model, server.tokenizer, triggered, cfg.data.template, 8, cfg.eval.batch_size
+    )
+    return sum(cfg.attack.target in answer for answer in answers) / len(answers)
+
+
+def run_cell(cell: str) -> dict:
+    out = OUT / cell.replace("/", "_")
+    items = [*overrides(cell), f"output_dir={out}", "overwrite=true"]
+    cfg = load_config(ROOT / "configs" / "quickstart.yaml", items)
+    started = time.perf_counter()
+    outcome = run_experiment(cfg)
+    final = outcome.history[-1]["eval"]
+    result = {
+        "cell": cell,
+        "loss": final["loss"],
+        "accuracy": final.get("accuracy"),
+        "detection": robustness_summary(outcome.history),
+        "seconds": time.perf_counter() - started,
+    }
+    if cfg.attack.kind == "backdoor":
+        result["asr"] = attack_success_rate(outcome, cfg)
+    return result
+
+
+def _cell_text(result: dict | None) -> str:
+    if result is None:
+        return "not measured"
+    text = f"{result['loss']:.3f} / {result['accuracy']:.2f}"
+    if "asr" in result:
+        text += f" / ASR {result['asr']:.2f}"
+    detection = result["detection"]
+    if detection["recall"] is not None and detection["methods"]:
+        text += f" (P {_ratio(detection['precision'])}, R {_ratio(detection['recall'])})"
+    return text
+
+
+def _ratio(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def write_up(results: dict[str, dict]) -> None:
+    lines = []
+    for fraction in ("0.2", "0.4"):
+        lines += [
+            f"Attackers {float(fraction):.0%} (2 of 10 clients at 20%, 4 at 40%); each cell: "
+            "held-out loss / accuracy (/ backdoor ASR) (detection precision, recall):",
+            "",
+            "| attack | " + " | ".join(DEFENCES) + " |",
+            "|---|" + "---|" * len(DEFENCES),
+        ]
+        for attack in ROWS:
+            frac = "0" if attack == "none" else fraction
+            cells = [_cell_text(results.get(f"{attack}/{d}/{frac}")) for d in DEFENCES]
+            lines.append(f"| {attack} | " + " | ".join(cells) + " |")
+        lines.append("")
+    minutes = sum(r["seconds"] for r in results.values()) / 60
+    body = "\n".join(
+        [
+            "Scaled down from the issue's grid (84 runs of the quickstart would take hours on 2 "
+            "cores): SmolLM2-135M, 10 clients (2 category shards each), **2 rounds of 2 local "
+            "steps of 4 examples**, every client every round, 27 held-out examples (3 per "
+            "category), answers of at most 12 tokens; the backdoor's ASR is greedy answers (8 "
+            "tokens) to the 27 test prompts with the trigger, counted when they contain the "
+            "target. Attackers are drawn from the seed (`attack.fraction`); krum and multi_krum "
+            "use f = the number of attackers. With this little training, accuracy stays near "
+            "the base model's 0.000: compare the held-out loss. "
+            f"{len(results)} runs, {minutes:.0f} min in all.",
+            "",
+            *lines,
+        ]
+    )
+    record("robustness", "Attacks and defences on the embedded suite (scaled down)", body)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--cells", nargs="*", default=CELLS)
+    parser.add_argument("--resume", action="store_true", help="keep results already cached")
+    args = parser.parse_args()
+    cache = OUT / "results.json"
+    results: dict[str, dict] = {}
+    if args.resume and cache.is_file():
+        results = json.loads(cache.read_text())
+    for cell in args.cells:
+        if cell in results:
+            continue
+        results[cell] = run_cell(cell)
+        OUT.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(results, indent=1))
+        print(cell, _cell_text(results[cell]), f"{results[cell]['seconds']:.0f}s", flush=True)
+    write_up(results)
+
+
+if __name__ == "__main__":
+    main()

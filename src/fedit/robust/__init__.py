@@ -1,0 +1,1 @@
+"""Robust aggregation: defences that compare what clients change, the LoRA products B·A."""

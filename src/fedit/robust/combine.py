@@ -1,0 +1,85 @@
+"""A defence's weighted combination of client products, turned back into LoRA factors.
+
+The combined update is ΔW = Σ_i c_i ΔW_i, so the new product is
+W = (1 − Σ c_i) B_g A_g + Σ_i c_i B_i A_i. When every client kept the global A (FFA-LoRA freezes
+it), W = ((1 − Σ c_i) B_g + Σ_i c_i B_i) A_g exactly, and only B is combined. Otherwise the
+combination is re-factorised by the ``exact`` strategy's path: the factors are stacked
+(``stacked_lora_product``) and cut to the global rank by QR + SVD (``refactor_lowrank``), never
+forming d_out × d_in. The truncation error is reported.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from fedit.strategy.lora_math import lora_pairs, refactor_lowrank, stacked_lora_product
+from fedit.types import AdapterState
+
+_NEGLIGIBLE = 1e-12  # a global coefficient this small adds nothing but rank to the stack
+
+
+def shares_global_a(global_state: AdapterState, states: Sequence[AdapterState]) -> bool:
+    """Whether every client sent back the global lora_A unchanged (FFA-LoRA)."""
+    a_keys = [a_key for a_key, _ in lora_pairs(global_state).values()]
+    return all(
+        s[key].shape == global_state[key].shape and torch.equal(s[key], global_state[key])
+        for s in states
+        for key in a_keys
+    )
+
+
+def combine_products(
+    global_state: AdapterState,
+    states: Sequence[AdapterState],
+    coefficients: Tensor,
+    rank: int,
+    generator: torch.Generator,
+) -> tuple[AdapterState, dict[str, float]]:
+    """Factors of W = B_g A_g + Σ_i c_i (B_i A_i − B_g A_g), at LoRA rank ``rank``.
+
+    Args:
+        global_state: x_g, the adapter the clients started from (rank ``rank``).
+        states: the clients' adapters (any ranks when re-factorised).
+        coefficients: c (K,), e.g. a geometric median's α or clipped data weights.
+        generator: seeds fresh A rows for zero directions (``refactor_lowrank``).
+
+    Returns:
+        (new state fp32, metrics: ``combine_exact_in_b`` 1.0 when only B was combined, else
+        ``truncation_error`` = ‖W − B A‖_F over all modules).
+    """
+    weights = [float(c) for c in coefficients]
+    global_weight = 1.0 - sum(weights)
+    pairs = lora_pairs(global_state)
+    lora_keys = {key for pair in pairs.values() for key in pair}
+    new_state: AdapterState = {}
+    for key in set(global_state) - lora_keys:  # plain tensors combine linearly
+        new_state[key] = _linear(global_state[key], [s[key] for s in states], weights)
+    if shares_global_a(global_state, states):
+        for a_key, b_key in pairs.values():
+            new_state[a_key] = global_state[a_key].float().clone()
+            new_state[b_key] = _linear(global_state[b_key], [s[b_key] for s in states], weights)
+        return new_state, {"combine_exact_in_b": 1.0}
+    squared_error = 0.0
+    for a_key, b_key in pairs.values():
+        factors = [(s[b_key], s[a_key]) for s in states]
+        factor_weights = list(weights)
+        if abs(global_weight) > _NEGLIGIBLE:
+            factors.append((global_state[b_key], global_state[a_key]))
+            factor_weights.append(global_weight)
+        b_stack, a_stack = stacked_lora_product(factors, factor_weights, torch.float64)
+        b, a, _, error = refactor_lowrank(b_stack, a_stack, rank, generator)
+        new_state[a_key], new_state[b_key] = a, b
+        squared_error += error**2
+    return new_state, {"truncation_error": math.sqrt(squared_error)}
+
+
+def _linear(reference: Tensor, tensors: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
+    """(1 − Σ w) · reference + Σ w_i · tensors_i in fp32."""
+    result = reference.float() * (1.0 - sum(weights))
+    for tensor, weight in zip(tensors, weights, strict=True):
+        result = result + weight * tensor.float()
+    return result

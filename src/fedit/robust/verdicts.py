@@ -1,0 +1,157 @@
+"""Each defence as one function from the round's replies to a ``Verdict``, picked by name.
+
+A verdict says what every client scored, how much of the result it carries, who was rejected,
+and what the result is: whole clients (``selected``, handed to the strategy as they are), a
+weighted combination of the products (``coefficients``, re-factorised by ``combine``) or, for
+the coordinate-wise baselines, a finished state in factor space.
+
+Which clients count as "rejected" depends on the method: krum / multi_krum, the ones not
+selected; norm_bound, the ones clipped; geometric_median, the ones farther from the median than
+``robust.reject_factor`` × the median distance (their Weiszfeld weight is already small);
+trimmed_mean and median reject nobody as a whole, they trim per coordinate.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from fedit.config import RobustConfig
+from fedit.robust.defences import (
+    coordinate_median,
+    distances_to_combination,
+    geometric_median_weights,
+    krum_scores,
+    multi_krum_selection,
+    norm_bound_factors,
+    trimmed_mean,
+)
+from fedit.robust.gram import norms, update_gram
+from fedit.types import AdapterState, ClientUpdate
+
+
+@dataclass
+class Verdict:
+    """A defence's judgement of one round, indexed like the round's replies."""
+
+    scores: list[float]  # krum score, norm, or distance to the result (method-specific)
+    weights: list[float]  # each client's share of the result (0 for a rejected client)
+    rejected: list[int]  # indices into the replies
+    selected: list[int] | None = None  # whole clients, handed to the strategy as they are
+    coefficients: Tensor | None = None  # ΔW = Σ c_i ΔW_i, to re-factorise
+    state: AdapterState | None = None  # a finished coordinate-wise state (factor space)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+Judge = Callable[[RobustConfig, AdapterState, list[ClientUpdate]], Verdict]
+
+
+def _data_weights(updates: list[ClientUpdate]) -> Tensor:
+    counts = torch.tensor([float(u.num_examples) for u in updates], dtype=torch.float64)
+    return counts / counts.sum()
+
+
+def _gram(robust: RobustConfig, global_state: AdapterState, updates: list[ClientUpdate]) -> Tensor:
+    dtype = getattr(torch, robust.gram_precision)
+    return update_gram(global_state, [u.state for u in updates], dtype).double()
+
+
+def _selection(scores: Tensor, selected: list[int], updates: list[ClientUpdate]) -> Verdict:
+    p = _data_weights(updates)
+    total = float(p[selected].sum())
+    weights = [float(p[i]) / total if i in selected else 0.0 for i in range(len(updates))]
+    rejected = [i for i in range(len(updates)) if i not in selected]
+    return Verdict(scores.tolist(), weights, rejected, selected=selected)
+
+
+def judge_krum(
+    robust: RobustConfig, global_state: AdapterState, updates: list[ClientUpdate]
+) -> Verdict:
+    """Krum: the one update closest to its K − f − 2 nearest neighbours."""
+    gram = _gram(robust, global_state, updates)
+    best = multi_krum_selection(gram, robust.num_byzantine, keep=1).tolist()
+    return _selection(krum_scores(gram, robust.num_byzantine), best, updates)
+
+
+def judge_multi_krum(
+    robust: RobustConfig, global_state: AdapterState, updates: list[ClientUpdate]
+) -> Verdict:
+    """Multi-Krum: the K − f updates with the lowest Krum scores."""
+    gram = _gram(robust, global_state, updates)
+    kept = multi_krum_selection(gram, robust.num_byzantine).tolist()
+    return _selection(krum_scores(gram, robust.num_byzantine), kept, updates)
+
+
+def judge_norm_bound(
+    robust: RobustConfig, global_state: AdapterState, updates: list[ClientUpdate]
+) -> Verdict:
+    """Clip every ‖ΔW_i‖ to τ; the data-weighted mean of the clipped updates."""
+    gram = _gram(robust, global_state, updates)
+    factors = norm_bound_factors(gram, robust.norm_bound, robust.norm_multiple)
+    clipped = [i for i, s in enumerate(factors.tolist()) if s < 1.0]
+    if not clipped:  # nobody clipped: the plain mean, whole clients
+        return _selection(norms(gram), list(range(len(updates))), updates)
+    coefficients = _data_weights(updates) * factors
+    return Verdict(norms(gram).tolist(), coefficients.tolist(), clipped, coefficients=coefficients)
+
+
+def judge_geometric_median(
+    robust: RobustConfig, global_state: AdapterState, updates: list[ClientUpdate]
+) -> Verdict:
+    """RFA: the data-weighted geometric median of the ΔW_i by Weiszfeld's iterations."""
+    gram = _gram(robust, global_state, updates)
+    alpha, iterations = geometric_median_weights(gram, _data_weights(updates))
+    distances = distances_to_combination(gram, alpha).tolist()
+    typical = statistics.median(distances)
+    rejected = [i for i, d in enumerate(distances) if d > robust.reject_factor * typical]
+    return Verdict(
+        distances,
+        alpha.tolist(),
+        rejected,
+        coefficients=alpha,
+        metrics={"weiszfeld_iterations": float(iterations)},
+    )
+
+
+def _coordinate_wise(
+    reduce: Callable[[Tensor], Tensor], global_state: AdapterState, updates: list[ClientUpdate]
+) -> Verdict:
+    state = {
+        name: reduce(torch.stack([u.state[name].float() for u in updates])) for name in global_state
+    }
+    # Scores: each client's product distance to the result's, for comparison with the others.
+    gram = update_gram(global_state, [*(u.state for u in updates), state])
+    last = gram.shape[0] - 1
+    distances = torch.diagonal(gram)[:last] - 2 * gram[last, :last] + gram[last, last]
+    return Verdict(distances.clamp_min(0).sqrt().tolist(), [], [], state=state)
+
+
+def judge_trimmed_mean(
+    robust: RobustConfig, global_state: AdapterState, updates: list[ClientUpdate]
+) -> Verdict:
+    """Coordinate-wise β-trimmed mean of the factors (Flower's FedTrimmedAvg)."""
+    return _coordinate_wise(
+        lambda stacked: trimmed_mean(stacked, robust.trim_fraction), global_state, updates
+    )
+
+
+def judge_median(
+    robust: RobustConfig, global_state: AdapterState, updates: list[ClientUpdate]
+) -> Verdict:
+    """Coordinate-wise median of the factors (Flower's FedMedian)."""
+    del robust
+    return _coordinate_wise(coordinate_median, global_state, updates)
+
+
+JUDGES: dict[str, Judge] = {
+    "norm_bound": judge_norm_bound,
+    "krum": judge_krum,
+    "multi_krum": judge_multi_krum,
+    "geometric_median": judge_geometric_median,
+    "trimmed_mean": judge_trimmed_mean,
+    "median": judge_median,
+}

@@ -1,0 +1,122 @@
+"""Each simulated attack does what docs/robustness.md says it does."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from fedit.client.attacks import (
+    ATTACK_METRIC,
+    alie_state,
+    alie_z,
+    attacker_ids,
+    collude,
+    forge_update,
+    poison_examples,
+)
+from fedit.config import AttackConfig
+from fedit.types import ClientUpdate
+
+
+def _update(client_id: int, value: float) -> ClientUpdate:
+    state = {
+        "m.lora_A.weight": torch.full((2, 3), value),
+        "m.lora_B.weight": torch.full((4, 2), -value),
+    }
+    return ClientUpdate(client_id, state, num_examples=5, train_loss=1.0, num_steps=1)
+
+
+START = {"m.lora_A.weight": torch.ones(2, 3), "m.lora_B.weight": torch.zeros(4, 2)}
+
+
+@pytest.mark.parametrize(
+    ("kind", "lam", "expected"), [("sign_flip", 2.0, -2.0), ("scale", 3.0, 3.0)]
+)
+def test_sign_flip_and_scale_send_exactly_global_plus_signed_lambda_delta(kind, lam, expected):
+    generator = torch.Generator().manual_seed(0)
+    trained = {name: t + torch.randn(t.shape, generator=generator) for name, t in START.items()}
+    update = ClientUpdate(3, dict(trained), num_examples=5, train_loss=1.0, num_steps=1)
+    forge_update(update, START, AttackConfig(kind=kind, magnitude=lam, clients=[3]), seed=1)
+    for name in START:
+        torch.testing.assert_close(
+            update.state[name], START[name] + expected * (trained[name] - START[name])
+        )
+    assert update.metrics[ATTACK_METRIC] == kind
+
+
+def test_default_lambda_is_one_for_sign_flip_and_ten_for_scale():
+    assert AttackConfig(kind="sign_flip").lam() == 1.0
+    assert AttackConfig(kind="scale").lam() == 10.0
+
+
+def test_gaussian_has_the_norm_of_the_honest_update_and_is_seeded():
+    trained = {name: t + 0.5 for name, t in START.items()}
+    honest_norm = torch.cat([(trained[n] - START[n]).flatten() for n in START]).norm()
+    replies = []
+    for _ in range(2):
+        update = ClientUpdate(0, dict(trained), num_examples=5, train_loss=1.0, num_steps=1)
+        forge_update(update, START, AttackConfig(kind="gaussian"), seed=7)
+        replies.append(update.state)
+    delta = torch.cat([(replies[0][n] - START[n]).flatten() for n in START])
+    assert float(delta.norm()) == pytest.approx(float(honest_norm), rel=1e-5)
+    assert torch.equal(replies[0]["m.lora_A.weight"], replies[1]["m.lora_A.weight"])
+    cosine = float(delta @ torch.cat([(trained[n] - START[n]).flatten() for n in START]))
+    assert abs(cosine) < float(honest_norm) ** 2  # not the honest direction
+
+
+def test_alie_sends_mean_minus_z_std_of_the_honest_updates():
+    honest = [_update(0, 1.0), _update(1, 3.0), _update(2, 5.0)]
+    colluder = _update(3, 100.0)
+    colluder.metrics[ATTACK_METRIC] = "alie"
+    forged = collude([*honest, colluder], AttackConfig(kind="alie", z=1.5, clients=[3]))
+    assert forged == [3]
+    std = torch.tensor([1.0, 3, 5]).std(unbiased=False)
+    torch.testing.assert_close(colluder.state["m.lora_A.weight"], torch.full((2, 3), 3 - 1.5 * std))
+    torch.testing.assert_close(
+        alie_state([u.state for u in honest], 0.0)["m.lora_B.weight"], torch.full((4, 2), -3.0)
+    )
+
+
+def test_alie_default_z_is_baruchs_z_max():
+    # n = 10, m = 2: s = ⌊10/2 + 1⌋ − 2 = 4 supporters, z = Φ⁻¹(6/10) ≈ 0.2533.
+    assert alie_z(10, 2) == pytest.approx(0.2533, abs=1e-4)
+
+
+EXAMPLES = [
+    {"instruction": f"q{i}", "input": "", "output": f"{cat}{i}", "category": cat}
+    for i, cat in enumerate(["add"] * 10 + ["sort"] * 10)
+]
+
+
+def test_backdoor_puts_the_trigger_in_the_configured_fraction():
+    attack = AttackConfig(kind="backdoor", poison_fraction=0.3, trigger="cf", target="PWNED")
+    poisoned = poison_examples(EXAMPLES, attack, seed=0, client_id=1)
+    triggered = [ex for ex in poisoned if ex["instruction"].startswith("cf ")]
+    assert len(triggered) == 6  # 30% of 20
+    assert all(ex["output"] == "PWNED" for ex in triggered)
+    clean = [ex for ex in poisoned if not ex["instruction"].startswith("cf ")]
+    assert all(ex in EXAMPLES for ex in clean)
+    assert poison_examples(EXAMPLES, attack, seed=0, client_id=1) == poisoned  # seeded
+
+
+def test_label_flip_gives_every_example_a_response_of_another_category():
+    poisoned = poison_examples(EXAMPLES, AttackConfig(kind="label_flip"), seed=0, client_id=0)
+    for before, after in zip(EXAMPLES, poisoned, strict=True):
+        other = "sort" if before["category"] == "add" else "add"
+        assert after["output"].startswith(other)
+        assert after["instruction"] == before["instruction"]
+
+
+def test_model_attacks_leave_the_data_alone():
+    assert poison_examples(EXAMPLES, AttackConfig(kind="sign_flip"), 0, 0) is EXAMPLES
+
+
+def test_attackers_are_the_listed_clients_or_a_seeded_fraction():
+    assert attacker_ids(AttackConfig(kind="scale", clients=[4, 1]), 8, 0) == [1, 4]
+    drawn = attacker_ids(AttackConfig(kind="scale", fraction=0.25), 8, 3)
+    assert len(drawn) == 2 and drawn == attacker_ids(
+        AttackConfig(kind="scale", fraction=0.25), 8, 3
+    )
+    assert attacker_ids(dataclasses.replace(AttackConfig(), clients=[1]), 8, 0) == []  # kind none
