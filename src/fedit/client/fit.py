@@ -9,13 +9,15 @@ asked for to the ``ClientUpdate``. The instruction alone decides the client's ro
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from peft import PeftModel
 
-from fedit.client.train import LocalObjective, train_local
+from fedit.client.dpo import DPOLoss
+from fedit.client.loss import StepLoss
+from fedit.client.train import LocalObjective, model_pad_token_id, train_local
 from fedit.config import Config
-from fedit.data.templates import TokenizedExample
 from fedit.model.lora import add_rank_adapter
 from fedit.types import CONTROL_DELTA, AdapterState, ClientUpdate, FitInstruction
 
@@ -37,7 +39,7 @@ def _adapter_of_rank(model: PeftModel, cfg: Config, rank: int) -> Iterator[None]
 
 def fit_client(
     model: PeftModel,
-    examples: list[TokenizedExample],
+    examples: Sequence[Any],
     cfg: Config,
     instruction: FitInstruction,
     progress: Callable[[int, int, float], None] | None = None,
@@ -46,8 +48,8 @@ def fit_client(
 
     Args:
         model: The peft model with the run's LoRA (``apply_lora(base, cfg.lora, cfg.seed)``).
-        examples: The client's tokenized training examples.
-        cfg: The experiment (its ``train`` and ``lora`` sections are used).
+        examples: The client's tokenized training examples (``TokenizedPair``s for DPO).
+        cfg: The experiment (its ``train``, ``dpo`` and ``lora`` sections are used).
         instruction: Adapter, ``FitConfig`` and tensor extras from the server.
         progress: Step callback, as for ``train_local``.
 
@@ -75,6 +77,7 @@ def fit_client(
             global_state=instruction.state,
             progress=progress,
             objective=objective,
+            step_loss=objective_loss(model, cfg),
         )
     if server_control:
         lr_sum = update.metrics["lr_sum"]
@@ -83,3 +86,12 @@ def fit_client(
             for name in server_control
         }
     return update
+
+
+def objective_loss(model: PeftModel, cfg: Config) -> StepLoss | None:
+    """What the local run minimises: ``DPOLoss`` for ``train.objective=dpo``, else the default
+    (next-token loss on the responses)."""
+    if cfg.train.objective != "dpo":
+        return None
+    train = cfg.train
+    return DPOLoss(cfg.dpo, model_pad_token_id(model), train.autocast, train.micro_batch_size)

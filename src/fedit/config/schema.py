@@ -9,7 +9,7 @@ from typing import Any
 from fedit.config.evaluation import CompareConfig, EvalConfig
 from fedit.config.federation import FederationConfig, FlowerConfig, StrategyConfig
 from fedit.config.fields import check_choice, option
-from fedit.config.training import DataConfig, LoraConfig, ModelConfig, TrainConfig
+from fedit.config.training import DataConfig, DPOConfig, LoraConfig, ModelConfig, TrainConfig
 
 ENGINES = ("simulation", "flower")
 
@@ -22,6 +22,7 @@ class Config:
     lora: LoraConfig = field(default_factory=LoraConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -35,7 +36,8 @@ class Config:
 
     def validate(self) -> list[str]:
         problems: list[str] = []
-        for section in (self.model, self.lora, self.data, self.train, self.federation):
+        sections = (self.model, self.lora, self.data, self.train, self.dpo, self.federation)
+        for section in sections:
             problems += section.validate()
         problems += self.strategy.validate() + self.eval.validate()
         problems += self.compare.validate(self.federation.num_clients)

@@ -23,8 +23,9 @@ class PreparedData:
 
 def prepare_data(cfg: Config) -> PreparedData:
     """Load, hold out the test set, and partition. Raises ConfigError on bad data."""
-    examples = load_examples(cfg.data, cfg.seed)
-    external_test = load_test_examples(cfg.data, cfg.seed)
+    preference = cfg.train.objective == "dpo"  # pairs: chosen (as output) and rejected
+    examples = load_examples(cfg.data, cfg.seed, preference)
+    external_test = load_test_examples(cfg.data, cfg.seed, preference)
     if external_test is not None:
         train, test = examples, external_test
     else:
