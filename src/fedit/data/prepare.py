@@ -7,7 +7,9 @@ from typing import Any
 
 from fedit.config import Config
 from fedit.data.partition import count_table, partition_examples, split_test
+from fedit.data.preference import TokenizedPair, tokenize_pairs
 from fedit.data.sources import load_examples, load_test_examples
+from fedit.data.templates import TokenizedExample, tokenize_examples
 from fedit.types import Example
 
 
@@ -34,3 +36,19 @@ def prepare_data(cfg: Config) -> PreparedData:
     table = count_table(train, parts, cfg.data.partition.by)
     table["num_train"], table["num_test"] = len(train), len(test)
     return PreparedData(train, test, parts, table)
+
+
+def tokenize_training(
+    cfg: Config, examples: list[Example], tokenizer: Any
+) -> tuple[list[TokenizedExample] | list[TokenizedPair], dict[str, int]]:
+    """Tokenize as the objective trains: examples (sft) or chosen / rejected pairs (dpo).
+
+    Returns:
+        The tokenized items and counts of ``total``, ``truncated`` and ``dropped_no_labels``.
+    """
+    data, train = cfg.data, cfg.train
+    if train.objective == "dpo":
+        return tokenize_pairs(examples, tokenizer, data.template, train.cutoff_len)
+    return tokenize_examples(
+        examples, tokenizer, data.template, train.cutoff_len, train.train_on_inputs
+    )

@@ -29,9 +29,8 @@ import torch
 
 from fedit.client.fit import fit_client
 from fedit.config import Config, ConfigError, ModelConfig
-from fedit.data.prepare import prepare_data
+from fedit.data.prepare import prepare_data, tokenize_training
 from fedit.data.sources import load_examples
-from fedit.data.templates import TokenizedExample, tokenize_examples
 from fedit.model.loading import load_model, load_tokenizer
 from fedit.model.lora import apply_lora
 from fedit.types import ClientUpdate, Example, FitInstruction
@@ -51,7 +50,7 @@ class Site:
     """A SuperNode's client id and its tokenized training examples."""
 
     client_id: int
-    examples: list[TokenizedExample]
+    examples: list[Any]  # TokenizedExamples, or TokenizedPairs for DPO
     model: Any
     load_seconds: float
 
@@ -76,7 +75,7 @@ def site_examples(cfg: Config, node_config: dict[str, Any]) -> tuple[int, list[E
         data = dataclasses.replace(
             cfg.data, source=str(node_config["data-path"]), test_source=None, max_examples=None
         )
-        return client_id, load_examples(data, cfg.seed)
+        return client_id, load_examples(data, cfg.seed, cfg.train.objective == "dpo")
     if "partition-id" not in node_config:
         raise ConfigError(
             "node config: give data-path='FILE' client-id=K, or partition-id=K num-partitions=N"
@@ -110,11 +109,8 @@ def _checked_site_examples(cfg: Config, node_config: dict[str, Any]) -> tuple[in
     return client_id, raw
 
 
-def _tokenize(cfg: Config, raw: list[Example], tokenizer: Any) -> list[TokenizedExample]:
-    train = cfg.train
-    examples, _ = tokenize_examples(
-        raw, tokenizer, cfg.data.template, train.cutoff_len, train.train_on_inputs
-    )
+def _tokenize(cfg: Config, raw: list[Example], tokenizer: Any) -> list[Any]:
+    examples, _ = tokenize_training(cfg, raw, tokenizer)  # examples, or pairs for DPO
     return examples
 
 

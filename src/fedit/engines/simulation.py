@@ -15,7 +15,6 @@ from typing import Any
 from fedit.client.fit import fit_client
 from fedit.client.train import num_local_steps
 from fedit.config import Config
-from fedit.data.templates import TokenizedExample
 from fedit.engines.messages import (
     MalformedReplyError,
     pack_instruction,
@@ -36,7 +35,7 @@ class SimulationTransport:
         self,
         cfg: Config,
         model: Any,
-        client_data: list[list[TokenizedExample]],
+        client_data: list[Any],  # per client: TokenizedExamples, or TokenizedPairs for DPO
         observer: RunObserver | None = None,
     ):
         self.cfg = cfg

@@ -10,6 +10,7 @@ import yaml
 
 from fedit.io import atomic_write_text, read_jsonl
 from fedit.reporting import plots
+from fedit.reporting.preference import objective_line, preference_table
 from fedit.reporting.summary import fmt
 
 PLOTS = {
@@ -185,11 +186,13 @@ def write_report(run_dir: Path) -> Path:
         f"partition `{data['partition']['method']}` over {fed['num_clients']} clients",
         f"- Federation: {fed['rounds']} rounds, fraction_fit {fed['fraction_fit']}, "
         f"strategy `{cfg['strategy']['name']}`, seed {cfg['seed']}",
+        objective_line(cfg),
         "",
         "## Results on the held-out test set",
         "",
         *_summary_table(history),
         "",
+        *preference_table(history),
         "## Rounds",
         "",
         *_round_table(history),
