@@ -84,3 +84,35 @@ def test_start_adapter_of_another_shape_is_refused(tiny_model_dir, sft_adapter, 
     with pytest.raises(ConfigError, match=r"model.adapter: .* has r=4 but lora.r=8; set lora.r=4"):
         run_experiment(load_config(DPO, args))
     assert not (tmp_path / "bad").exists()
+
+
+def test_compare_on_a_dpo_config(tiny_model_dir, sft_adapter, tmp_path, capsys):
+    from fedit.cli.main import main
+
+    out = tmp_path / "cmp"
+    args = _dpo_args(tiny_model_dir, out, sft_adapter, "compare.num_local=1")
+    assert main(["compare", str(DPO), *args]) == 0
+    stored = json.loads((out / "compare" / "results.json").read_text())
+    names = [m["name"] for m in stored["models"]]
+    assert names[:2] == ["base", "start"] and "fedit" in names and "centralized" in names
+    assert any(name.startswith("local-") for name in names)
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for name in names:
+        result = stored["results"][name]["preference"]
+        assert {"reward_accuracy", "reward_margin", "accuracy", "chosen_logp"} <= set(result)
+        assert set(result["reward_accuracy_by_category"]) == set(result["accuracy_by_category"])
+    results = stored["results"]
+    assert results["base"]["preference"]["reward_margin"] == 0  # the reference itself
+    # The suite's held-out pairs are the run's: the same scores as the run's own evaluation.
+    for name, record in (("start", history[0]), ("fedit", history[-1])):
+        for metric in ("reward_accuracy", "reward_margin", "accuracy"):
+            assert results[name]["preference"][metric] == pytest.approx(
+                record["eval"][metric], rel=1e-4, abs=1e-6
+            )
+    report = (out / "compare" / "report.md").read_text()
+    assert "reward accuracy" in report and "| start |" in report
+    code = main(["eval", "--adapter", str(out / "global_adapter"), "--suite", "preference"])
+    assert code == 0
+    scored = json.loads((out / "eval" / "preference.json").read_text())
+    assert scored["reward_accuracy"] == pytest.approx(history[-1]["eval"]["reward_accuracy"])
+    capsys.readouterr()

@@ -20,11 +20,12 @@ the round's batches hold; chosen and rejected sequences share one forward pass.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from fedit.client.batching import collate
@@ -85,6 +86,17 @@ def pair_logps(
     )
 
 
+def adapters_off(model: nn.Module) -> contextlib.AbstractContextManager:
+    """Disable the adapter for the block, unless it is off already (or there is none): peft's
+    ``disable_adapter()`` turns adapters back on when it exits, even inside another one."""
+    if not hasattr(model, "disable_adapter"):
+        return contextlib.nullcontext()  # a bare base model
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    if layers and all(layer.disable_adapters for layer in layers):
+        return contextlib.nullcontext()
+    return model.disable_adapter()
+
+
 @torch.no_grad()
 def reference_logps(
     model: nn.Module,
@@ -95,7 +107,7 @@ def reference_logps(
     batch_size: int,
 ) -> torch.Tensor:
     """(P, 2) reference log-probabilities: the adapter disabled (base) or as it is (global)."""
-    context = model.disable_adapter() if reference == "base" else nullcontext()
+    context = adapters_off(model) if reference == "base" else contextlib.nullcontext()
     was_training = model.training
     model.eval()
     parts = []

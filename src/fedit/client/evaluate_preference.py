@@ -18,15 +18,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedit.client.dpo import pair_logps, reference_logps
+from fedit.client.dpo import adapters_off, pair_logps
 from fedit.client.evaluate import by_length, eval_mode, report_batch
 from fedit.client.train import model_pad_token_id
 from fedit.data.preference import TokenizedPair
 
 
 def base_reference(model: nn.Module, pairs: list[TokenizedPair], batch_size: int) -> torch.Tensor:
-    """(P, 2) log-probabilities of chosen and rejected answers under the base model."""
-    return reference_logps(model, pairs, "base", model_pad_token_id(model), "auto", batch_size)
+    """(P, 2) log-probabilities of chosen and rejected answers under the base model, batched
+    exactly as the policy's are, so that the base model scores margins of exactly 0."""
+    with adapters_off(model):
+        return _policy_logps(model, pairs, batch_size)
 
 
 def _policy_logps(model: nn.Module, pairs: list[TokenizedPair], batch_size: int) -> torch.Tensor:

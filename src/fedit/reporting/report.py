@@ -33,10 +33,11 @@ def summary_rows(history: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any
     rows = []
     base = next((r for r in history if r["round"] == 0 and r.get("eval")), None)
     if base:
-        rows.append(("base model", base["eval"]))
+        rows.append(("starting adapter" if base.get("start") else "base model", base["eval"]))
     trained = [r for r in _evals(history) if r["round"] > 0]
     if trained:
-        rows.append((f"FedIT (round {trained[-1]['round']})", trained[-1]["eval"]))
+        method = "FedDPO" if "reward_accuracy" in trained[-1]["eval"] else "FedIT"
+        rows.append((f"{method} (round {trained[-1]['round']})", trained[-1]["eval"]))
     return rows
 
 
