@@ -116,3 +116,24 @@ def test_compare_on_a_dpo_config(tiny_model_dir, sft_adapter, tmp_path, capsys):
     scored = json.loads((out / "eval" / "preference.json").read_text())
     assert scored["reward_accuracy"] == pytest.approx(history[-1]["eval"]["reward_accuracy"])
     capsys.readouterr()
+
+
+def test_a_flower_site_trains_the_same_dpo_update_as_in_process(
+    tiny_model_dir, sft_adapter, tmp_path
+):
+    from fedit.client.fit import fit_client
+    from fedit.data.prepare import prepare_data
+    from fedit.engines.flower_site import train_site
+    from fedit.experiment import load_setup
+    from fedit.types import FitConfig, FitInstruction
+
+    cfg = load_config(DPO, _dpo_args(tiny_model_dir, tmp_path / "x", sft_adapter))
+    setup = load_setup(cfg, prepare_data(cfg))
+    start = setup.server.initial_state()
+    instruction = FitInstruction(1, start, FitConfig(lr=1e-3, rank=cfg.lora.r, seed=7))
+    local = fit_client(setup.server.model, setup.client_data[1], cfg, instruction)
+    node = {"partition-id": 1, "num-partitions": cfg.federation.num_clients}
+    remote = train_site(cfg, node, instruction)
+    torch.testing.assert_close(remote.state, local.state)
+    assert remote.metrics["reward_accuracy"] == local.metrics["reward_accuracy"]
+    assert remote.train_loss == pytest.approx(local.train_loss)

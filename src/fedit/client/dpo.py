@@ -89,12 +89,13 @@ def pair_logps(
 def adapters_off(model: nn.Module) -> contextlib.AbstractContextManager:
     """Disable the adapter for the block, unless it is off already (or there is none): peft's
     ``disable_adapter()`` turns adapters back on when it exits, even inside another one."""
-    if not hasattr(model, "disable_adapter"):
+    disable_adapter = getattr(model, "disable_adapter", None)
+    if disable_adapter is None:
         return contextlib.nullcontext()  # a bare base model
     layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
     if layers and all(layer.disable_adapters for layer in layers):
         return contextlib.nullcontext()
-    return model.disable_adapter()
+    return disable_adapter()
 
 
 @torch.no_grad()

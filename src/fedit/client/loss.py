@@ -40,7 +40,7 @@ class StepLoss(Protocol):
 
 
 @cache
-def _accepts_logits_to_keep(model_type: type) -> bool:
+def _accepts_logits_to_keep(model_type: Any) -> bool:
     return "logits_to_keep" in inspect.signature(model_type.forward).parameters
 
 
@@ -63,7 +63,8 @@ def token_loss_sum(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.
     scored = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero()  # logit positions with a target
     first = int(scored[0]) if len(scored) else 0
     kwargs: dict[str, int] = {}
-    if first > 0 and _accepts_logits_to_keep(type(_base_model(model))):
+    model_type: Any = type(_base_model(model))
+    if first > 0 and _accepts_logits_to_keep(model_type):
         kwargs["logits_to_keep"] = labels.shape[1] - first  # logits of positions first..T-1
     else:
         first = 0
