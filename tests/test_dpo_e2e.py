@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fedit.config import ConfigError, load_config
+from fedit.config import STRATEGIES, ConfigError, load_config
 from fedit.experiment import run_experiment
 from helpers import CrashInRound, tiny_args
 
@@ -137,3 +137,33 @@ def test_a_flower_site_trains_the_same_dpo_update_as_in_process(
     torch.testing.assert_close(remote.state, local.state)
     assert remote.metrics["reward_accuracy"] == local.metrics["reward_accuracy"]
     assert remote.train_loss == pytest.approx(local.train_loss)
+
+
+def test_dpo_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match="train.train_on_inputs: DPO compares"):
+        load_config(DPO, ["train.train_on_inputs=true"])
+    with pytest.raises(ConfigError) as info:
+        load_config(DPO, ["dpo.reference=policy", "dpo.loss=hinge", "dpo.beta=0"])
+    message = str(info.value)
+    assert "dpo.reference: unknown value 'policy'" in message
+    assert "dpo.loss: unknown value 'hinge'" in message and "dpo.beta: must be > 0" in message
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_feddpo_with_every_strategy_and_int8_uploads(name, tiny_model_dir, sft_adapter, tmp_path):
+    args = _dpo_args(
+        tiny_model_dir,
+        tmp_path / name,
+        sft_adapter,
+        f"strategy.name={name}",
+        "federation.upload_compression=int8",
+        "eval.generate=false",
+    )
+    outcome = run_experiment(load_config(DPO, args))
+    final = _adapter(outcome.run_dir / "global_adapter")
+    assert all(torch.isfinite(t).all() for t in final.values())
+    for record in outcome.history[1:]:
+        assert record["eval"]["reward_accuracy"] is not None
+        for metrics in record["client_metrics"].values():
+            assert "reward_accuracy" in metrics and metrics["bytes_up"] > 0

@@ -44,6 +44,11 @@ class Config:
         problems += check_choice("engine", self.engine, ENGINES)
         if self.engine == "flower":
             problems += self.flower.validate()
+        if self.train.objective == "dpo" and self.train.train_on_inputs:
+            problems.append(
+                "train.train_on_inputs: DPO compares the answers' log-probabilities only; "
+                "set train.train_on_inputs=false with train.objective=dpo"
+            )
         ranks = {self.lora.r, *(self.lora.client_ranks or [])}
         if len(ranks) > 1 and self.strategy.name != "exact":
             problems.append(
