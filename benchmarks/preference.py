@@ -40,8 +40,12 @@ SFT_SCALE = [
 ]
 DPO_SCALE = [
     "federation.rounds=2",
-    "train.local_steps=3",
-    "data.test_per_category=4",
+    "train.local_steps=2",
+    "train.batch_size=4",
+    "train.micro_batch_size=4",
+    "data.test_per_category=3",
+    "eval.every=2",
+    "eval.max_new_tokens=12",
     "compare.num_local=2",
 ]
 TIMED_CLIENTS = (0, 1)
@@ -75,10 +79,12 @@ def main() -> None:
     parser.add_argument("--output-dir", default="runs/bench_preference")
     parser.add_argument("--sft", nargs="*", default=[], help="overrides of the SFT phase")
     parser.add_argument("--dpo", nargs="*", default=[], help="overrides of the DPO phase")
+    parser.add_argument("--note", default="", help="a remark for the write-up (load, provenance)")
     args = parser.parse_args()
     out = ROOT / args.output_dir
     started = time.perf_counter()
     start = args.start
+    made = f"the quickstart's instruction tuning with `{' '.join(SFT_SCALE + args.sft)}`"
     if start is None:
         sft = load_config(
             ROOT / "configs" / "quickstart.yaml",
@@ -98,9 +104,9 @@ def main() -> None:
     steps = dpo.train.local_steps
     body = "\n".join(
         [
-            "On the embedded suite with SmolLM2-135M-Instruct: the quickstart's instruction "
-            f"tuning ({' '.join(SFT_SCALE + args.sft) or 'as shipped'}; "
-            f"{sft_minutes:.1f} min) gives the starting adapter, then "
+            "On the embedded suite with SmolLM2-135M-Instruct. Starting adapter: "
+            + (f"`{start}`" if args.start else f"{made} ({sft_minutes:.1f} min)")
+            + ", then "
             "`fedit compare configs/dpo.yaml` with "
             f"`{' '.join(DPO_SCALE + args.dpo)}` ({outcome.seconds / 60:.1f} min). Implicit "
             "rewards use the base model as reference, so the base row is 0 by definition.",
@@ -123,6 +129,7 @@ def main() -> None:
             f"side by side in this script: SFT {sft_s:.1f} s ({sft_tokens:,} tokens), DPO "
             f"{dpo_s:.1f} s ({dpo_tokens:,} tokens, chosen and rejected): **DPO / SFT = "
             f"{dpo_s / sft_s:.2f}x** time per round.",
+            *(["", args.note] if args.note else []),
         ]
     )
     record("preference", "FedDPO after instruction tuning", body)
