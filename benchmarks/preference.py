@@ -43,10 +43,12 @@ DPO_SCALE = [
     "train.local_steps=2",
     "train.batch_size=4",
     "train.micro_batch_size=4",
-    "data.test_per_category=3",
+    "data.test_per_category=2",
+    "eval.base=false",
     "eval.every=2",
+    "eval.batch_size=18",
     "eval.max_new_tokens=12",
-    "compare.num_local=2",
+    "compare.num_local=1",
 ]
 TIMED_CLIENTS = (0, 1)
 
