@@ -15,12 +15,12 @@ from typing import Any
 from fedit.client.attacks import attacker_ids, poison_examples
 from fedit.client.train import num_local_steps
 from fedit.config import Config, ConfigError
-from fedit.data.prepare import PreparedData, prepare_data
+from fedit.data.prepare import PreparedData, prepare_data, tokenize_training
 from fedit.data.synthetic import score_answer
-from fedit.data.templates import TokenizedExample, tokenize_examples
 from fedit.engines.simulation import SimulationTransport
 from fedit.model.loading import load_model
 from fedit.model.lora import apply_lora
+from fedit.model.start_adapter import load_start_adapter
 from fedit.reporting.report import write_report
 from fedit.robust.defended import defend
 from fedit.server.checkpoint import RunDir
@@ -39,7 +39,7 @@ class Setup:
 
     data: PreparedData
     server: GlobalModel  # the base model with the run's LoRA, and the test set
-    client_data: list[list[TokenizedExample]]  # each client's tokenized training examples
+    client_data: list[Any]  # each client's TokenizedExamples (sft) or TokenizedPairs (dpo)
     tokenization: dict[str, int]  # total, truncated and dropped training examples
 
     @property
@@ -68,6 +68,8 @@ def load_setup(cfg: Config, data: PreparedData) -> Setup:
     # Seeded right here: loading may draw random numbers (the one-time GGUF conversion builds a
     # randomly initialised model), and the LoRA init must not depend on whether it ran.
     model = apply_lora(base, cfg.lora, seed=cfg.seed)
+    if cfg.model.adapter:
+        load_start_adapter(model, cfg.model.adapter, cfg.lora)  # the run's initial adapter
     train_cfg = cfg.train
     stats = {"total": 0, "truncated": 0, "dropped_no_labels": 0}
     client_data = []
@@ -76,19 +78,11 @@ def load_setup(cfg: Config, data: PreparedData) -> Setup:
         raw = [data.train[i] for i in indices]
         if client_id in attackers:  # a data attack poisons its own training set
             raw = poison_examples(raw, cfg.attack, cfg.seed, client_id)
-        tokenized, client_stats = tokenize_examples(
-            raw,
-            tokenizer,
-            cfg.data.template,
-            train_cfg.cutoff_len,
-            train_cfg.train_on_inputs,
-        )
+        tokenized, client_stats = tokenize_training(cfg, raw, tokenizer)
         client_data.append(tokenized)
         for key in stats:
             stats[key] += client_stats[key]
-    test_tokenized, _ = tokenize_examples(
-        data.test, tokenizer, cfg.data.template, train_cfg.cutoff_len, train_cfg.train_on_inputs
-    )
+    test_tokenized, _ = tokenize_training(cfg, data.test, tokenizer)
     if stats["truncated"]:
         log.warning(
             "%d of %d training examples were truncated at train.cutoff_len=%d",

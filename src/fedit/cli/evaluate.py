@@ -42,7 +42,8 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
         action="append",
         required=True,
         metavar="[NAME=]KIND[:SOURCE]",
-        help="repeatable: heldout, instructions:FILE|HUB_ID, mc:FILE, gsm8k:FILE, "
+        help="repeatable: heldout, instructions:FILE|HUB_ID, preference[:FILE|HUB_ID], mc:FILE, "
+        "gsm8k:FILE, "
         "judge:question.jsonl",
     )
     parser.add_argument("--out", help="folder for eval/ (default: the run folder)")

@@ -303,7 +303,8 @@ COMMANDS: dict[str, Command] = {
     "export": (cmd_export, "export an adapter, merged into a standalone model", _add_export_args),
     "eval": (
         cmd_eval,
-        "score a base model or an adapter on evaluation suites (held-out, MC, GSM8K, judge)",
+        "score a base model or an adapter on evaluation suites "
+        "(held-out, preference, MC, GSM8K, judge)",
         evaluate.add_eval_args,
     ),
     "compare": (

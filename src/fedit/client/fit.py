@@ -9,14 +9,16 @@ asked for to the ``ClientUpdate``. The instruction alone decides the client's ro
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from peft import PeftModel
 
 from fedit.client.attacks import forge_update
-from fedit.client.train import LocalObjective, train_local
+from fedit.client.dpo import DPOLoss
+from fedit.client.loss import StepLoss
+from fedit.client.train import LocalObjective, model_pad_token_id, train_local
 from fedit.config import AttackConfig, Config
-from fedit.data.templates import TokenizedExample
 from fedit.model.lora import add_rank_adapter
 from fedit.types import CONTROL_DELTA, AdapterState, ClientUpdate, FitInstruction
 
@@ -38,7 +40,7 @@ def _adapter_of_rank(model: PeftModel, cfg: Config, rank: int) -> Iterator[None]
 
 def fit_client(
     model: PeftModel,
-    examples: list[TokenizedExample],
+    examples: Sequence[Any],
     cfg: Config,
     instruction: FitInstruction,
     progress: Callable[[int, int, float], None] | None = None,
@@ -48,8 +50,8 @@ def fit_client(
 
     Args:
         model: The peft model with the run's LoRA (``apply_lora(base, cfg.lora, cfg.seed)``).
-        examples: The client's tokenized training examples.
-        cfg: The experiment (its ``train`` and ``lora`` sections are used).
+        examples: The client's tokenized training examples (``TokenizedPair``s for DPO).
+        cfg: The experiment (its ``train``, ``dpo`` and ``lora`` sections are used).
         instruction: Adapter, ``FitConfig`` and tensor extras from the server.
         progress: Step callback, as for ``train_local``.
         attack: set on a malicious site (``client.attacks``): the reply is forged and marked.
@@ -78,6 +80,7 @@ def fit_client(
             global_state=instruction.state,
             progress=progress,
             objective=objective,
+            step_loss=objective_loss(model, cfg),
         )
     if server_control:
         lr_sum = update.metrics["lr_sum"]
@@ -88,3 +91,12 @@ def fit_client(
     if attack is not None:
         forge_update(update, instruction.state, attack, config.seed)
     return update
+
+
+def objective_loss(model: PeftModel, cfg: Config) -> StepLoss | None:
+    """What the local run minimises: ``DPOLoss`` for ``train.objective=dpo``, else the default
+    (next-token loss on the responses)."""
+    if cfg.train.objective != "dpo":
+        return None
+    train = cfg.train
+    return DPOLoss(cfg.dpo, model_pad_token_id(model), train.autocast, train.micro_batch_size)

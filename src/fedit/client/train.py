@@ -12,70 +12,31 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import inspect
+import itertools
 import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import cache
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from fedit.client.batching import Batch, collate, iterate_batches, split_micro_batches
-from fedit.config import ConfigError, TrainConfig
-from fedit.data.templates import IGNORE_INDEX, TokenizedExample
+from fedit.client.batching import iterate_batches, split_micro_batches
+from fedit.client.device import (  # noqa: F401 - re-exported: where callers have always found them
+    autocast_context,
+    cpu_supports_bf16,
+    model_device,
+    model_pad_token_id,
+    resolve_autocast,
+)
+from fedit.client.loss import StepLoss, TokenLoss, count_label_tokens, token_loss_sum  # noqa: F401
+from fedit.config import TrainConfig
 from fedit.model.lora import adapter_parameters, get_adapter_state, set_adapter_state
 from fedit.types import AdapterState, ClientUpdate
 
 logger = logging.getLogger(__name__)
-
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
-
-
-@cache
-def cpu_supports_bf16() -> bool:
-    """Whether this CPU runs bf16 matmuls natively (AVX512-BF16 or AMX), not emulated."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    for name in checks:
-        check = getattr(torch.cpu, name, None)
-        with contextlib.suppress(Exception):
-            if check is not None and check():
-                return True
-    return False
-
-
-def resolve_autocast(device: torch.device, mode: str) -> torch.dtype | None:
-    """The autocast dtype for ``train.autocast`` on ``device`` (None = full precision).
-
-    ``auto`` picks bf16 on a CUDA GPU that supports it and on a CPU with native bf16; otherwise
-    fp32, because emulated bf16 is slower than fp32.
-    """
-    if mode == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-        return torch.bfloat16 if device.type == "cpu" and cpu_supports_bf16() else None
-    if mode not in AUTOCAST_DTYPES:
-        raise ConfigError(f"train.autocast: unknown value {mode!r}; choose auto, bf16, fp16, none")
-    return AUTOCAST_DTYPES[mode]
-
-
-def autocast_context(device: torch.device, mode: str) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` for ``mode`` on ``device``, or a no-op when it resolves to none."""
-    dtype = resolve_autocast(device, mode)
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Where the model's inputs go: the device of its input embeddings."""
-    get_embeddings = getattr(model, "get_input_embeddings", None)
-    if get_embeddings is not None and get_embeddings() is not None:
-        return get_embeddings().weight.device
-    return next(model.parameters()).device
 
 
 def num_local_steps(cfg: TrainConfig, num_examples: int) -> int:
@@ -83,56 +44,6 @@ def num_local_steps(cfg: TrainConfig, num_examples: int) -> int:
     if cfg.local_steps is not None:
         return cfg.local_steps
     return max(1, math.ceil(cfg.local_epochs * num_examples / cfg.batch_size))
-
-
-@cache
-def _accepts_logits_to_keep(model_type: type) -> bool:
-    return "logits_to_keep" in inspect.signature(model_type.forward).parameters
-
-
-def _base_model(model: nn.Module) -> nn.Module:
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
-
-
-def token_loss_sum(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed next-token cross-entropy over label tokens and the per-row sums.
-
-    Positions before the batch's first label token predict nothing that is scored, so the
-    vocabulary projection skips them (``logits_to_keep``, where the model supports it). With the
-    loss on responses only, that removes most of the (B, T, vocab) logits work.
-
-    Returns:
-        (total loss, scalar) and (per-row loss sums, (B,)), both fp32.
-    """
-    labels = batch["labels"]  # (B, T)
-    scored = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero()  # logit positions with a target
-    first = int(scored[0]) if len(scored) else 0
-    kwargs: dict[str, int] = {}
-    if first > 0 and _accepts_logits_to_keep(type(_base_model(model))):
-        kwargs["logits_to_keep"] = labels.shape[1] - first  # logits of positions first..T-1
-    else:
-        first = 0
-    logits = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        use_cache=False,
-        **kwargs,
-    ).logits[:, :-1]  # (B, T-1-first, vocab): position t predicts token t+1
-    targets = labels[:, first + 1 :]  # (B, T-1-first)
-    losses = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(),
-        targets.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="none",
-    ).view(targets.shape)  # (B, T-1-first), 0 where ignored
-    per_row = losses.sum(dim=1)
-    return per_row.sum(), per_row
-
-
-def count_label_tokens(batch: Batch) -> int:
-    """Tokens that contribute to the loss (labels shifted by one, as in ``token_loss_sum``)."""
-    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
 
 @contextlib.contextmanager
@@ -150,45 +61,6 @@ def _training_mode(model: nn.Module, gradient_checkpointing: bool) -> Iterator[N
         if gradient_checkpointing:
             model.gradient_checkpointing_disable()
             model.disable_input_require_grads()
-
-
-def _step(
-    model: nn.Module,
-    micro_batches: Sequence[Sequence[TokenizedExample]],
-    pad_token_id: int,
-    autocast: str,
-    scaler: torch.amp.GradScaler,
-) -> tuple[float, int, int]:
-    """Accumulate gradients of one optimizer step. Returns (loss, real tokens, padded slots).
-
-    Each micro-batch's summed loss is divided by the label tokens of the whole step, so the
-    accumulated gradient equals that of one big batch.
-    """
-    device = model_device(model)
-    batches = [collate(micro, pad_token_id) for micro in micro_batches]
-    label_tokens = max(1, sum(count_label_tokens(batch) for batch in batches))
-    step_loss, real, slots = 0.0, 0, 0
-    for batch in batches:
-        batch = {key: value.to(device) for key, value in batch.items()}
-        with autocast_context(device, autocast):
-            loss_sum, _ = token_loss_sum(model, batch)
-        loss = loss_sum / label_tokens
-        scaler.scale(loss).backward()
-        step_loss += loss.item()
-        real += int(batch["attention_mask"].sum())
-        slots += batch["attention_mask"].numel()
-    return step_loss, real, slots
-
-
-def model_pad_token_id(model: nn.Module) -> int:
-    """The id used to pad batches: the config's pad token, else its EOS, else 0."""
-    pad = getattr(model.config, "pad_token_id", None)
-    if pad is None:
-        pad = getattr(model.config, "eos_token_id", None)
-    if isinstance(pad, list):
-        pad = pad[0]
-    # Padding positions are masked out of attention and labels, so any valid id works.
-    return int(pad) if pad is not None else 0
 
 
 @dataclass
@@ -282,7 +154,7 @@ class StepStats:
 
 def _train_steps(
     model: nn.Module,
-    examples: list[TokenizedExample],
+    examples: Sequence[Any],
     cfg: TrainConfig,
     lr: float,
     seed: int,
@@ -290,6 +162,7 @@ def _train_steps(
     objective: LocalObjective,
     anchor: AdapterState,
     named: dict[str, nn.Parameter],
+    step_loss: StepLoss,
 ) -> StepStats:
     """The optimizer steps of one local run."""
     device = model_device(model)
@@ -305,18 +178,23 @@ def _train_steps(
         anchor=anchor,
         max_grad_norm=cfg.max_grad_norm,
     )
-    batches = iterate_batches(
-        examples, cfg.batch_size, seed=seed, group_by_length=cfg.group_by_length
-    )
-    pad_token_id = model_pad_token_id(model)
     total_steps = num_local_steps(cfg, len(examples))
+    batches = list(
+        itertools.islice(
+            iterate_batches(
+                examples, cfg.batch_size, seed=seed, group_by_length=cfg.group_by_length
+            ),
+            total_steps,
+        )
+    )
+    step_loss.prepare(model, batches)  # before train(): DPO's reference pass, without dropout
     stats = StepStats([], 0, 0, 0.0)
     with _training_mode(model, cfg.gradient_checkpointing):
-        for step in range(1, total_steps + 1):
+        for step, batch in enumerate(batches, start=1):
             # Linear warmup within the local run, then the round's constant lr.
             step_lr = lr * (min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0)
-            micro = split_micro_batches(next(batches), cfg.micro_batch_size)
-            loss, real, slots = _step(model, micro, pad_token_id, cfg.autocast, optimizer.scaler)
+            micro = split_micro_batches(batch, cfg.micro_batch_size)
+            loss, real, slots = step_loss.accumulate(model, micro, optimizer.scaler)
             optimizer.step(step_lr)
             stats.losses.append(loss)
             stats.real_tokens += real
@@ -329,7 +207,7 @@ def _train_steps(
 
 def train_local(
     model: nn.Module,
-    examples: list[TokenizedExample],
+    examples: Sequence[Any],
     cfg: TrainConfig,
     *,
     client_id: int,
@@ -338,6 +216,7 @@ def train_local(
     global_state: AdapterState | None = None,
     progress: Callable[[int, int, float], None] | None = None,
     objective: LocalObjective | None = None,
+    step_loss: StepLoss | None = None,
 ) -> ClientUpdate:
     """Train the model's adapter on one client's examples and return the new adapter.
 
@@ -347,7 +226,7 @@ def train_local(
 
     Args:
         model: The peft model (base + LoRA); trained in place, left in eval mode.
-        examples: The client's tokenized training examples.
+        examples: The client's tokenized training examples (or pairs, for DPO).
         cfg: The ``train`` section of the config.
         client_id: Echoed into the update.
         lr: Peak learning rate for this round (the server applies the across-round schedule).
@@ -355,6 +234,8 @@ def train_local(
         global_state: Adapter weights to start from (the global model); None keeps the current.
         progress: Called as ``progress(step, total_steps, loss)`` after every optimizer step.
         objective: Strategy changes to the local run (FedProx, SCAFFOLD, FFA-LoRA).
+        step_loss: What each step minimises; default ``TokenLoss`` (instruction tuning).
+            ``client/dpo.DPOLoss`` trains on preference pairs instead of examples.
 
     Returns:
         The update: adapter state (CPU fp32), ``num_examples``, mean loss over steps, steps and
@@ -373,10 +254,14 @@ def train_local(
     frozen = [p for n, p in named.items() if objective.trainable == "lora_B" and ".lora_A." in n]
     anchor = {k: v.detach().clone() for k, v in global_state.items()} if global_state else {}
 
+    step_loss = step_loss or TokenLoss(model_pad_token_id(model), cfg.autocast)
+
     torch.manual_seed(seed)
     start = time.perf_counter()
     with _frozen(frozen):
-        stats = _train_steps(model, examples, cfg, lr, seed, progress, objective, anchor, named)
+        stats = _train_steps(
+            model, examples, cfg, lr, seed, progress, objective, anchor, named, step_loss
+        )
     seconds = time.perf_counter() - start
     losses, real_tokens, padded_slots = stats.losses, stats.real_tokens, stats.padded_slots
     mean_loss = sum(losses) / len(losses)
@@ -395,5 +280,6 @@ def train_local(
             "seconds": seconds,
             "tokens_per_second": real_tokens / seconds if seconds > 0 else 0.0,
             "lr_sum": stats.lr_sum,
+            **step_loss.metrics(),
         },
     )

@@ -10,7 +10,7 @@ from fedit.config.adversary import AttackConfig, RobustConfig, combination_probl
 from fedit.config.evaluation import CompareConfig, EvalConfig
 from fedit.config.federation import FederationConfig, FlowerConfig, StrategyConfig
 from fedit.config.fields import check_choice, option
-from fedit.config.training import DataConfig, LoraConfig, ModelConfig, TrainConfig
+from fedit.config.training import DataConfig, DPOConfig, LoraConfig, ModelConfig, TrainConfig
 
 ENGINES = ("simulation", "flower")
 
@@ -23,6 +23,7 @@ class Config:
     lora: LoraConfig = field(default_factory=LoraConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -38,13 +39,19 @@ class Config:
 
     def validate(self) -> list[str]:
         problems: list[str] = []
-        for section in (self.model, self.lora, self.data, self.train, self.federation):
+        sections = (self.model, self.lora, self.data, self.train, self.dpo, self.federation)
+        for section in sections:
             problems += section.validate()
         problems += self.strategy.validate() + self.eval.validate()
         problems += self.compare.validate(self.federation.num_clients)
         problems += check_choice("engine", self.engine, ENGINES)
         if self.engine == "flower":
             problems += self.flower.validate()
+        if self.train.objective == "dpo" and self.train.train_on_inputs:
+            problems.append(
+                "train.train_on_inputs: DPO compares the answers' log-probabilities only; "
+                "set train.train_on_inputs=false with train.objective=dpo"
+            )
         ranks = {self.lora.r, *(self.lora.client_ranks or [])}
         problems += self._adversary_problems(len(ranks) > 1)
         if len(ranks) > 1 and self.strategy.name != "exact":

@@ -13,6 +13,9 @@ TEMPLATES = ("alpaca", "chat")
 PARTITION_METHODS = ("iid", "dirichlet", "shards", "natural")
 LR_SCHEDULES = ("constant", "cosine")
 AUTOCAST = ("auto", "bf16", "fp16", "none")
+OBJECTIVES = ("sft", "dpo")
+DPO_REFERENCES = ("base", "global")
+DPO_LOSSES = ("sigmoid", "ipo")
 
 
 @dataclass
@@ -28,6 +31,11 @@ class ModelConfig:
     quantization: str = option("none", "none, 4bit or 8bit (bitsandbytes; CPU or CUDA)")
     revision: str | None = option(None, "hub revision (branch, tag or commit)")
     trust_remote_code: bool = option(False, "allow model code from the hub")
+    adapter: str | None = option(
+        None,
+        "PEFT adapter folder to start from (e.g. runs/quickstart/global_adapter); "
+        "its rank, alpha and target modules must match lora.*",
+    )
 
     def validate(self) -> list[str]:
         problems = check_choice("model.dtype", self.dtype, DTYPES)
@@ -194,9 +202,13 @@ class TrainConfig:
     autocast: str = option("auto", "mixed precision: auto (bf16 where supported), bf16, fp16, none")
     group_by_length: bool = option(True, "batch examples of similar length to cut padding")
     gradient_checkpointing: bool = option(False, "trade compute for activation memory")
+    objective: str = option(
+        "sft", "sft (instruction tuning) or dpo (preference pairs; see the dpo section)"
+    )
 
     def validate(self) -> list[str]:
         problems = check_choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        problems += check_choice("train.objective", self.objective, OBJECTIVES)
         problems += check_choice("train.autocast", self.autocast, AUTOCAST)
         for key in ("batch_size", "micro_batch_size", "cutoff_len"):
             if getattr(self, key) < 1:
@@ -216,4 +228,24 @@ class TrainConfig:
             problems.append(f"train.lr_min: must be in [0, train.lr], got {self.lr_min}")
         if self.warmup_steps < 0:
             problems.append(f"train.warmup_steps: must be >= 0, got {self.warmup_steps}")
+        return problems
+
+
+@dataclass
+class DPOConfig:
+    """Direct preference optimisation (``train.objective=dpo``), Rafailov et al. 2023."""
+
+    beta: float = option(0.1, "strength of the KL anchor to the reference (DPO's beta)")
+    reference: str = option(
+        "base",
+        "reference model: base (adapter disabled, as TRL with peft) or global (the round's "
+        "global adapter, frozen)",
+    )
+    loss: str = option("sigmoid", "sigmoid (DPO) or ipo (Azar et al. 2023, length-normalised)")
+
+    def validate(self) -> list[str]:
+        problems = check_choice("dpo.reference", self.reference, DPO_REFERENCES)
+        problems += check_choice("dpo.loss", self.loss, DPO_LOSSES)
+        if not self.beta > 0:
+            problems.append(f"dpo.beta: must be > 0, got {self.beta}")
         return problems

@@ -13,7 +13,9 @@ from fedit.data.partition import (
     split_client_tests,
     split_test,
 )
+from fedit.data.preference import TokenizedPair, tokenize_pairs
 from fedit.data.sources import load_examples, load_test_examples
+from fedit.data.templates import TokenizedExample, tokenize_examples
 from fedit.types import Example
 
 
@@ -30,8 +32,9 @@ class PreparedData:
 
 def prepare_data(cfg: Config) -> PreparedData:
     """Load, hold out the test set, and partition. Raises ConfigError on bad data."""
-    examples = load_examples(cfg.data, cfg.seed)
-    external_test = load_test_examples(cfg.data, cfg.seed)
+    preference = cfg.train.objective == "dpo"  # pairs: chosen (as output) and rejected
+    examples = load_examples(cfg.data, cfg.seed, preference)
+    external_test = load_test_examples(cfg.data, cfg.seed, preference)
     if external_test is not None:
         train, test = examples, external_test
     else:
@@ -45,3 +48,19 @@ def prepare_data(cfg: Config) -> PreparedData:
     table["heterogeneity"] = heterogeneity(train, parts, cfg.data.partition.by)
     client_test = [[train[i] for i in part] for part in test_parts]
     return PreparedData(train, test, parts, client_test, table)
+
+
+def tokenize_training(
+    cfg: Config, examples: list[Example], tokenizer: Any
+) -> tuple[list[TokenizedExample] | list[TokenizedPair], dict[str, int]]:
+    """Tokenize as the objective trains: examples (sft) or chosen / rejected pairs (dpo).
+
+    Returns:
+        The tokenized items and counts of ``total``, ``truncated`` and ``dropped_no_labels``.
+    """
+    data, train = cfg.data, cfg.train
+    if train.objective == "dpo":
+        return tokenize_pairs(examples, tokenizer, data.template, train.cutoff_len)
+    return tokenize_examples(
+        examples, tokenizer, data.template, train.cutoff_len, train.train_on_inputs
+    )

@@ -46,12 +46,13 @@ _MAX_REASON = 200
 Record = dict[str, Any]
 
 
-def load_examples(data: DataConfig, seed: int) -> list[Example]:
+def load_examples(data: DataConfig, seed: int, preference: bool = False) -> list[Example]:
     """Load and normalise the training examples named by ``data.source``.
 
     Args:
         data: The data section of the config.
         seed: Seeds the synthetic generator and the shuffle behind ``data.max_examples``.
+        preference: Read preference pairs (``data/preference.py``) instead of instructions.
 
     Returns:
         The normalised examples (shuffled and cut to ``data.max_examples`` when that is set).
@@ -61,14 +62,9 @@ def load_examples(data: DataConfig, seed: int) -> list[Example]:
             holds no examples.
     """
     if data.source == "synthetic":
-        from fedit.data.synthetic import generate_synthetic
-
-        records = generate_synthetic(
-            data.synthetic.num_examples, seed=seed, categories=data.synthetic.categories
-        )
-        examples = normalize_records(records, ColumnsConfig(), "the synthetic suite")
+        examples = _synthetic(data, seed, preference)
     else:
-        examples = load_source(data.source, "data.source", "train", data)
+        examples = load_source(data.source, "data.source", "train", data, preference)
     if data.max_examples is not None:
         order = np.random.default_rng(seed).permutation(len(examples))
         examples = [examples[i] for i in order[: data.max_examples]]
@@ -76,7 +72,9 @@ def load_examples(data: DataConfig, seed: int) -> list[Example]:
     return examples
 
 
-def load_test_examples(data: DataConfig, seed: int) -> list[Example] | None:
+def load_test_examples(
+    data: DataConfig, seed: int, preference: bool = False
+) -> list[Example] | None:
     """Load the separate test set named by ``data.test_source``, or None when it is unset.
 
     A folder given as ``data.test_source`` is read from its ``test.*`` file. ``data.max_examples``
@@ -92,18 +90,26 @@ def load_test_examples(data: DataConfig, seed: int) -> list[Example] | None:
     if data.test_source is None:
         return None
     if data.test_source == "synthetic":
-        from fedit.data.synthetic import generate_synthetic
-
-        records = generate_synthetic(
-            data.synthetic.num_examples, seed=seed, categories=data.synthetic.categories
-        )
-        return normalize_records(records, ColumnsConfig(), "the synthetic suite")
-    examples = load_source(data.test_source, "data.test_source", "test", data)
+        return _synthetic(data, seed, preference)
+    examples = load_source(data.test_source, "data.test_source", "test", data, preference)
     logger.info("loaded %d test examples from %s", len(examples), data.test_source)
     return examples
 
 
-def load_source(source: str, key: str, folder_split: str, data: DataConfig) -> list[Example]:
+def _synthetic(data: DataConfig, seed: int, preference: bool) -> list[Example]:
+    from fedit.data.synthetic import generate_synthetic
+    from fedit.data.synthetic_pairs import generate_synthetic_pairs
+
+    generate = generate_synthetic_pairs if preference else generate_synthetic
+    records = generate(data.synthetic.num_examples, seed=seed, categories=data.synthetic.categories)
+    if preference:
+        return records
+    return normalize_records(records, ColumnsConfig(), "the synthetic suite")
+
+
+def load_source(
+    source: str, key: str, folder_split: str, data: DataConfig, preference: bool = False
+) -> list[Example]:
     """Read a local file, a folder (its ``folder_split``.* file) or a hub dataset."""
     path = Path(source).expanduser()
     if path.exists():
@@ -116,7 +122,12 @@ def load_source(source: str, key: str, folder_split: str, data: DataConfig) -> l
     else:
         records = _load_hub(source, key, data)
         origin = f"hub dataset {source!r}"
-    examples = normalize_records(records, data.columns, origin)
+    if preference:
+        from fedit.data.preference import normalize_preference_records
+
+        examples = normalize_preference_records(records, data.columns, origin)
+    else:
+        examples = normalize_records(records, data.columns, origin)
     if not examples:
         raise ConfigError(f"{key}: {origin} holds no examples")
     _check_responses(examples, key, origin)

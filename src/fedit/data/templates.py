@@ -119,3 +119,41 @@ def tokenize_examples(
             continue
         kept.append(tokenized)
     return kept, stats
+
+
+ALPACA_PREAMBLE = (
+    "Below is an instruction that describes a task. Write a response that appropriately "
+    "completes the request."
+)
+
+
+def alpaca_chat_prompt(messages: list[dict[str, str]]) -> str:
+    """A conversation as Alpaca blocks (what ``fedit serve`` sends the model).
+
+    System messages (joined by blank lines) replace the preamble; each user turn is an
+    ``### Instruction:`` block followed by ``### Response:``, each assistant turn the response
+    text. One user message without a system message gives exactly ``build_prompt``'s prompt.
+    """
+    system = [m["content"] for m in messages if m["role"] == "system"]
+    parts = ["\n\n".join(system) if system else ALPACA_PREAMBLE, "\n\n"]
+    for message in messages:
+        if message["role"] == "user":
+            parts.append(f"### Instruction:\n{message['content']}\n\n### Response:\n")
+        elif message["role"] == "assistant":
+            parts.append(f"{message['content']}\n\n")
+    return "".join(parts)
+
+
+def chat_prompt(messages: list[dict[str, str]], template: str, tokenizer: Any) -> str:
+    """The prompt text for ``messages`` under ``template`` (alpaca or chat).
+
+    Raises:
+        ConfigError: Unknown template, or ``chat`` with a tokenizer that has no chat template.
+    """
+    if template == "alpaca":
+        return alpaca_chat_prompt(messages)
+    if template == "chat":
+        # build_prompt checks that the tokenizer has a chat template and names the fix.
+        build_prompt({"instruction": "", "input": "", "output": ""}, template, tokenizer)
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    raise ConfigError(f"template: unknown value {template!r}; choose alpaca or chat")

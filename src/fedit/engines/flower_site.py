@@ -33,9 +33,8 @@ import torch
 from fedit.client.attacks import poison_examples, site_attack
 from fedit.client.fit import fit_client
 from fedit.config import Config, ConfigError, ModelConfig
-from fedit.data.prepare import prepare_data
+from fedit.data.prepare import prepare_data, tokenize_training
 from fedit.data.sources import load_examples
-from fedit.data.templates import TokenizedExample, tokenize_examples
 from fedit.model.loading import load_model, load_tokenizer
 from fedit.model.lora import apply_lora
 from fedit.types import ClientUpdate, Example, FitInstruction
@@ -57,7 +56,7 @@ class Site:
     """A SuperNode's client id and its tokenized training examples."""
 
     client_id: int
-    examples: list[TokenizedExample]
+    examples: list[Any]  # TokenizedExamples, or TokenizedPairs for DPO
     model: Any
     load_seconds: float
 
@@ -82,7 +81,7 @@ def site_examples(cfg: Config, node_config: dict[str, Any]) -> tuple[int, list[E
         data = dataclasses.replace(
             cfg.data, source=str(node_config["data-path"]), test_source=None, max_examples=None
         )
-        return client_id, load_examples(data, cfg.seed)
+        return client_id, load_examples(data, cfg.seed, cfg.train.objective == "dpo")
     if "partition-id" not in node_config:
         raise ConfigError(
             "node config: give data-path='FILE' client-id=K, or partition-id=K num-partitions=N"
@@ -132,11 +131,8 @@ def is_malicious(node_config: dict[str, Any]) -> bool:
     raise ConfigError(f"node config {MALICIOUS_KEY}: expected true or false, got {value!r}")
 
 
-def _tokenize(cfg: Config, raw: list[Example], tokenizer: Any) -> list[TokenizedExample]:
-    train = cfg.train
-    examples, _ = tokenize_examples(
-        raw, tokenizer, cfg.data.template, train.cutoff_len, train.train_on_inputs
-    )
+def _tokenize(cfg: Config, raw: list[Example], tokenizer: Any) -> list[Any]:
+    examples, _ = tokenize_training(cfg, raw, tokenizer)  # examples, or pairs for DPO
     return examples
 
 

@@ -16,7 +16,6 @@ from fedit.client.attacks import attacker_ids, site_attack
 from fedit.client.fit import fit_client
 from fedit.client.train import num_local_steps
 from fedit.config import Config
-from fedit.data.templates import TokenizedExample
 from fedit.engines.messages import (
     MalformedReplyError,
     pack_instruction,
@@ -37,7 +36,7 @@ class SimulationTransport:
         self,
         cfg: Config,
         model: Any,
-        client_data: list[list[TokenizedExample]],
+        client_data: list[Any],  # per client: TokenizedExamples, or TokenizedPairs for DPO
         observer: RunObserver | None = None,
     ):
         self.cfg = cfg

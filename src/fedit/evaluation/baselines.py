@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from fedit.client.fit import objective_loss
 from fedit.client.train import train_local
 from fedit.config import Config, ConfigError
 from fedit.data.templates import TokenizedExample
@@ -126,6 +127,7 @@ def train_schedule(
             seed=client_seed(cfg.seed, stint.server_round, client_id),
             global_state=state,
             progress=progress,
+            step_loss=objective_loss(model, cfg),  # DPO's pairs, or the default next-token loss
         )
         state, total = update.state, total + update.num_steps
     return state, total

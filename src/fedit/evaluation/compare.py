@@ -1,6 +1,6 @@
 """``fedit compare CONFIG``: the FedIT paper's experiment in one command, on one data split.
 
-1. **base**: the base model, no adapter;
+1. **base**: the base model, no adapter (and **start**, the ``model.adapter`` a run began from);
 2. **local-c** for k chosen clients: trained only on client c's data (``evaluation.baselines``);
 3. **fedit**: the global adapter of the federated run (run, resumed, or reused if complete);
 4. **centralized**: all training data pooled, with FedIT's total number of steps.
@@ -94,11 +94,15 @@ def run_compare(cfg: Config, observer: RunObserver | None = None) -> CompareOutc
     schedule = step_schedule(fedit_run.history, steps)
     fedit_state = load_adapter_state(fedit_run.run_dir / "global_adapter")
     contenders = [Contender("base", "the base model, no adapter", 0, None)]
+    if cfg.model.adapter:  # DPO's usual start: the instruction-tuned adapter everyone begins at
+        start = setup.server.initial_state()
+        contenders.append(Contender("start", f"model.adapter {cfg.model.adapter}", 0, start))
     contenders += _local_contenders(cfg, setup, schedule, observer)
+    method = "FedDPO" if cfg.train.objective == "dpo" else "FedIT"
     contenders.append(
         Contender(
             "fedit",
-            f"FedIT global adapter: {cfg.federation.num_clients} clients, "
+            f"{method} global adapter: {cfg.federation.num_clients} clients, "
             f"{cfg.federation.rounds} rounds, {cfg.strategy.name}",
             sum(s.steps for stints in schedule.values() for s in stints),
             fedit_state,

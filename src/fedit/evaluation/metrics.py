@@ -21,6 +21,8 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from fedit.data.synthetic import score_answer
+
 logger = logging.getLogger(__name__)
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -127,3 +129,18 @@ def generation_scores(
         }
     result["num_examples"] = len(predictions)
     return result
+
+
+def exact_answer_accuracy(
+    answers: list[str], references: list[str], categories: list[str]
+) -> dict[str, Any]:
+    """The training run's own accuracy (``score_answer``: first line, exact after light cleanup),
+    so a compare table matches the run's report."""
+    hits: dict[str, list[bool]] = {}
+    for answer, reference, category in zip(answers, references, categories, strict=True):
+        hits.setdefault(category, []).append(score_answer(answer, reference))
+    flat = [hit for values in hits.values() for hit in values]
+    return {
+        "accuracy": sum(flat) / len(flat) if flat else 0.0,
+        "accuracy_by_category": {c: sum(v) / len(v) for c, v in sorted(hits.items())},
+    }

@@ -5,6 +5,8 @@ A suite spec is ``KIND`` or ``KIND:SOURCE``, optionally named: ``NAME=KIND:SOURC
 =================  ==========================================================================
 ``heldout``        the run's held-out test split (the same one training held out)
 ``instructions:S`` any file, folder (its ``test.*``) or hub dataset in the core data formats
+``preference``     the run's held-out preference pairs (``preference:S``: a preference source);
+                   reward accuracy, margin, log-probs, greedy exact-answer accuracy
 ``mc:FILE``        multiple choice (MMLU style or Alpaca ``Options: A. ...``), by log-likelihood
 ``gsm8k:FILE``     free-form numeric answers; the reference ends with ``#### 42``
 ``judge:FILE``     FastChat ``question.jsonl`` (Vicuna-bench, MT-Bench) graded by an LLM judge
@@ -28,12 +30,13 @@ from fedit.config import Config, ConfigError
 from fedit.data.synthetic import score_answer
 from fedit.data.templates import tokenize_examples
 from fedit.evaluation.answers import generate_turn_answers
-from fedit.evaluation.metrics import generation_scores, rouge_l, token_f1
+from fedit.evaluation.metrics import exact_answer_accuracy, generation_scores, rouge_l, token_f1
 from fedit.types import Example
 
 log = logging.getLogger(__name__)
 
-SUITE_KINDS = ("heldout", "instructions", "mc", "gsm8k", "judge")
+SUITE_KINDS = ("heldout", "instructions", "preference", "mc", "gsm8k", "judge")
+_OPTIONAL_SOURCE = ("preference",)  # alone: the run's held-out pairs
 _NAME = re.compile(r"^[A-Za-z0-9][\w.-]*$")
 # File stems too generic to name a suite by; the folder name is used instead.
 _GENERIC_STEMS = {"question", "questions", "test", "train", "data", "validation", "dev"}
@@ -60,7 +63,7 @@ def parse_suite(spec: str, key: str = "--suite") -> SuiteSpec:
         raise ConfigError(f"{key} {spec!r}: unknown kind {kind!r}; use {', '.join(SUITE_KINDS)}")
     if kind == "heldout" and source:
         raise ConfigError(f"{key} {spec!r}: heldout takes no source (it is the run's test split)")
-    if kind != "heldout" and not source:
+    if kind != "heldout" and kind not in _OPTIONAL_SOURCE and not source:
         raise ConfigError(f"{key} {spec!r}: {kind} needs a source, e.g. {kind}:path/to/file")
     name = name or _default_name(kind, source)
     if not _NAME.match(name):
@@ -129,7 +132,7 @@ class InstructionSuite:
         references = [e["output"] for e in self.examples]
         categories = [e.get("category", "") for e in self.examples]
         result.update(generation_scores(answers, references, categories))
-        result.update(_exact_answer_accuracy(answers, references, categories))
+        result.update(exact_answer_accuracy(answers, references, categories))
         # What a paired comparison of two models needs: every example's score, in test order.
         result["per_example"] = per_example_scores(answers, references)
         result["samples"] = [
@@ -149,19 +152,23 @@ def per_example_scores(answers: list[str], references: list[str]) -> dict[str, l
     }
 
 
-def _exact_answer_accuracy(
-    answers: list[str], references: list[str], categories: list[str]
-) -> dict[str, Any]:
-    """The training run's own accuracy (``score_answer``: first line, exact after light cleanup),
-    so a compare table matches the run's report."""
-    hits: dict[str, list[bool]] = {}
-    for answer, reference, category in zip(answers, references, categories, strict=True):
-        hits.setdefault(category, []).append(score_answer(answer, reference))
-    flat = [hit for values in hits.values() for hit in values]
-    return {
-        "accuracy": sum(flat) / len(flat) if flat else 0.0,
-        "accuracy_by_category": {c: sum(v) / len(v) for c, v in sorted(hits.items())},
-    }
+@dataclass
+class PreferenceSuite:
+    """Preference pairs: implicit-reward accuracy and margin, and greedy answers (DPO's suite)."""
+
+    spec: SuiteSpec
+    pairs: list[Example]
+
+    def size(self) -> int:
+        return 3 * len(self.pairs)  # reference and policy passes, then a generation pass
+
+    def evaluate(self, ctx: EvalContext) -> dict[str, Any]:
+        from fedit.evaluation.preference import score_preferences
+
+        result = score_preferences(
+            ctx.model, ctx.tokenizer, ctx.template, ctx.cfg, self.pairs, ctx.autocast
+        )
+        return {"suite": self.spec.name, "kind": self.spec.kind, **result}
 
 
 @dataclass
@@ -264,6 +271,10 @@ def load_suite(spec: SuiteSpec, cfg: Config, key: str = "--suite") -> Suite:
                 f"(data.test_per_category={cfg.data.test_per_category})"
             )
         return InstructionSuite(spec, test)
+    if spec.kind == "preference":
+        from fedit.evaluation.preference import load_preference_pairs
+
+        return PreferenceSuite(spec, load_preference_pairs(spec.source, cfg, f"{key} {spec.name}"))
     source = str(spec.source)
     key = f"{key} {spec.name}"
     if spec.kind == "instructions":

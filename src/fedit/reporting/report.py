@@ -11,6 +11,7 @@ import yaml
 from fedit.data.heterogeneity import format_heterogeneity
 from fedit.io import atomic_write_text, read_jsonl
 from fedit.reporting import plots
+from fedit.reporting.preference import objective_line, preference_table
 from fedit.reporting.robustness import robustness_lines
 from fedit.reporting.summary import fmt
 
@@ -34,10 +35,11 @@ def summary_rows(history: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any
     rows = []
     base = next((r for r in history if r["round"] == 0 and r.get("eval")), None)
     if base:
-        rows.append(("base model", base["eval"]))
+        rows.append(("starting adapter" if base.get("start") else "base model", base["eval"]))
     trained = [r for r in _evals(history) if r["round"] > 0]
     if trained:
-        rows.append((f"FedIT (round {trained[-1]['round']})", trained[-1]["eval"]))
+        method = "FedDPO" if "reward_accuracy" in trained[-1]["eval"] else "FedIT"
+        rows.append((f"{method} (round {trained[-1]['round']})", trained[-1]["eval"]))
     return rows
 
 
@@ -195,11 +197,13 @@ def write_report(run_dir: Path) -> Path:
         f"partition `{data['partition']['method']}` over {fed['num_clients']} clients",
         f"- Federation: {fed['rounds']} rounds, fraction_fit {fed['fraction_fit']}, "
         f"strategy `{cfg['strategy']['name']}`, seed {cfg['seed']}",
+        objective_line(cfg),
         "",
         "## Results on the held-out test set",
         "",
         *_summary_table(history),
         "",
+        *preference_table(history),
         "## Rounds",
         "",
         *_round_table(history),

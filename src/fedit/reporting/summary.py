@@ -16,6 +16,13 @@ TABLE_METRICS: dict[str, list[tuple[str, str, str]]] = {
         ("token_f1", "token_f1_by_category", "token F1"),
         ("loss", "loss_by_category", "loss (lower is better)"),
     ],
+    "preference": [
+        ("reward_accuracy", "reward_accuracy_by_category", "reward accuracy"),
+        ("reward_margin", "reward_margin_by_category", "mean reward margin"),
+        ("accuracy", "accuracy_by_category", "exact-answer accuracy"),
+        ("chosen_logp", "chosen_logp_by_category", "chosen log-prob"),
+        ("rejected_logp", "rejected_logp_by_category", "rejected log-prob"),
+    ],
     "mc": [("accuracy", "accuracy_by_subject", "accuracy")],
     "gsm8k": [("accuracy", "accuracy_by_category", "final-number accuracy")],
     "judge": [("score", "score_by_category", "judge score (1-10)")],

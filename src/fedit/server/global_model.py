@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from fedit.client.evaluate import evaluate_accuracy, evaluate_loss
+from fedit.client.evaluate_preference import base_reference, evaluate_preferences
 from fedit.config import Config
-from fedit.data.templates import TokenizedExample
 from fedit.model.lora import get_adapter_state, load_adapter_state, save_adapter, set_adapter_state
 from fedit.types import AdapterState, Example
 
@@ -27,7 +27,7 @@ class GlobalModel:
         model: Any,
         tokenizer: Any,
         test_examples: list[Example],
-        test_tokenized: list[TokenizedExample],
+        test_tokenized: list[Any],  # TokenizedExamples, or TokenizedPairs for DPO
         scorer: Callable[[str, str], bool],
     ):
         self.cfg = cfg
@@ -36,12 +36,18 @@ class GlobalModel:
         self.test_examples = test_examples
         self.test_tokenized = test_tokenized
         self.scorer = scorer
-        self._initial = get_adapter_state(model)  # LoRA init right after apply_lora (seeded)
+        self._initial = get_adapter_state(model)  # LoRA init (seeded), or model.adapter
+        self._reference: Any = None  # DPO: base log-probs of the test pairs, computed once
 
     def initial_state(self) -> AdapterState:
         return {name: tensor.clone() for name, tensor in self._initial.items()}
 
     def evaluate(self, state: AdapterState | None) -> dict[str, Any]:
+        if self.cfg.train.objective == "dpo" and self._reference is None and self.test_tokenized:
+            # Before any disable_adapter() block: peft's context re-enables adapters on exit.
+            self._reference = base_reference(
+                self.model, self.test_tokenized, self.cfg.eval.batch_size
+            )
         if state is None:
             with self.model.disable_adapter():
                 return self._score()
@@ -51,7 +57,16 @@ class GlobalModel:
     def _score(self) -> dict[str, Any]:
         evaluation = self.cfg.eval
         metrics: dict[str, Any] = {}
-        if self.test_tokenized:
+        if self.test_tokenized and self.cfg.train.objective == "dpo":
+            pairs = self.test_tokenized
+            chosen = [pair.chosen for pair in pairs]  # held-out loss = loss of the chosen answers
+            metrics.update(evaluate_loss(self.model, chosen, evaluation.batch_size))
+            metrics.update(
+                evaluate_preferences(
+                    self.model, pairs, self.cfg.dpo.beta, evaluation.batch_size, self._reference
+                )
+            )
+        elif self.test_tokenized:
             metrics.update(evaluate_loss(self.model, self.test_tokenized, evaluation.batch_size))
         if evaluation.generate and self.test_examples:
             metrics.update(

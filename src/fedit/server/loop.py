@@ -108,7 +108,8 @@ def run_rounds(
         observer: Progress hooks.
 
     Returns:
-        The final global adapter and the metrics history (round 0 is the base model).
+        The final global adapter and the metrics history (round 0 is the base
+        model, or model.adapter).
     """
     observer = observer or RunObserver()
     point = run_dir.resume_point() if cfg.resume else None
@@ -122,8 +123,13 @@ def run_rounds(
 
     if cfg.eval.base and not any(r["round"] == 0 for r in history):
         started = time.perf_counter()
-        base = _evaluate(server, None, "base", observer)
-        history.append({"round": 0, "eval": base, "seconds": {"eval": _since(started)}})
+        # Round 0 scores what round 1 starts from: the base model, or model.adapter.
+        start = server.initial_state() if cfg.model.adapter else None
+        base = _evaluate(server, start, "start" if start else "base", observer)
+        record = {"round": 0, "eval": base, "seconds": {"eval": _since(started)}}
+        if start is not None:
+            record["start"] = cfg.model.adapter  # the report labels round 0 by it
+        history.append(record)
         run_dir.write_metrics(history)
 
     observer.on_run_start(first_round, cfg.federation.rounds)

@@ -1,0 +1,140 @@
+"""What one optimizer step minimises: the ``StepLoss`` protocol and the instruction-tuning loss.
+
+``train_local`` draws the round's batches, lets the loss ``prepare`` on them (DPO computes its
+reference log-probabilities there, before training mode), then calls ``accumulate`` once per
+optimizer step. ``TokenLoss`` is next-token cross-entropy on the response tokens (SFT);
+``client/dpo.DPOLoss`` is the preference objective.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from functools import cache
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedit.client.batching import Batch, collate
+from fedit.client.device import autocast_context, model_device
+from fedit.data.templates import IGNORE_INDEX, TokenizedExample
+
+
+class StepLoss(Protocol):
+    """An objective of the local run; ``train_local`` calls it, the optimizer steps."""
+
+    def prepare(self, model: nn.Module, batches: Sequence[Sequence[Any]]) -> None:
+        """See every batch of the run before training starts (model in eval mode)."""
+
+    def accumulate(
+        self, model: nn.Module, micro_batches: Sequence[Sequence[Any]], scaler: torch.amp.GradScaler
+    ) -> tuple[float, int, int]:
+        """Backpropagate one optimizer step. Returns (loss, real tokens, padded slots)."""
+        ...
+
+    def metrics(self) -> dict[str, float]:
+        """Scalars for the client's reply, over the whole run."""
+        ...
+
+
+@cache
+def _accepts_logits_to_keep(model_type: Any) -> bool:
+    return "logits_to_keep" in inspect.signature(model_type.forward).parameters
+
+
+def _base_model(model: nn.Module) -> nn.Module:
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def token_loss_sum(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token cross-entropy over label tokens and the per-row sums.
+
+    Positions before the batch's first label token predict nothing that is scored, so the
+    vocabulary projection skips them (``logits_to_keep``, where the model supports it). With the
+    loss on responses only, that removes most of the (B, T, vocab) logits work.
+
+    Returns:
+        (total loss, scalar) and (per-row loss sums, (B,)), both fp32.
+    """
+    labels = batch["labels"]  # (B, T)
+    scored = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero()  # logit positions with a target
+    first = int(scored[0]) if len(scored) else 0
+    kwargs: dict[str, int] = {}
+    model_type: Any = type(_base_model(model))
+    if first > 0 and _accepts_logits_to_keep(model_type):
+        kwargs["logits_to_keep"] = labels.shape[1] - first  # logits of positions first..T-1
+    else:
+        first = 0
+    logits = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        use_cache=False,
+        **kwargs,
+    ).logits[:, :-1]  # (B, T-1-first, vocab): position t predicts token t+1
+    targets = labels[:, first + 1 :]  # (B, T-1-first)
+    losses = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    ).view(targets.shape)  # (B, T-1-first), 0 where ignored
+    per_row = losses.sum(dim=1)
+    return per_row.sum(), per_row
+
+
+def count_label_tokens(batch: Batch) -> int:
+    """Tokens that contribute to the loss (labels shifted by one, as in ``token_loss_sum``)."""
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+
+def _step(
+    model: nn.Module,
+    micro_batches: Sequence[Sequence[TokenizedExample]],
+    pad_token_id: int,
+    autocast: str,
+    scaler: torch.amp.GradScaler,
+) -> tuple[float, int, int]:
+    """Accumulate gradients of one optimizer step. Returns (loss, real tokens, padded slots).
+
+    Each micro-batch's summed loss is divided by the label tokens of the whole step, so the
+    accumulated gradient equals that of one big batch.
+    """
+    device = model_device(model)
+    batches = [collate(micro, pad_token_id) for micro in micro_batches]
+    label_tokens = max(1, sum(count_label_tokens(batch) for batch in batches))
+    step_loss, real, slots = 0.0, 0, 0
+    for batch in batches:
+        batch = {key: value.to(device) for key, value in batch.items()}
+        with autocast_context(device, autocast):
+            loss_sum, _ = token_loss_sum(model, batch)
+        loss = loss_sum / label_tokens
+        scaler.scale(loss).backward()
+        step_loss += loss.item()
+        real += int(batch["attention_mask"].sum())
+        slots += batch["attention_mask"].numel()
+    return step_loss, real, slots
+
+
+class TokenLoss:
+    """Instruction tuning: mean next-token cross-entropy over the step's label tokens."""
+
+    def __init__(self, pad_token_id: int, autocast: str):
+        self.pad_token_id = pad_token_id
+        self.autocast = autocast
+
+    def prepare(self, model: nn.Module, batches: Sequence[Sequence[Any]]) -> None:
+        del model, batches  # nothing to precompute
+
+    def accumulate(
+        self,
+        model: nn.Module,
+        micro_batches: Sequence[Sequence[TokenizedExample]],
+        scaler: torch.amp.GradScaler,
+    ) -> tuple[float, int, int]:
+        return _step(model, micro_batches, self.pad_token_id, self.autocast, scaler)
+
+    def metrics(self) -> dict[str, float]:
+        return {}
