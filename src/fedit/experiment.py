@@ -25,6 +25,7 @@ from fedit.server.checkpoint import RunDir
 from fedit.server.global_model import GlobalModel
 from fedit.server.loop import run_rounds
 from fedit.server.observer import RunObserver
+from fedit.server.privacy import PrivacyRun
 from fedit.server.protocols import Transport
 from fedit.strategy import build_strategy
 
@@ -125,10 +126,15 @@ def run_experiment(
     # A remote transport connects here, so that missing clients fail before anything is written.
     sizes = transport.client_sizes
     log.info("%d clients with %d training examples", len(sizes), sum(sizes))
+    privacy = None
+    if cfg.privacy.level != "none":  # calibrated, or the resume's budget checked, before writing
+        privacy = PrivacyRun.start(cfg, sizes, run_dir.path)
     if not cfg.resume:
         run_dir.start(cfg, setup.data.table, cfg.overwrite)
+        if privacy is not None:
+            privacy.plan.save(run_dir.path)
     strategy = build_strategy(cfg)
-    state, history = run_rounds(cfg, transport, setup.server, strategy, run_dir, observer)
+    state, history = run_rounds(cfg, transport, setup.server, strategy, run_dir, observer, privacy)
     setup.server.save_adapter(state, run_dir.path / "global_adapter")
     report = write_report(run_dir.path)
     return RunOutcome(run_dir.path, history, report, time.perf_counter() - started, setup)

@@ -13,10 +13,12 @@ from collections.abc import Callable, Iterator
 
 from peft import PeftModel
 
+from fedit.client.dpsgd import ExamplePrivacy, private_steps, sample_rate
 from fedit.client.train import LocalObjective, train_local
 from fedit.config import Config
 from fedit.data.templates import TokenizedExample
 from fedit.model.lora import add_rank_adapter
+from fedit.privacy.mechanism import privatize_update
 from fedit.types import CONTROL_DELTA, AdapterState, ClientUpdate, FitInstruction
 
 DEFAULT_ADAPTER = "default"  # peft's name for the adapter apply_lora creates (rank lora.r)
@@ -51,6 +53,10 @@ def fit_client(
         instruction: Adapter, ``FitConfig`` and tensor extras from the server.
         progress: Step callback, as for ``train_local``.
 
+    Under ``dp_level=client`` the reply is the clipped (and, if told, noised) update
+    (``privacy.mechanism.privatize_update``); under ``example`` the local run is DP-SGD
+    (``client.dpsgd``) and the metrics say how many examples it drew and clipped.
+
     Returns:
         The update; with SCAFFOLD its ``extras["control_delta"]`` is
         ``Δc_i = (x − y_i) / Σ_t η_t − c`` (Karimireddy et al. 2020, option II).
@@ -64,6 +70,9 @@ def fit_client(
         objective.scaffold_correction = {
             name: server_control[name] - client_control[name] for name in server_control
         }
+    example_privacy = None
+    if config.dp_level == "example":
+        example_privacy = ExamplePrivacy(config.dp_clip_norm, config.dp_noise_multiplier)
     with _adapter_of_rank(model, cfg, config.rank):
         update = train_local(
             model,
@@ -75,6 +84,7 @@ def fit_client(
             global_state=instruction.state,
             progress=progress,
             objective=objective,
+            steps=private_steps(example_privacy) if example_privacy else None,
         )
     if server_control:
         lr_sum = update.metrics["lr_sum"]
@@ -82,4 +92,11 @@ def fit_client(
             name: (instruction.state[name] - update.state[name]) / lr_sum - server_control[name]
             for name in server_control
         }
+    if config.dp_level == "client":
+        update = privatize_update(update, instruction.state, config)
+    if example_privacy is not None:
+        update.metrics["dp_examples"] = example_privacy.examples
+        update.metrics["dp_examples_clipped"] = example_privacy.clipped
+        update.metrics["dp_sample_rate"] = sample_rate(cfg.train, len(examples))
+        update.metrics["dp_steps"] = update.num_steps
     return update

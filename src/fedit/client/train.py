@@ -338,6 +338,7 @@ def train_local(
     global_state: AdapterState | None = None,
     progress: Callable[[int, int, float], None] | None = None,
     objective: LocalObjective | None = None,
+    steps: Callable[..., StepStats] | None = None,
 ) -> ClientUpdate:
     """Train the model's adapter on one client's examples and return the new adapter.
 
@@ -355,6 +356,7 @@ def train_local(
         global_state: Adapter weights to start from (the global model); None keeps the current.
         progress: Called as ``progress(step, total_steps, loss)`` after every optimizer step.
         objective: Strategy changes to the local run (FedProx, SCAFFOLD, FFA-LoRA).
+        steps: The step loop, ``_train_steps``'s signature (DP-SGD: ``client.dpsgd``).
 
     Returns:
         The update: adapter state (CPU fp32), ``num_examples``, mean loss over steps, steps and
@@ -376,12 +378,13 @@ def train_local(
     torch.manual_seed(seed)
     start = time.perf_counter()
     with _frozen(frozen):
-        stats = _train_steps(model, examples, cfg, lr, seed, progress, objective, anchor, named)
+        run = steps or _train_steps
+        stats = run(model, examples, cfg, lr, seed, progress, objective, anchor, named)
     seconds = time.perf_counter() - start
     losses, real_tokens, padded_slots = stats.losses, stats.real_tokens, stats.padded_slots
     mean_loss = sum(losses) / len(losses)
     logger.debug(
-        "client %d: %d steps, loss %.4f, %.1f s", client_id, len(losses), mean_loss, seconds
+        "client %d: %d steps, loss %.4f, %.1fs", client_id, len(losses), mean_loss, seconds
     )
     return ClientUpdate(
         client_id=client_id,

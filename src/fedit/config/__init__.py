@@ -27,6 +27,7 @@ from fedit.config.loader import (
     read_yaml,
     save_config,
 )
+from fedit.config.privacy import ACCOUNTANTS, NOISE_AT, PRIVACY_LEVELS, PrivacyConfig
 from fedit.config.schema import ENGINES, Config
 from fedit.config.training import (
     AUTOCAST,
@@ -46,6 +47,10 @@ from fedit.config.training import (
 )
 
 __all__ = [
+    "ACCOUNTANTS",
+    "NOISE_AT",
+    "PRIVACY_LEVELS",
+    "PrivacyConfig",
     "AUTOCAST",
     "COMPRESSIONS",
     "DEVICES",

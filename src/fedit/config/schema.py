@@ -9,6 +9,7 @@ from typing import Any
 from fedit.config.evaluation import CompareConfig, EvalConfig
 from fedit.config.federation import FederationConfig, FlowerConfig, StrategyConfig
 from fedit.config.fields import check_choice, option
+from fedit.config.privacy import PrivacyConfig
 from fedit.config.training import DataConfig, LoraConfig, ModelConfig, TrainConfig
 
 ENGINES = ("simulation", "flower")
@@ -24,6 +25,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     engine: str = option("simulation", "simulation (in-process) or flower (SuperLink + SuperNodes)")
     flower: FlowerConfig = field(default_factory=FlowerConfig)
@@ -37,13 +39,14 @@ class Config:
         problems: list[str] = []
         for section in (self.model, self.lora, self.data, self.train, self.federation):
             problems += section.validate()
-        problems += self.strategy.validate() + self.eval.validate()
+        problems += self.strategy.validate() + self.eval.validate() + self.privacy.validate()
+        problems += self.privacy.conflicts(self.strategy, self.lora, self.federation, self.train)
         problems += self.compare.validate(self.federation.num_clients)
         problems += check_choice("engine", self.engine, ENGINES)
         if self.engine == "flower":
             problems += self.flower.validate()
         ranks = {self.lora.r, *(self.lora.client_ranks or [])}
-        if len(ranks) > 1 and self.strategy.name != "exact":
+        if len(ranks) > 1 and self.strategy.name != "exact" and self.privacy.level == "none":
             problems.append(
                 f"lora.client_ranks: client ranks other than lora.r={self.lora.r} need "
                 f"strategy.name=exact; {self.strategy.name} averages A and B element-wise, "
