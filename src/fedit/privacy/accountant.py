@@ -181,6 +181,6 @@ def calibrate_noise(
             target_epsilon,
             delta,
             bracket_interval=dp_accounting.ExplicitBracketInterval(low, high),
-            tol=1e-4,
+            tol=1e-3,
         )
     )

@@ -83,10 +83,6 @@ class PrivacyPlan:
         event = example_event(sample_rate, self.noise_multiplier, steps)
         return epsilon(event, self.delta, self.accountant, self.relation)
 
-    def describe(self) -> str:
-        """e.g. ``client-level, RDP``."""
-        return f"{self.level}-level, {self.accountant.upper()}"
-
     def save(self, run_dir: Path) -> None:
         atomic_write_json(run_dir / PLAN_FILE, dataclasses.asdict(self))
 
@@ -101,6 +97,15 @@ class PrivacyPlan:
                 f"resume: {path} is missing or damaged ({type(err).__name__}); a privacy run "
                 "cannot resume without its plan"
             ) from None
+
+
+def epsilon_line(record: dict[str, Any]) -> str:
+    """A round's ``privacy`` record as one line: ``ε = 3.2 at δ = 1e-05 (client-level, RDP)``."""
+    largest = " (largest over clients)" if record["level"] == "example" else ""
+    return (
+        f"ε = {record['epsilon']:.3g}{largest} at δ = {record['delta']:.3g} "
+        f"({record['level']}-level, {str(record['accountant']).upper()})"
+    )
 
 
 def default_delta(population: int) -> float:

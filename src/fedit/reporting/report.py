@@ -10,6 +10,7 @@ import yaml
 
 from fedit.io import atomic_write_text, read_jsonl
 from fedit.reporting import plots
+from fedit.reporting.privacy_report import privacy_section
 from fedit.reporting.summary import fmt
 
 PLOTS = {
@@ -190,6 +191,7 @@ def write_report(run_dir: Path) -> Path:
         "",
         *_summary_table(history),
         "",
+        *privacy_section(run_dir, history),
         "## Rounds",
         "",
         *_round_table(history),

@@ -29,7 +29,11 @@ from fedit.privacy.mechanism import (
     private_mean,
     trained_names,
 )
-from fedit.privacy.plan import PrivacyPlan, plan_client_level, plan_example_level
+from fedit.privacy.plan import (
+    PrivacyPlan,
+    plan_client_level,
+    plan_example_level,
+)
 from fedit.strategy.selection import build_selector, num_selected
 from fedit.types import AdapterState, ClientUpdate, FitInstruction
 
