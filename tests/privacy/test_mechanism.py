@@ -49,7 +49,9 @@ def _run(*extra: str, sizes=(1, 9, 5, 5)):
 
 def _instructions(run: PrivacyRun, state, clients, trainable="all"):
     configs = [FitConfig(lr=0.1, rank=2, seed=100 + c, trainable=trainable) for c in clients]
-    return run.instruct([FitInstruction(c, state, cfg) for c, cfg in zip(clients, configs)])
+    return run.instruct(
+        [FitInstruction(c, state, cfg) for c, cfg in zip(clients, configs, strict=True)]
+    )
 
 
 def _reply(instruction, delta, num_examples):

@@ -13,6 +13,7 @@ import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dp_accounting.dp_event import DpEvent
 
