@@ -25,7 +25,7 @@ from fedit.server.checkpoint import RunDir
 from fedit.server.global_model import GlobalModel
 from fedit.server.loop import run_rounds
 from fedit.server.observer import RunObserver
-from fedit.server.privacy import PrivacyRun
+from fedit.server.privacy import PrivacyRun, resumed_plan
 from fedit.server.protocols import Transport
 from fedit.strategy import build_strategy
 
@@ -113,8 +113,10 @@ def run_experiment(
         raise ConfigError("engine=flower: start it with `fedit flower run CONFIG` (docs/deploy.md)")
     started = time.perf_counter()
     run_dir = RunDir(cfg.output_dir)
+    resumed_privacy = None
     if cfg.resume:
         run_dir.check_resumable(cfg)
+        resumed_privacy = resumed_plan(cfg, run_dir.path)  # refuses rounds beyond the ε budget
     else:
         run_dir.check_fresh(cfg.overwrite)
     setup = load_setup(cfg, prepare_data(cfg))
@@ -127,8 +129,8 @@ def run_experiment(
     sizes = transport.client_sizes
     log.info("%d clients with %d training examples", len(sizes), sum(sizes))
     privacy = None
-    if cfg.privacy.level != "none":  # calibrated, or the resume's budget checked, before writing
-        privacy = PrivacyRun.start(cfg, sizes, run_dir.path)
+    if cfg.privacy.level != "none":  # z calibrated before anything is written
+        privacy = PrivacyRun.start(cfg, sizes, resumed_privacy)
     if not cfg.resume:
         run_dir.start(cfg, setup.data.table, cfg.overwrite)
         if privacy is not None:

@@ -120,6 +120,13 @@ class PrivacyConfig:
                 f"federation.selection={federation.selection}: refused with {where}; the "
                 "accountant needs poisson (with federation.sample_rate) or random (fixed size)"
             )
+        fixed_size = federation.selection == "random" and federation.fraction_fit < 1
+        if self.level == "client" and self.accountant == "pld" and fixed_size:
+            problems.append(
+                "privacy.accountant=pld: fixed-size selection is accounted as sampling without "
+                "replacement, which only the RDP accountant supports; use privacy.accountant=rdp "
+                "or federation.selection=poisson"
+            )
         if self.level == "example" and train.gradient_checkpointing:
             problems.append(
                 f"train.gradient_checkpointing: refused with {where}; per-example gradients "

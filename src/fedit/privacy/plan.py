@@ -54,6 +54,7 @@ class PrivacyPlan:
     count_noise_std: float | None = None  # σ_b, adaptive clipping only
     target_quantile: float = 0.5
     clip_lr: float = 0.2
+    client_sizes: list[int] = dataclasses.field(default_factory=list)  # what it was made for
 
     @property
     def client_sampling(self) -> Sampling:

@@ -31,6 +31,7 @@ from fedit.privacy.mechanism import (
 )
 from fedit.privacy.plan import (
     PrivacyPlan,
+    epsilon_line,
     plan_client_level,
     plan_example_level,
 )
@@ -61,13 +62,17 @@ def make_plan(cfg: Config, client_sizes: list[int], rounds: int | None = None) -
     if cfg.privacy.level == "client":
         federation = cfg.federation
         count = num_selected(len(client_sizes), federation.fraction_fit, federation.min_fit_clients)
-        return plan_client_level(cfg, len(client_sizes), count)
+        plan = plan_client_level(cfg, len(client_sizes), count)
+        plan.client_sizes = list(client_sizes)
+        return plan
     times = _participations(cfg, client_sizes, cfg.federation.rounds)
     rates = [sample_rate(cfg.train, max(size, 1)) for size in client_sizes]
     steps = [
         num_local_steps(cfg.train, size) * t for size, t in zip(client_sizes, times, strict=True)
     ]
-    return plan_example_level(cfg, client_sizes, rates, steps)
+    plan = plan_example_level(cfg, client_sizes, rates, steps)
+    plan.client_sizes = list(client_sizes)
+    return plan
 
 
 def planned_epsilon(cfg: Config, plan: PrivacyPlan, client_sizes: list[int], rounds: int) -> float:
@@ -81,6 +86,31 @@ def planned_epsilon(cfg: Config, plan: PrivacyPlan, client_sizes: list[int], rou
         )
         for size, t in zip(client_sizes, times, strict=True)
     )
+
+
+def resumed_plan(cfg: Config, run_dir: Path) -> PrivacyPlan | None:
+    """The saved plan of a run being resumed (None without DP), checked against the budget.
+
+    It needs no model and no data (the plan keeps the client sizes it was made for), so a
+    resume that asks for more rounds than ``privacy.target_epsilon`` covers is refused first.
+
+    Raises:
+        ConfigError: the plan is missing or damaged, or the rounds exceed the budget.
+    """
+    if cfg.privacy.level == "none":
+        return None
+    plan = PrivacyPlan.load(run_dir)
+    rounds = cfg.federation.rounds
+    if plan.target_epsilon is not None and rounds > plan.rounds:
+        spent = planned_epsilon(cfg, plan, plan.client_sizes, rounds)
+        if spent > plan.target_epsilon * (1 + 1e-6):
+            raise ConfigError(
+                f"federation.rounds={rounds}: the budget privacy.target_epsilon="
+                f"{plan.target_epsilon:g} covers {plan.rounds} rounds and {rounds} would "
+                f"spend ε={spent:.3g}; resume with federation.rounds<={plan.rounds}, or "
+                "start a new run"
+            )
+    return plan
 
 
 class PrivacyRun:
@@ -102,26 +132,15 @@ class PrivacyRun:
         )
 
     @classmethod
-    def start(cls, cfg: Config, client_sizes: list[int], run_dir: Path) -> PrivacyRun:
-        """Plan a fresh run, or load a resumed run's plan and check that its budget covers it.
+    def start(
+        cls, cfg: Config, client_sizes: list[int], resumed: PrivacyPlan | None = None
+    ) -> PrivacyRun:
+        """A fresh run's calibrated plan, or the ``resumed`` run's (``resumed_plan``).
 
         Raises:
-            ConfigError: calibration failed, or a resume asks for more rounds than the budget.
+            ConfigError: calibration failed.
         """
-        if not cfg.resume:
-            return cls(cfg, make_plan(cfg, client_sizes))
-        plan = PrivacyPlan.load(run_dir)
-        rounds = cfg.federation.rounds
-        if plan.target_epsilon is not None and rounds > plan.rounds:
-            spent = planned_epsilon(cfg, plan, client_sizes, rounds)
-            if spent > plan.target_epsilon * (1 + 1e-6):
-                raise ConfigError(
-                    f"federation.rounds={rounds}: the budget privacy.target_epsilon="
-                    f"{plan.target_epsilon:g} covers {plan.rounds} rounds and {rounds} would "
-                    f"spend ε={spent:.3g}; resume with federation.rounds<={plan.rounds}, or "
-                    "start a new run"
-                )
-        return cls(cfg, plan)
+        return cls(cfg, resumed if resumed is not None else make_plan(cfg, client_sizes))
 
     def replay(self, history: list[dict[str, Any]]) -> None:
         """Rebuild the accountant and the clip from a resumed run's records."""
@@ -239,7 +258,12 @@ class PrivacyRun:
 
     def final_line(self) -> str:
         """e.g. ``ε = 3.2 at δ = 1e-05 (client-level, RDP)``."""
-        which = " (largest over clients)" if self.plan.level == "example" else ""
-        return (
-            f"ε = {self.epsilon():.3g}{which} at δ = {self.plan.delta:.3g} ({self.plan.describe()})"
+        plan = self.plan
+        return epsilon_line(
+            {
+                "epsilon": self.epsilon(),
+                "delta": plan.delta,
+                "level": plan.level,
+                "accountant": plan.accountant,
+            }
         )
