@@ -342,9 +342,8 @@ def train_local(
 ) -> ClientUpdate:
     """Train the model's adapter on one client's examples and return the new adapter.
 
-    A fresh AdamW over the trainable (LoRA) parameters runs ``train.local_steps`` steps (else
-    ``ceil(local_epochs * len(examples) / batch_size)``, cycling through the data), each
-    accumulating micro-batches into one ``batch_size`` batch, with linear warmup and clipping.
+    A fresh AdamW over the trainable (LoRA) parameters runs ``num_local_steps`` steps through
+    the data, each a ``batch_size`` batch of micro-batches, with linear warmup and clipping.
 
     Args:
         model: The peft model (base + LoRA); trained in place, left in eval mode.
@@ -356,7 +355,7 @@ def train_local(
         global_state: Adapter weights to start from (the global model); None keeps the current.
         progress: Called as ``progress(step, total_steps, loss)`` after every optimizer step.
         objective: Strategy changes to the local run (FedProx, SCAFFOLD, FFA-LoRA).
-        steps: The step loop, ``_train_steps``'s signature (DP-SGD: ``client.dpsgd``).
+        steps: Replaces the step loop (same signature as ``_train_steps``): ``client.dpsgd``.
 
     Returns:
         The update: adapter state (CPU fp32), ``num_examples``, mean loss over steps, steps and
@@ -374,14 +373,13 @@ def train_local(
     named = adapter_parameters(model)
     frozen = [p for n, p in named.items() if objective.trainable == "lora_B" and ".lora_A." in n]
     anchor = {k: v.detach().clone() for k, v in global_state.items()} if global_state else {}
-
     torch.manual_seed(seed)
     start = time.perf_counter()
     with _frozen(frozen):
         run = steps or _train_steps
         stats = run(model, examples, cfg, lr, seed, progress, objective, anchor, named)
     seconds = time.perf_counter() - start
-    losses, real_tokens, padded_slots = stats.losses, stats.real_tokens, stats.padded_slots
+    losses, real_tokens = stats.losses, stats.real_tokens
     mean_loss = sum(losses) / len(losses)
     logger.debug(
         "client %d: %d steps, loss %.4f, %.1fs", client_id, len(losses), mean_loss, seconds
@@ -394,7 +392,7 @@ def train_local(
         num_steps=len(losses),
         metrics={
             "tokens": real_tokens,
-            "padding_waste": 1 - real_tokens / padded_slots if padded_slots else 0.0,
+            "padding_waste": 1 - real_tokens / stats.padded_slots if stats.padded_slots else 0.0,
             "seconds": seconds,
             "tokens_per_second": real_tokens / seconds if seconds > 0 else 0.0,
             "lr_sum": stats.lr_sum,

@@ -164,7 +164,11 @@ class PrivacyRun:
             if plan.count_noise_std is not None:
                 fields["dp_count_noise_std"] = plan.count_noise_std / share
         trainable = instructions[0].config.trainable if instructions else "all"
-        self._round = {"clip_norm_used": clip_norm, "trainable": trainable}
+        self._round = {
+            "clip_norm_used": clip_norm,
+            "trainable": trainable,
+            "instructed": len(instructions),
+        }
         return [
             dataclasses.replace(i, config=dataclasses.replace(i.config, **fields))
             for i in instructions
@@ -187,6 +191,16 @@ class PrivacyRun:
                 {n: global_state[n] for n in names},
                 plan.update_noise_multiplier * clip_norm,
                 noise_generator(self.cfg.seed, server_round, SERVER_UPDATE_NOISE),
+            )
+        instructed = self._round.get("instructed", len(updates))
+        if plan.noise_at == "clients" and len(updates) < instructed:
+            log.warning(
+                "round %d: %d of %d clients replied, so the sum holds %.0f%% of the noise that "
+                "was accounted (privacy.noise_at=clients)",
+                server_round,
+                len(updates),
+                instructed,
+                100 * len(updates) / instructed,
             )
         denominator = plan.client_sampling.expected_size
         reclip = clip_norm if plan.noise_at == "server" else None
