@@ -2,10 +2,10 @@
 
 A scaled-down version of the experiment in issue 12 (docs/privacy.md says what was scaled):
 SmolLM2-135M, 100 clients holding 10 synthetic examples each (2 category shards), Poisson
-selection with rate 0.1 (10 clients per round on average), 3 rounds of 2 local steps of 4
+selection with rate 0.05 (5 clients per round on average), 3 rounds of 1 local step of 4
 examples. Client level (DP-FedAvg, noise at the server) for fedavg and ffa_lora; example level
 (DP-SGD in each client) for fedavg; and client level at ε = 3 with 50, 100 and 200 clients
-(5, 10, 20 per round). The clip norm C is the median norm of the update of the first 4
+(2.5, 5, 10 per round). The clip norm C is the median norm of the update of the first 3
 clients from the initial adapter (McMahan et al. 2018 clip at about the median), measured
 here; ``cost`` times ``fit_client`` with and without DP on the same clients, interleaved.
 
@@ -31,26 +31,26 @@ from fedit.model.lora import get_adapter_state
 from fedit.privacy.mechanism import global_norm, trained_names, update_delta
 from fedit.types import FitConfig, FitInstruction
 
-CLIENTS_PER_ROUND_RATE = 0.1
+CLIENTS_PER_ROUND_RATE = 0.05
 EPSILONS = (8.0, 3.0, 1.0)
 
 
 def overrides(num_clients: int, out: Path, *extra: str) -> list[str]:
     return [
         f"federation.num_clients={num_clients}",
-        f"data.synthetic.num_examples={10 * num_clients + 27}",
-        "data.test_per_category=3",  # 27 held-out examples
+        f"data.synthetic.num_examples={10 * num_clients + 18}",
+        "data.test_per_category=2",  # 18 held-out examples
         "federation.selection=poisson",
         f"federation.sample_rate={CLIENTS_PER_ROUND_RATE}",
         "federation.rounds=3",
-        "train.local_steps=2",
+        "train.local_steps=1",
         "train.batch_size=4",
         "train.micro_batch_size=4",
         "train.lr=3e-3",
         "train.lr_schedule=constant",
         "eval.every=1000",
         "eval.base=false",
-        "eval.max_new_tokens=12",
+        "eval.max_new_tokens=8",
         f"output_dir={out}",
         "overwrite=true",
         *extra,
@@ -73,13 +73,13 @@ def measure(out: Path) -> dict:
     start = get_adapter_state(setup.server.model)
     norms: dict[str, list[float]] = {"all": [], "lora_B": []}
     times: dict[str, list[float]] = {"none": [], "client": [], "example": []}
-    for client in range(4):
+    for client in range(3):
         for trainable in norms:
             _, state = _fit(setup, cfg, client, start, trainable=trainable)
             names = trained_names(start, trainable)
             norms[trainable].append(global_norm(update_delta(state, start, names)))
     clip = {k: statistics.median(v) for k, v in norms.items()}
-    for client in range(4):  # interleaved, so that load on the machine hits all three alike
+    for client in range(3):  # interleaved, so that load on the machine hits all three alike
         times["none"].append(_fit(setup, cfg, client, start)[0])
         times["client"].append(
             _fit(setup, cfg, client, start, dp_level="client", dp_clip_norm=clip["all"])[0]
@@ -196,18 +196,18 @@ def main() -> None:
     times = saved["measure"]["times"]
     base, clipping, per_example = (statistics.median(times[k]) for k in times)
     cost = (
-        "Time of one client's round (2 local steps of 4 examples, SmolLM2-135M), median of 4 "
+        "Time of one client's round (1 local step of 4 examples, SmolLM2-135M), median of 3 "
         f"interleaved repeats: no DP {base:.2f} s; client-level clipping {clipping:.2f} s "
         f"(**{clipping / base:.2f}x**); example-level per-example gradients (opacus) "
         f"{per_example:.2f} s (**{per_example / base:.2f}x**). Raw seconds: "
         + json.dumps({k: [round(t, 2) for t in v] for k, v in times.items()})
-        + f". Clip norms C (median update norm of 4 clients): all LoRA tensors "
+        + f". Clip norms C (median update norm of 3 clients): all LoRA tensors "
         f"{saved['measure']['clip']['all']:.4g}, B only {saved['measure']['clip']['lora_B']:.4g}."
     )
     body = (
         "Scaled down from issue 12 (see docs/privacy.md): 100 clients of 10 synthetic examples, "
-        "Poisson selection at rate 0.1, 3 rounds of 2 local steps of 4 examples, lr 3e-3, "
-        "accuracy (exact match) and loss on 27 held-out examples after the last round; one run "
+        "Poisson selection at rate 0.05, 3 rounds of 1 local step of 4 examples, lr 3e-3, "
+        "accuracy (exact match) and loss on 18 held-out examples after the last round; one run "
         "per row, same seed. Client level adds the noise at the server; ε is the accountant's "
         "(RDP) after the last round, calibrated to the target before round 1. Example level: "
         "DP-SGD with C = 1, ε is the largest over clients.\n\n" + table(runs) + "\n\n" + cost

@@ -27,7 +27,6 @@ from fedit.client.train import (
     model_device,
     model_pad_token_id,
     num_local_steps,
-    resolve_autocast,
     token_loss_sum,
 )
 from fedit.config import TrainConfig
@@ -113,17 +112,13 @@ def private_steps(privacy: ExamplePrivacy) -> Callable[..., StepStats]:
     ) -> StepStats:
         device = model_device(model)
         trainable = {n: p for n, p in named.items() if p.requires_grad}
-        fp16 = resolve_autocast(device, cfg.autocast) == torch.float16
+        params = list(trainable.values())
+        adamw = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+        # The noised gradient is written into .grad, not backpropagated from a scaled loss, so
+        # there is nothing to unscale: the scaler stays off whatever the autocast dtype.
+        unscaled = torch.amp.GradScaler(device.type, enabled=False)
         optimizer = _LocalOptimizer(
-            optimizer=torch.optim.AdamW(
-                list(trainable.values()), lr=lr, weight_decay=cfg.weight_decay
-            ),
-            scaler=torch.amp.GradScaler(device.type, enabled=fp16),
-            params=list(trainable.values()),
-            named=named,
-            objective=objective,
-            anchor=anchor,
-            max_grad_norm=cfg.max_grad_norm,
+            adamw, unscaled, params, named, objective, anchor, cfg.max_grad_norm
         )
         rate = sample_rate(cfg, len(examples))
         expected_batch = rate * len(examples)
