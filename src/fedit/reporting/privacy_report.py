@@ -69,5 +69,13 @@ def privacy_section(run_dir: Path, history: list[dict[str, Any]]) -> list[str]:
                 f"| {record['round']} | {fmt(privacy['epsilon'], 3)} | "
                 f"{fmt(privacy['clip_norm'], 4)} | {fmt(privacy.get('clipped_fraction'), 3)} |"
             )
+        spent = sorted((rounds[-1]["privacy"].get("epsilon_per_client") or {}).values())
+        if spent:
+            lines += [
+                "",
+                f"Per-client ε after round {rounds[-1]['round']} ({len(spent)} clients trained): "
+                f"min {spent[0]:.3g}, median {spent[len(spent) // 2]:.3g}, max {spent[-1]:.3g}; "
+                "each client's is in metrics.jsonl (`epsilon_per_client`).",
+            ]
         lines += ["", f"**{final_epsilon_line(history)}**", ""]
     return lines
