@@ -149,6 +149,41 @@ def plan(clip: dict[str, float]) -> list[tuple[str, int, list[str]]]:
     return runs
 
 
+def noise_to_signal(out: Path) -> str:
+    """Computed, not trained: z at ε = 3 and the noise per coordinate against the update's.
+
+    A clipped update of norm C spread over d coordinates moves each by about C/√d; the noised
+    mean adds z·C/m to each. Their ratio z·√d/m says how many clients a round needs.
+    """
+    from safetensors.torch import load_file
+
+    from fedit.privacy.accountant import Sampling, calibrate_noise, repeated, round_event
+
+    adapter = next(out.glob("*/global_adapter/adapter_model.safetensors"))
+    d = sum(t.numel() for t in load_file(str(adapter)).values())
+    lines = [
+        "| clients N | per round m (q = 0.05) | rounds | z at ε = 3, δ = 1/N^1.1 | "
+        "noise / signal per coordinate z·√d/m |",
+        "|---|---|---|---|---|",
+    ]
+    for num_clients in (100, 1_000, 10_000, 100_000, 1_000_000):
+        for rounds in (3, 100):
+            sampling = Sampling("poisson", num_clients, rate=CLIENTS_PER_ROUND_RATE)
+            delta = num_clients**-1.1
+            z = calibrate_noise(
+                lambda z, s=sampling, r=rounds: repeated(round_event(s, z), r),
+                3.0,
+                delta,
+                "rdp",
+                sampling.relation,
+            )
+            m = sampling.expected_size
+            lines.append(
+                f"| {num_clients:,} | {m:,.0f} | {rounds} | {z:.3f} | {z * d**0.5 / m:.3g} |"
+            )
+    return f"d = {d:,} trained LoRA coordinates (fedavg, r = 16).\n\n" + "\n".join(lines)
+
+
 def _cell(value, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
@@ -172,6 +207,9 @@ def main() -> None:
     parser.add_argument("--output-dir", default="runs/bench_privacy")
     parser.add_argument("--resume", action="store_true", help="keep the runs in results.json")
     parser.add_argument("--max-minutes", type=float, default=25.0, help="stop starting runs after")
+    parser.add_argument(
+        "--report-only", action="store_true", help="write the section from results.json"
+    )
     args = parser.parse_args()
     out = ROOT / args.output_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -184,7 +222,7 @@ def main() -> None:
     runs = saved.setdefault("runs", [])
     done = {r["label"] for r in runs}
     for label, num_clients, extra in plan(saved["measure"]["clip"]):
-        if label in done:
+        if label in done or args.report_only:
             continue
         if (time.perf_counter() - started) / 60 > args.max_minutes:
             print(f"== stopping before {label}: --max-minutes reached", flush=True)
@@ -210,7 +248,12 @@ def main() -> None:
         "accuracy (exact match) and loss on 18 held-out examples after the last round; one run "
         "per row, same seed. Client level adds the noise at the server; ε is the accountant's "
         "(RDP) after the last round, calibrated to the target before round 1. Example level: "
-        "DP-SGD with C = 1, ε is the largest over clients.\n\n" + table(runs) + "\n\n" + cost
+        "DP-SGD with C = 1, ε is the largest over clients.\n\n"
+        + table(runs)
+        + "\n\n"
+        + cost
+        + "\n\nHow many clients client-level DP needs (the accountant only, no training): "
+        + noise_to_signal(out)
     )
     record("privacy", "Differential privacy: accuracy against ε, and its cost", body)
 

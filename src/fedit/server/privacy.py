@@ -41,8 +41,12 @@ from fedit.types import AdapterState, ClientUpdate, FitInstruction
 log = logging.getLogger(__name__)
 
 
-def _participations(cfg: Config, client_sizes: list[int], rounds: int) -> list[int]:
-    """How often each client is planned to train in rounds 1..``rounds`` (selection is seeded)."""
+def _exposure(cfg: Config, client_sizes: list[int], rounds: int) -> list[tuple[float, int]]:
+    """Each client's DP-SGD (Poisson rate, steps) over rounds 1..``rounds`` as planned.
+
+    Selection is seeded from (seed, round) and never looks at the data, so the server knows in
+    advance which rounds each client trains in.
+    """
     federation = cfg.federation
     selector = build_selector(federation.selection, federation.availability, federation.sample_rate)
     count = num_selected(len(client_sizes), federation.fraction_fit, federation.min_fit_clients)
@@ -50,27 +54,22 @@ def _participations(cfg: Config, client_sizes: list[int], rounds: int) -> list[i
     for server_round in range(1, rounds + 1):
         for client in selector(server_round, client_sizes, count, cfg.seed).participants:
             times[client] += 1
-    return times
+    return [
+        (sample_rate(cfg.train, max(size, 1)), num_local_steps(cfg.train, size) * t)
+        for size, t in zip(client_sizes, times, strict=True)
+    ]
 
 
-def make_plan(cfg: Config, client_sizes: list[int], rounds: int | None = None) -> PrivacyPlan:
-    """The run's plan for ``rounds`` (default ``federation.rounds``) rounds."""
-    if rounds is not None:
-        cfg = dataclasses.replace(
-            cfg, federation=dataclasses.replace(cfg.federation, rounds=rounds)
-        )
+def make_plan(cfg: Config, client_sizes: list[int]) -> PrivacyPlan:
+    """The run's plan: z calibrated (or taken) for ``federation.rounds`` rounds."""
     if cfg.privacy.level == "client":
         federation = cfg.federation
         count = num_selected(len(client_sizes), federation.fraction_fit, federation.min_fit_clients)
         plan = plan_client_level(cfg, len(client_sizes), count)
-        plan.client_sizes = list(client_sizes)
-        return plan
-    times = _participations(cfg, client_sizes, cfg.federation.rounds)
-    rates = [sample_rate(cfg.train, max(size, 1)) for size in client_sizes]
-    steps = [
-        num_local_steps(cfg.train, size) * t for size, t in zip(client_sizes, times, strict=True)
-    ]
-    plan = plan_example_level(cfg, client_sizes, rates, steps)
+    else:
+        exposure = _exposure(cfg, client_sizes, cfg.federation.rounds)
+        rates, steps = [q for q, _ in exposure], [t for _, t in exposure]
+        plan = plan_example_level(cfg, client_sizes, rates, steps)
     plan.client_sizes = list(client_sizes)
     return plan
 
@@ -79,13 +78,7 @@ def planned_epsilon(cfg: Config, plan: PrivacyPlan, client_sizes: list[int], rou
     """ε that ``plan``'s z spends over ``rounds`` planned rounds (the largest client's)."""
     if plan.level == "client":
         return plan.client_epsilon(rounds)
-    times = _participations(cfg, client_sizes, rounds)
-    return max(
-        plan.example_epsilon(
-            sample_rate(cfg.train, max(size, 1)), num_local_steps(cfg.train, size) * t
-        )
-        for size, t in zip(client_sizes, times, strict=True)
-    )
+    return max(plan.example_epsilon(q, t) for q, t in _exposure(cfg, client_sizes, rounds))
 
 
 def resumed_plan(cfg: Config, run_dir: Path) -> PrivacyPlan | None:
