@@ -14,13 +14,16 @@ import warnings
 from collections.abc import Iterator
 
 import torch
-from opacus import GradSampleModule
 from torch import nn
 
 
 @contextlib.contextmanager
 def per_example_gradients(model: nn.Module) -> Iterator[None]:
     """Hook ``model`` (trainable parameters only) so backward fills ``param.grad_sample``."""
+    # opacus takes a second to import; only example-level runs pay for it (a Flower client
+    # starts a fresh process for every message).
+    from opacus import GradSampleModule
+
     with warnings.catch_warnings():
         # The frozen embeddings mean no input requires grad; the hooks still see the outputs.
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
