@@ -128,8 +128,8 @@ def test_config_choices_match_the_registries():
     from fedit.strategy.selection import SELECTORS
 
     assert set(config.PARTITION_METHODS) == set(PARTITIONERS)
-    # availability is random selection plus dropouts, built with its probability
-    assert set(config.SELECTIONS) == set(SELECTORS) | {"availability"}
+    # availability (random plus dropouts) and poisson are built with their probability
+    assert set(config.SELECTIONS) == set(SELECTORS) | {"availability", "poisson"}
 
 
 def test_the_packaged_quickstart_is_the_repository_one():

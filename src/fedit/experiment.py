@@ -27,6 +27,7 @@ from fedit.server.checkpoint import RunDir
 from fedit.server.global_model import GlobalModel
 from fedit.server.loop import run_rounds
 from fedit.server.observer import RunObserver
+from fedit.server.privacy import PrivacyRun, resumed_plan
 from fedit.server.protocols import Transport
 from fedit.strategy import build_strategy
 
@@ -112,8 +113,10 @@ def run_experiment(
         raise ConfigError("engine=flower: start it with `fedit flower run CONFIG` (docs/deploy.md)")
     started = time.perf_counter()
     run_dir = RunDir(cfg.output_dir)
+    resumed_privacy = None
     if cfg.resume:
         run_dir.check_resumable(cfg)
+        resumed_privacy = resumed_plan(cfg, run_dir.path)  # refuses rounds beyond the ε budget
     else:
         run_dir.check_fresh(cfg.overwrite)
     setup = load_setup(cfg, prepare_data(cfg))
@@ -125,10 +128,15 @@ def run_experiment(
     # A remote transport connects here, so that missing clients fail before anything is written.
     sizes = transport.client_sizes
     log.info("%d clients with %d training examples", len(sizes), sum(sizes))
+    privacy = None
+    if cfg.privacy.level != "none":  # z calibrated before anything is written
+        privacy = PrivacyRun.start(cfg, sizes, resumed_privacy)
     if not cfg.resume:
         run_dir.start(cfg, setup.data.table, cfg.overwrite)
+        if privacy is not None:
+            privacy.plan.save(run_dir.path)
     strategy = defend(cfg, build_strategy(cfg))  # attacks' collusion and robust.method
-    state, history = run_rounds(cfg, transport, setup.server, strategy, run_dir, observer)
+    state, history = run_rounds(cfg, transport, setup.server, strategy, run_dir, observer, privacy)
     setup.server.save_adapter(state, run_dir.path / "global_adapter")
     report = write_report(run_dir.path)
     return RunOutcome(run_dir.path, history, report, time.perf_counter() - started, setup)

@@ -45,6 +45,13 @@ class FitConfig:
     trainable: str = "all"  # "all" LoRA parameters, or "lora_B" (FFA-LoRA freezes A)
     proximal_mu: float = 0.0  # FedProx's μ: the client minimises F_k(w) + μ/2 ‖w − w_global‖²
     scaffold: bool = False  # SCAFFOLD: correct every step by c − c_i and reply with Δc_i
+    # Differential privacy (fedit.privacy): "none", "client" (clip the update, optionally add
+    # noise) or "example" (DP-SGD with per-example clipping at dp_clip_norm, noise z per step).
+    dp_level: str = "none"
+    dp_clip_norm: float = 0.0  # C: the update's L2 clip (client) or each example's (example)
+    dp_update_noise_std: float = 0.0  # client level, noise_at=clients: std added per coordinate
+    dp_count_noise_std: float = 0.0  # adaptive clip, noise_at=clients: std added to the bit
+    dp_noise_multiplier: float = 0.0  # example level: z, noise std z·C on each step's sum
 
     def to_header(self) -> dict[str, Any]:
         """The JSON-ready form that goes on the wire."""

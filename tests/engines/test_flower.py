@@ -416,6 +416,18 @@ def test_flower_insecure_matches_in_process(tiny_model_dir, tmp_path):
     assert "without TLS" in result.stderr  # insecure was asked for explicitly, and warned about
 
 
+@pytest.mark.slow  # two more SuperNode runs (~3 min on 2 busy cores); the TLS test covers the path
+def test_flower_private_run_matches_in_process_adapter_and_epsilon(tiny_model_dir, tmp_path):
+    # Client-level DP with the noise added by the clients: each share is seeded from the
+    # client's seed, so the SuperNodes draw exactly what the in-process clients draw.
+    dp = ("privacy.level=client", "privacy.noise_at=clients", "privacy.noise_multiplier=0.7")
+    with Federation(tmp_path) as federation:
+        _check_same_as_in_process(federation, tiny_model_dir, tmp_path, *dp)
+    remote = _last_round(tmp_path / "flower")["privacy"]
+    local = _last_round(tmp_path / "local")["privacy"]
+    assert remote == local and remote["epsilon"] > 0
+
+
 def _last_round(out: Path) -> dict:
     return json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
 

@@ -91,3 +91,13 @@ def test_each_instruction_carries_its_client_seed():
         client_seed(9, 3, i.client_id) for i in instructions
     ]
     assert len({i.config.seed for i in instructions}) == len(instructions) == 3
+
+
+def test_poisson_selection_draws_each_client_independently_at_the_rate():
+    select = build_selector("poisson", sample_rate=0.1)
+    selections = [select(r, [1] * 200, 999, 5) for r in range(1, 101)]
+    sizes = [len(s.selected) for s in selections]
+    assert 18 < sum(sizes) / len(sizes) < 22  # q·N = 20; the count argument is ignored
+    assert len(set(sizes)) > 3  # the size varies from round to round
+    assert select(7, [1] * 200, 1, 5) == selections[6]  # seeded per (seed, round)
+    assert select(7, [1] * 200, 1, 6) != selections[6]

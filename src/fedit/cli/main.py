@@ -49,6 +49,7 @@ def _load(args: argparse.Namespace) -> Config:
 def cmd_run(args: argparse.Namespace) -> int:
     from fedit.cli.progress import ProgressObserver
     from fedit.experiment import run_experiment
+    from fedit.reporting.privacy_report import final_epsilon_line
     from fedit.server.loop import RoundFailedError
 
     cfg = _load(args)
@@ -64,6 +65,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     _print_results(outcome.history)
     _print_communication(outcome.history)
+    if privacy := final_epsilon_line(outcome.history):  # ε = 3 at δ = 1e-05 (client-level, RDP)
+        out.print(privacy, markup=False, highlight=False)
     out.print(f"report: {outcome.report}")
     out.print(f"global adapter: {outcome.run_dir / 'global_adapter'}")
     out.print(f"finished in {outcome.seconds / 60:.1f} min")

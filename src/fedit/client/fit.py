@@ -16,10 +16,12 @@ from peft import PeftModel
 
 from fedit.client.attacks import forge_update
 from fedit.client.dpo import DPOLoss
+from fedit.client.dpsgd import ExamplePrivacy, private_steps, sample_rate
 from fedit.client.loss import StepLoss
 from fedit.client.train import LocalObjective, model_pad_token_id, train_local
 from fedit.config import AttackConfig, Config
 from fedit.model.lora import add_rank_adapter
+from fedit.privacy.mechanism import privatize_update
 from fedit.types import CONTROL_DELTA, AdapterState, ClientUpdate, FitInstruction
 
 DEFAULT_ADAPTER = "default"  # peft's name for the adapter apply_lora creates (rank lora.r)
@@ -56,6 +58,10 @@ def fit_client(
         progress: Step callback, as for ``train_local``.
         attack: set on a malicious site (``client.attacks``): the reply is forged and marked.
 
+    Under ``dp_level=client`` the reply is the clipped (and, if told, noised) update
+    (``privacy.mechanism.privatize_update``); under ``example`` the local run is DP-SGD
+    (``client.dpsgd``) and the metrics say how many examples it drew and clipped.
+
     Returns:
         The update; with SCAFFOLD its ``extras["control_delta"]`` is
         ``Δc_i = (x − y_i) / Σ_t η_t − c`` (Karimireddy et al. 2020, option II).
@@ -69,6 +75,9 @@ def fit_client(
         objective.scaffold_correction = {
             name: server_control[name] - client_control[name] for name in server_control
         }
+    example_privacy = None
+    if config.dp_level == "example":
+        example_privacy = ExamplePrivacy(config.dp_clip_norm, config.dp_noise_multiplier)
     with _adapter_of_rank(model, cfg, config.rank):
         update = train_local(
             model,
@@ -81,6 +90,7 @@ def fit_client(
             progress=progress,
             objective=objective,
             step_loss=objective_loss(model, cfg),
+            steps=private_steps(example_privacy) if example_privacy else None,
         )
     if server_control:
         lr_sum = update.metrics["lr_sum"]
@@ -88,7 +98,14 @@ def fit_client(
             name: (instruction.state[name] - update.state[name]) / lr_sum - server_control[name]
             for name in server_control
         }
-    if attack is not None:
+    if config.dp_level == "client":
+        update = privatize_update(update, instruction.state, config)
+    if example_privacy is not None:
+        update.metrics["dp_examples"] = example_privacy.examples
+        update.metrics["dp_examples_clipped"] = example_privacy.clipped
+        update.metrics["dp_sample_rate"] = sample_rate(cfg.train, len(examples))
+        update.metrics["dp_steps"] = update.num_steps
+    if attack is not None:  # after the honest privatisation: an attacker sends what it likes
         forge_update(update, instruction.state, attack, config.seed)
     return update
 

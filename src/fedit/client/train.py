@@ -217,12 +217,12 @@ def train_local(
     progress: Callable[[int, int, float], None] | None = None,
     objective: LocalObjective | None = None,
     step_loss: StepLoss | None = None,
+    steps: Callable[..., StepStats] | None = None,
 ) -> ClientUpdate:
     """Train the model's adapter on one client's examples and return the new adapter.
 
-    A fresh AdamW over the trainable (LoRA) parameters runs ``train.local_steps`` steps (else
-    ``ceil(local_epochs * len(examples) / batch_size)``, cycling through the data), each
-    accumulating micro-batches into one ``batch_size`` batch, with linear warmup and clipping.
+    A fresh AdamW over the trainable (LoRA) parameters runs ``num_local_steps`` steps through
+    the data, each a ``batch_size`` batch of micro-batches, with linear warmup and clipping.
 
     Args:
         model: The peft model (base + LoRA); trained in place, left in eval mode.
@@ -236,6 +236,7 @@ def train_local(
         objective: Strategy changes to the local run (FedProx, SCAFFOLD, FFA-LoRA).
         step_loss: What each step minimises; default ``TokenLoss`` (instruction tuning).
             ``client/dpo.DPOLoss`` trains on preference pairs instead of examples.
+        steps: Replaces the step loop (same signature as ``_train_steps``): ``client.dpsgd``.
 
     Returns:
         The update: adapter state (CPU fp32), ``num_examples``, mean loss over steps, steps and
@@ -259,14 +260,17 @@ def train_local(
     torch.manual_seed(seed)
     start = time.perf_counter()
     with _frozen(frozen):
-        stats = _train_steps(
-            model, examples, cfg, lr, seed, progress, objective, anchor, named, step_loss
-        )
+        if steps is not None:  # DP-SGD (client.dpsgd): its own per-example step loop
+            stats = steps(model, examples, cfg, lr, seed, progress, objective, anchor, named)
+        else:
+            stats = _train_steps(
+                model, examples, cfg, lr, seed, progress, objective, anchor, named, step_loss
+            )
     seconds = time.perf_counter() - start
-    losses, real_tokens, padded_slots = stats.losses, stats.real_tokens, stats.padded_slots
+    losses, real_tokens = stats.losses, stats.real_tokens
     mean_loss = sum(losses) / len(losses)
     logger.debug(
-        "client %d: %d steps, loss %.4f, %.1f s", client_id, len(losses), mean_loss, seconds
+        "client %d: %d steps, loss %.4f, %.1fs", client_id, len(losses), mean_loss, seconds
     )
     return ClientUpdate(
         client_id=client_id,
@@ -276,7 +280,7 @@ def train_local(
         num_steps=len(losses),
         metrics={
             "tokens": real_tokens,
-            "padding_waste": 1 - real_tokens / padded_slots if padded_slots else 0.0,
+            "padding_waste": 1 - real_tokens / stats.padded_slots if stats.padded_slots else 0.0,
             "seconds": seconds,
             "tokens_per_second": real_tokens / seconds if seconds > 0 else 0.0,
             "lr_sum": stats.lr_sum,

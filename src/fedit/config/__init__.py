@@ -28,6 +28,7 @@ from fedit.config.loader import (
     read_yaml,
     save_config,
 )
+from fedit.config.privacy import ACCOUNTANTS, NOISE_AT, PRIVACY_LEVELS, PrivacyConfig
 from fedit.config.schema import ENGINES, Config
 from fedit.config.training import (
     AUTOCAST,
@@ -51,7 +52,11 @@ from fedit.config.training import (
 )
 
 __all__ = [
+    "ACCOUNTANTS",
     "ATTACKS",
+    "NOISE_AT",
+    "PRIVACY_LEVELS",
+    "PrivacyConfig",
     "AUTOCAST",
     "DEFENCES",
     "AttackConfig",

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from fedit.config.fields import check_choice, option
 
-SELECTIONS = ("random", "weighted", "round_robin", "availability")
+SELECTIONS = ("random", "weighted", "round_robin", "availability", "poisson")
 STRATEGIES = (
     "fedavg",
     "fedprox",
@@ -33,7 +33,11 @@ class FederationConfig:
     selection: str = option(
         "random",
         "client selection, seeded per round: random, weighted (by data size), round_robin, "
-        "or availability (random, then each client is online with federation.availability)",
+        "availability (random, then each client is online with federation.availability), "
+        "or poisson (each client independently with federation.sample_rate)",
+    )
+    sample_rate: float = option(
+        0.1, "poisson selection: probability that each client trains in a round"
     )
     availability: float = option(
         0.8, "availability selection: probability that a selected client answers in a round"
@@ -49,6 +53,8 @@ class FederationConfig:
         )
         if not 0 < self.availability <= 1:
             problems.append(f"federation.availability: must be in (0, 1], got {self.availability}")
+        if not 0 < self.sample_rate <= 1:
+            problems.append(f"federation.sample_rate: must be in (0, 1], got {self.sample_rate}")
         if self.num_clients < 1:
             problems.append(f"federation.num_clients: must be >= 1, got {self.num_clients}")
         if self.rounds < 1:

@@ -10,6 +10,7 @@ from fedit.config.adversary import AttackConfig, RobustConfig, combination_probl
 from fedit.config.evaluation import CompareConfig, EvalConfig
 from fedit.config.federation import FederationConfig, FlowerConfig, StrategyConfig
 from fedit.config.fields import check_choice, option
+from fedit.config.privacy import PrivacyConfig
 from fedit.config.training import DataConfig, DPOConfig, LoraConfig, ModelConfig, TrainConfig
 
 ENGINES = ("simulation", "flower")
@@ -26,6 +27,7 @@ class Config:
     dpo: DPOConfig = field(default_factory=DPOConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     engine: str = option("simulation", "simulation (in-process) or flower (SuperLink + SuperNodes)")
     flower: FlowerConfig = field(default_factory=FlowerConfig)
@@ -42,7 +44,8 @@ class Config:
         sections = (self.model, self.lora, self.data, self.train, self.dpo, self.federation)
         for section in sections:
             problems += section.validate()
-        problems += self.strategy.validate() + self.eval.validate()
+        problems += self.strategy.validate() + self.eval.validate() + self.privacy.validate()
+        problems += self.privacy.conflicts(self.strategy, self.lora, self.federation, self.train)
         problems += self.compare.validate(self.federation.num_clients)
         problems += check_choice("engine", self.engine, ENGINES)
         if self.engine == "flower":
@@ -54,7 +57,8 @@ class Config:
             )
         ranks = {self.lora.r, *(self.lora.client_ranks or [])}
         problems += self._adversary_problems(len(ranks) > 1)
-        if len(ranks) > 1 and self.strategy.name != "exact":
+        problems += self._privacy_combinations()
+        if len(ranks) > 1 and self.strategy.name != "exact" and self.privacy.level == "none":
             problems.append(
                 f"lora.client_ranks: client ranks other than lora.r={self.lora.r} need "
                 f"strategy.name=exact; {self.strategy.name} averages A and B element-wise, "
@@ -75,6 +79,26 @@ class Config:
         return problems + combination_problems(
             self.attack, self.robust, self.strategy.name, mixed_ranks, self.engine, per_round
         )
+
+    def _privacy_combinations(self) -> list[str]:
+        """What DP does not compose with that the other sections add (issues 13 and 14)."""
+        level = self.privacy.level
+        if level == "none":
+            return []
+        problems = []
+        if self.robust.method != "none":
+            problems.append(
+                f"robust.method: {self.robust.method} judges each client's update, but under "
+                f"privacy.level={level} the strategy sees only the noised mean; use "
+                "robust.method=none with DP (clipping already bounds every client's influence)"
+            )
+        if level == "example" and self.train.objective == "dpo":
+            problems.append(
+                "privacy.level: example-level DP-SGD clips per-example gradients of the "
+                "next-token loss; train.objective=dpo is not supported with it, use "
+                "privacy.level=client"
+            )
+        return problems
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

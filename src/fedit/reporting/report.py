@@ -12,6 +12,7 @@ from fedit.data.heterogeneity import format_heterogeneity
 from fedit.io import atomic_write_text, read_jsonl
 from fedit.reporting import plots
 from fedit.reporting.preference import objective_line, preference_table
+from fedit.reporting.privacy_report import privacy_section
 from fedit.reporting.robustness import robustness_lines
 from fedit.reporting.summary import fmt
 
@@ -204,6 +205,7 @@ def write_report(run_dir: Path) -> Path:
         *_summary_table(history),
         "",
         *preference_table(history),
+        *privacy_section(run_dir, history),
         "## Rounds",
         "",
         *_round_table(history),

@@ -6,6 +6,7 @@ Layout::
       config.yaml            fully resolved configuration
       partition.json         clients x categories counts
       metrics.jsonl          one object per round (round 0 = the base model)
+      privacy.json           with privacy.level set: the plan (z, C, δ, sampling, budget)
       checkpoints/round_NNN/ PEFT adapter, strategy.safetensors (server optimiser state, if
                              any) and round.json (written last: marks the round complete)
       global_adapter/        the final adapter, PEFT format

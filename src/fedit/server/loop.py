@@ -10,6 +10,7 @@ from typing import Any
 from fedit.config import Config
 from fedit.server.checkpoint import RunDir
 from fedit.server.observer import RunObserver
+from fedit.server.privacy import PrivacyRun
 from fedit.server.protocols import ServerModel, Transport
 from fedit.strategy.base import Strategy
 from fedit.strategy.selection import Selection
@@ -96,6 +97,7 @@ def run_rounds(
     strategy: Strategy,
     run_dir: RunDir,
     observer: RunObserver | None = None,
+    privacy: PrivacyRun | None = None,
 ) -> tuple[AdapterState, list[dict[str, Any]]]:
     """Run (or resume) FedIT rounds, checkpointing after each one.
 
@@ -106,6 +108,8 @@ def run_rounds(
         strategy: Selects clients, builds their instructions, aggregates their replies.
         run_dir: Where checkpoints and metrics.jsonl go.
         observer: Progress hooks.
+        privacy: Differential privacy (``privacy.level`` other than none): C and noise shares
+            in the instructions, the noised unweighted mean, ε in each round's record.
 
     Returns:
         The final global adapter and the metrics history (round 0 is the base
@@ -120,6 +124,8 @@ def run_rounds(
         state = server.initial_state()
     history = point.history if point is not None else []
     first_round = point.next_round if point is not None else 1
+    if privacy is not None:
+        privacy.replay(history)
 
     if cfg.eval.base and not any(r["round"] == 0 for r in history):
         started = time.perf_counter()
@@ -139,12 +145,17 @@ def run_rounds(
         selection, instructions = strategy.configure_fit(
             server_round, state, transport.client_sizes, lr
         )
+        if privacy is not None:
+            instructions = privacy.instruct(instructions)
         observer.on_round_start(server_round, selection.participants)
         updates = transport.fit(instructions, server_round)
         fit_done = time.perf_counter()
         aggregation: dict[str, Any] = {}
         if enough_replies(cfg, server_round, selection, instructions, updates):
-            state, aggregation = strategy.aggregate_fit(server_round, state, updates)
+            replies = updates
+            if privacy is not None:
+                replies = privacy.aggregation_input(server_round, state, updates)
+            state, aggregation = strategy.aggregate_fit(server_round, state, replies)
         else:
             aggregation["skipped"] = (
                 f"{len(updates)} of federation.min_fit_clients="
@@ -173,12 +184,16 @@ def run_rounds(
             communication=communication_totals(updates),
             aggregation=aggregation,
         ).to_json()
+        if privacy is not None:
+            record["privacy"] = privacy.round_metrics(updates)
         server.save_adapter(state, run_dir.round_dir(server_round))
         history.append(record)
         run_dir.write_metrics(history)
         run_dir.complete_round(server_round, strategy.state_dict())
         log.info("round %d/%d: %s", server_round, cfg.federation.rounds, _summary(record))
         observer.on_round_end(record)
+    if privacy is not None:
+        log.info("%s", privacy.final_line())
     return state, history
 
 

@@ -26,7 +26,9 @@ class Strategy(ABC):
     def __init__(self, cfg: Config):
         self.cfg = cfg
         federation = cfg.federation
-        self.selector = build_selector(federation.selection, federation.availability)
+        self.selector = build_selector(
+            federation.selection, federation.availability, federation.sample_rate
+        )
         self.num_clients = federation.num_clients
 
     def configure_fit(

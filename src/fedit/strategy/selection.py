@@ -87,6 +87,21 @@ def availability_selector(probability: float) -> Selector:
     return select
 
 
+def poisson_selector(sample_rate: float) -> Selector:
+    """Each client independently with probability ``sample_rate``; the round's size varies.
+
+    This is the sampling that privacy amplification by Poisson sampling assumes
+    (``federation.selection=poisson``); ``count`` is ignored.
+    """
+
+    def select(server_round: int, sizes: list[int], count: int, seed: int) -> Selection:
+        del count
+        draws = np.random.default_rng([seed, server_round, 2]).random(len(sizes))
+        return Selection([int(c) for c in np.flatnonzero(draws < sample_rate)])
+
+    return select
+
+
 Selector = Callable[[int, list[int], int, int], Selection]
 
 SELECTORS: dict[str, Selector] = {
@@ -101,10 +116,12 @@ def client_seed(seed: int, server_round: int, client_id: int) -> int:
     return int(np.random.SeedSequence([seed, server_round, client_id]).generate_state(1)[0])
 
 
-def build_selector(name: str, availability: float = 1.0) -> Selector:
+def build_selector(name: str, availability: float = 1.0, sample_rate: float = 1.0) -> Selector:
     """The selector named by ``federation.selection``."""
     if name == "availability":
         return availability_selector(availability)
+    if name == "poisson":
+        return poisson_selector(sample_rate)
     if name not in SELECTORS:
         raise ValueError(f"federation.selection: unknown value {name!r}")
     return SELECTORS[name]

@@ -1,0 +1,154 @@
+"""DP-SGD inside one client (Abadi et al. 2016): example-level differential privacy.
+
+Each step draws a Poisson batch (every example independently with rate q = batch_size / N),
+clips each example's gradient of its own mean token loss to C, sums, adds N(0, z²C²) per
+coordinate and divides by the expected batch size q·N; AdamW then steps on that noised mean,
+which is post-processing. Per-example gradients come from opacus
+(``fedit.privacy.per_example``). The accountant composes one
+``PoissonSampledDpEvent(q, Gaussian(z))`` per step, over every round the client trains in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedit.client.batching import collate, split_micro_batches
+from fedit.client.train import (
+    LocalObjective,
+    StepStats,
+    _LocalOptimizer,
+    _training_mode,
+    autocast_context,
+    model_device,
+    model_pad_token_id,
+    num_local_steps,
+    token_loss_sum,
+)
+from fedit.config import TrainConfig
+from fedit.data.templates import IGNORE_INDEX, TokenizedExample
+from fedit.privacy.mechanism import EXAMPLE_NOISE, noise_generator
+from fedit.privacy.per_example import clip_and_sum, per_example_gradients
+from fedit.types import AdapterState
+
+
+@dataclass
+class ExamplePrivacy:
+    """DP-SGD's knobs for one local run, from the instruction's ``FitConfig``."""
+
+    clip_norm: float  # C, per example
+    noise_multiplier: float  # z: noise std z·C on each step's clipped sum
+    examples: int = 0  # examples drawn into batches over the run (the run counts them)
+    clipped: int = 0  # of those, how many had their gradient clipped
+
+
+def sample_rate(cfg: TrainConfig, num_examples: int) -> float:
+    """q = batch_size / N, the Poisson rate of each step's batch (capped at 1)."""
+    return min(1.0, cfg.batch_size / num_examples)
+
+
+@dataclass
+class ClippedSum:
+    """One Poisson batch's Σ_i clip_C(∇ℓ_i), with what it saw."""
+
+    gradients: dict[str, torch.Tensor]  # per trainable parameter name, fp32
+    examples: int
+    clipped: int
+    loss: float  # mean over the batch's examples of ℓ_i (0 for an empty batch)
+
+
+def clipped_gradient_sum(
+    model: nn.Module,
+    batch: list[TokenizedExample],
+    micro_batch_size: int,
+    params: dict[str, nn.Parameter],
+    clip_norm: float,
+    autocast: str = "none",
+) -> ClippedSum:
+    """Σ_i clip_C(∇ℓ_i) over ``batch``, where ℓ_i is example i's mean loss per label token.
+
+    The model must be in train mode inside ``per_example_gradients``; an empty batch gives
+    zeros (DP-SGD still adds its noise).
+    """
+    device = model_device(model)
+    pad_token_id = model_pad_token_id(model)
+    total = {
+        n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in params.items()
+    }
+    examples, clipped, loss = 0, 0, 0.0
+    for micro in split_micro_batches(batch, micro_batch_size) if batch else []:
+        tensors = {k: v.to(device) for k, v in collate(micro, pad_token_id).items()}
+        tokens = (tensors["labels"][:, 1:] != IGNORE_INDEX).sum(dim=1).clamp(min=1)  # (B,)
+        with autocast_context(device, autocast):
+            _, per_row = token_loss_sum(model, tensors)
+        per_example = per_row / tokens  # (B,) ℓ_i
+        per_example.sum().backward()
+        part, count, over = clip_and_sum(params, clip_norm)
+        for name, value in part.items():
+            total[name].add_(value)
+        examples += count
+        clipped += over
+        loss += float(per_example.detach().sum())
+    return ClippedSum(total, examples, clipped, loss / examples if examples else 0.0)
+
+
+def private_steps(privacy: ExamplePrivacy) -> Callable[..., StepStats]:
+    """A step loop for ``train_local`` that runs DP-SGD instead of plain accumulated AdamW."""
+
+    def run(
+        model: nn.Module,
+        examples: list[TokenizedExample],
+        cfg: TrainConfig,
+        lr: float,
+        seed: int,
+        progress: Callable[[int, int, float], None] | None,
+        objective: LocalObjective,
+        anchor: AdapterState,
+        named: dict[str, nn.Parameter],
+    ) -> StepStats:
+        device = model_device(model)
+        trainable = {n: p for n, p in named.items() if p.requires_grad}
+        params = list(trainable.values())
+        adamw = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+        # The noised gradient is written into .grad, not backpropagated from a scaled loss, so
+        # there is nothing to unscale: the scaler stays off whatever the autocast dtype.
+        unscaled = torch.amp.GradScaler(device.type, enabled=False)
+        optimizer = _LocalOptimizer(
+            adamw, unscaled, params, named, objective, anchor, cfg.max_grad_norm
+        )
+        rate = sample_rate(cfg, len(examples))
+        expected_batch = rate * len(examples)
+        draws = np.random.default_rng([seed, EXAMPLE_NOISE])
+        noise = noise_generator(seed, EXAMPLE_NOISE)
+        std = privacy.noise_multiplier * privacy.clip_norm
+        total_steps = num_local_steps(cfg, len(examples))
+        stats = StepStats([], 0, 0, 0.0)
+        with _training_mode(model, False), per_example_gradients(model):
+            for step in range(1, total_steps + 1):
+                step_lr = lr * (min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0)
+                chosen = np.flatnonzero(draws.random(len(examples)) < rate)
+                batch = [examples[i] for i in chosen]
+                result = clipped_gradient_sum(
+                    model, batch, cfg.micro_batch_size, trainable, privacy.clip_norm, cfg.autocast
+                )
+                for name, param in sorted(trainable.items()):
+                    draw = torch.randn(param.shape, generator=noise, dtype=torch.float32) * std
+                    noised = result.gradients[name] + draw.to(param.device)
+                    param.grad = (noised / expected_batch).to(param.dtype)
+                optimizer.step(step_lr)
+                tokens = sum(len(example.input_ids) for example in batch)
+                stats.losses.append(result.loss)
+                stats.real_tokens += tokens
+                stats.padded_slots += tokens
+                stats.lr_sum += step_lr
+                privacy.examples += result.examples
+                privacy.clipped += result.clipped
+                if progress is not None:
+                    progress(step, total_steps, result.loss)
+        return stats
+
+    return run

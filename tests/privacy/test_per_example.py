@@ -1,0 +1,94 @@
+"""Example-level DP: opacus's per-example clipping equals a hand loop; DP-SGD in fit_client."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedit.client.batching import collate
+from fedit.client.dpsgd import clipped_gradient_sum
+from fedit.client.fit import fit_client
+from fedit.client.train import model_pad_token_id, token_loss_sum
+from fedit.config import Config, LoraConfig, ModelConfig, TrainConfig
+from fedit.data.templates import IGNORE_INDEX, tokenize_examples
+from fedit.model import apply_lora, get_adapter_state, load_model
+from fedit.model.lora import adapter_parameters
+from fedit.privacy.per_example import per_example_gradients
+from fedit.types import FitConfig, FitInstruction
+
+EXAMPLES = [
+    {"instruction": f"What is {a} + {b}?", "input": "", "output": str(a + b), "category": "math"}
+    for a, b in [(1, 2), (30, 12), (7, 8), (40, 2), (5, 5), (9, 90), (11, 4)]
+]
+LORA = LoraConfig(r=4, alpha=8, dropout=0.0)
+
+
+@pytest.fixture
+def setup(tiny_model_dir: Path):
+    model, tokenizer = load_model(ModelConfig(name=str(tiny_model_dir), device="cpu"))
+    model = apply_lora(model, LORA, seed=0)
+    # B starts at zero; move it so that A's gradients are not zero too
+    state = {k: v + 0.05 if ".lora_B." in k else v for k, v in get_adapter_state(model).items()}
+    tokenized, _ = tokenize_examples(EXAMPLES, tokenizer, "alpaca", cutoff_len=128)
+    return model, tokenized, state
+
+
+def _hand_loop(model, examples, params, clip_norm):
+    """One example at a time: its own mean token loss, backward, clip, add."""
+    total = {n: torch.zeros_like(p) for n, p in params.items()}
+    clipped = 0
+    for example in examples:
+        batch = collate([example], model_pad_token_id(model))
+        _, per_row = token_loss_sum(model, batch)
+        tokens = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+        model.zero_grad(set_to_none=True)
+        (per_row.sum() / tokens).backward()
+        grads = {n: p.grad.detach().clone() for n, p in params.items()}
+        norm = sum(float(g.pow(2).sum()) for g in grads.values()) ** 0.5
+        clipped += norm > clip_norm
+        for n in total:
+            total[n] += grads[n] * min(1.0, clip_norm / norm)
+    model.zero_grad(set_to_none=True)
+    return total, clipped
+
+
+@pytest.mark.parametrize("clip_norm", [0.05, 1e6])  # most clipped / none clipped
+def test_per_example_clipping_equals_a_hand_loop(setup, clip_norm):
+    model, examples, _ = setup
+    params = {n: p for n, p in adapter_parameters(model).items() if p.requires_grad}
+    model.train()
+    expected, expected_clipped = _hand_loop(model, examples, params, clip_norm)
+    with per_example_gradients(model):
+        result = clipped_gradient_sum(model, examples, 3, params, clip_norm)  # 3 micro-batches
+    model.eval()
+    assert result.examples == len(examples)
+    assert result.clipped == expected_clipped
+    assert (result.clipped == len(examples)) == (clip_norm < 1)
+    for name in expected:
+        torch.testing.assert_close(result.gradients[name], expected[name], rtol=1e-4, atol=1e-6)
+
+
+def test_dp_sgd_round_trains_b_only_for_ffa_lora_and_reports_its_draws(setup):
+    model, examples, start = setup
+    cfg = Config(lora=LORA, train=TrainConfig(local_steps=3, batch_size=2, micro_batch_size=2))
+    config = FitConfig(
+        lr=5e-2,
+        rank=LORA.r,
+        seed=3,
+        trainable="lora_B",
+        dp_level="example",
+        dp_clip_norm=0.5,
+        dp_noise_multiplier=1.0,
+    )
+    update = fit_client(model, examples, cfg, FitInstruction(0, start, config))
+    for key, value in update.state.items():
+        assert torch.equal(value, start[key]) == (".lora_A." in key), key
+    metrics = update.metrics
+    assert metrics["dp_steps"] == 3
+    assert metrics["dp_sample_rate"] == pytest.approx(2 / len(examples))
+    assert 0 <= metrics["dp_examples_clipped"] <= metrics["dp_examples"]
+    again = fit_client(model, examples, cfg, FitInstruction(0, start, config))
+    for key in update.state:  # the batches and the noise are seeded by the client's seed
+        torch.testing.assert_close(update.state[key], again.state[key], rtol=0, atol=0)
