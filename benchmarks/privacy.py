@@ -2,12 +2,13 @@
 
 A scaled-down version of the experiment in issue 12 (docs/privacy.md says what was scaled):
 SmolLM2-135M, 100 clients holding 10 synthetic examples each (2 category shards), Poisson
-selection with rate 0.05 (5 clients per round on average), 3 rounds of 1 local step of 4
-examples. Client level (DP-FedAvg, noise at the server) for fedavg and ffa_lora; example level
-(DP-SGD in each client) for fedavg; and client level at ε = 3 with 50, 100 and 200 clients
-(2.5, 5, 10 per round). The clip norm C is the median norm of the update of the first 3
-clients from the initial adapter (McMahan et al. 2018 clip at about the median), measured
-here; ``cost`` times ``fit_client`` with and without DP on the same clients, interleaved.
+selection with rate 0.1 (10 clients per round on average, the issue's lower end), 3 rounds of
+1 local step of 4 examples. Client level (DP-FedAvg, noise at the server) for fedavg and
+ffa_lora; example level (DP-SGD in each client) for fedavg; and client level at ε = 3 with 50,
+100 and 200 clients (5, 10, 20 per round). The clip norm C is the median norm of the update of
+the first 3 clients from the initial adapter (McMahan et al. 2018 clip at about the median),
+measured here; ``cost`` times ``fit_client`` with and without DP on the same clients,
+interleaved.
 
     .venv/bin/python benchmarks/privacy.py            # ~25 min on 2 busy cores
     .venv/bin/python benchmarks/privacy.py --resume   # keep finished runs of results.json
@@ -31,7 +32,7 @@ from fedit.model.lora import get_adapter_state
 from fedit.privacy.mechanism import global_norm, trained_names, update_delta
 from fedit.types import FitConfig, FitInstruction
 
-CLIENTS_PER_ROUND_RATE = 0.05
+CLIENTS_PER_ROUND_RATE = 0.1
 EPSILONS = (8.0, 3.0, 1.0)
 
 
@@ -162,7 +163,8 @@ def noise_to_signal(out: Path) -> str:
     adapter = next(out.glob("*/global_adapter/adapter_model.safetensors"))
     d = sum(t.numel() for t in load_file(str(adapter)).values())
     lines = [
-        "| clients N | per round m (q = 0.05) | rounds | z at ε = 3, δ = 1/N^1.1 | "
+        f"| clients N | per round m (q = {CLIENTS_PER_ROUND_RATE}) | rounds | "
+        "z at ε = 3, δ = 1/N^1.1 | "
         "noise / signal per coordinate z·√d/m |",
         "|---|---|---|---|---|",
     ]
@@ -244,7 +246,8 @@ def main() -> None:
     )
     body = (
         "Scaled down from issue 12 (see docs/privacy.md): 100 clients of 10 synthetic examples, "
-        "Poisson selection at rate 0.05, 3 rounds of 1 local step of 4 examples, lr 3e-3, "
+        f"Poisson selection at rate {CLIENTS_PER_ROUND_RATE}, 3 rounds of 1 local step of 4 "
+        "examples, lr 3e-3, "
         "accuracy (exact match) and loss on 18 held-out examples after the last round; one run "
         "per row, same seed. Client level adds the noise at the server; ε is the accountant's "
         "(RDP) after the last round, calibrated to the target before round 1. Example level: "
