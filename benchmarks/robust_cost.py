@@ -8,7 +8,7 @@ measures the whole adapter. Each defence runs in a fresh process; times exclude 
 random client states, peak memory is the process high-water mark above the generated states.
 Target: krum and geometric_median in 30 s or less for the whole adapter.
 
-    nice -n 10 .venv/bin/python benchmarks/robust_cost.py [--clients 100] [--layers 4]
+    .venv/bin/python benchmarks/robust_cost.py [--clients 100] [--layers 4]
 """
 
 from __future__ import annotations
@@ -132,8 +132,7 @@ def main() -> None:
             f"{args.layers} of {FULL_LAYERS} layers and scaled ×{scale:g} (every module costs "
             "the same and is independent). The Gram matrices are float64 (the server's "
             "default); `krum_float32` is krum with `robust.gram_precision=float32`. Each row "
-            "is a fresh process; the run was under `nice -n 10` on a machine shared with "
-            "other jobs.",
+            "is a fresh process; timings need an otherwise idle machine.",
             "",
             *lines,
             "",
