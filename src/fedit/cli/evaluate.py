@@ -188,13 +188,13 @@ def _compare_seeds(cfg: Config, out: Console, console: Console) -> int:
     """``compare.seeds``: one comparison per seed, then intervals (evaluation/study.py)."""
     from fedit.cli.progress import ProgressObserver
     from fedit.evaluation.study import run_study
-    from fedit.evaluation.study_report import finding
+    from fedit.evaluation.study_report import FINDING_METRICS, finding
 
     with ProgressObserver(console) as observer:
         outcome = run_study(cfg, observer)
     for suite, data in outcome.summary["suites"].items():
         for row in data["paired"]:
-            if row["metric"] in ("accuracy", "loss"):
+            if row["metric"] in FINDING_METRICS:
                 out.print(f"{suite}: {finding(row, outcome.summary)}", markup=False)
     out.print(f"report: {outcome.report}")
     out.print(f"finished in {outcome.seconds / 60:.1f} min ({outcome.seconds:.0f} s)")

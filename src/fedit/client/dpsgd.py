@@ -21,13 +21,14 @@ from fedit.client.batching import collate, split_micro_batches
 from fedit.client.train import (
     LocalObjective,
     StepStats,
-    _LocalOptimizer,
     _training_mode,
     autocast_context,
+    local_optimizer,
     model_device,
     model_pad_token_id,
     num_local_steps,
     token_loss_sum,
+    warmup_lr,
 )
 from fedit.config import TrainConfig
 from fedit.data.templates import IGNORE_INDEX, TokenizedExample
@@ -113,13 +114,9 @@ def private_steps(privacy: ExamplePrivacy) -> Callable[..., StepStats]:
         device = model_device(model)
         trainable = {n: p for n, p in named.items() if p.requires_grad}
         params = list(trainable.values())
-        adamw = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
         # The noised gradient is written into .grad, not backpropagated from a scaled loss, so
         # there is nothing to unscale: the scaler stays off whatever the autocast dtype.
-        unscaled = torch.amp.GradScaler(device.type, enabled=False)
-        optimizer = _LocalOptimizer(
-            adamw, unscaled, params, named, objective, anchor, cfg.max_grad_norm
-        )
+        optimizer = local_optimizer(params, named, objective, anchor, cfg, lr, device, scaled=False)
         rate = sample_rate(cfg, len(examples))
         expected_batch = rate * len(examples)
         draws = np.random.default_rng([seed, EXAMPLE_NOISE])
@@ -129,7 +126,7 @@ def private_steps(privacy: ExamplePrivacy) -> Callable[..., StepStats]:
         stats = StepStats([], 0, 0, 0.0)
         with _training_mode(model, False), per_example_gradients(model):
             for step in range(1, total_steps + 1):
-                step_lr = lr * (min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0)
+                step_lr = warmup_lr(lr, step, cfg.warmup_steps)
                 chosen = np.flatnonzero(draws.random(len(examples)) < rate)
                 batch = [examples[i] for i in chosen]
                 result = clipped_gradient_sum(

@@ -152,6 +152,33 @@ class StepStats:
     lr_sum: float  # Σ_t η_t over the optimizer steps (SCAFFOLD option II divides by it)
 
 
+def warmup_lr(lr: float, step: int, warmup_steps: int) -> float:
+    """Linear warmup within the local run, then the round's constant ``lr``."""
+    return lr * (min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0)
+
+
+def local_optimizer(
+    params: list[nn.Parameter],
+    named: dict[str, nn.Parameter],
+    objective: LocalObjective,
+    anchor: AdapterState,
+    cfg: TrainConfig,
+    lr: float,
+    device: torch.device,
+    scaled: bool,
+) -> _LocalOptimizer:
+    """A local run's AdamW over ``params``; ``scaled`` turns on fp16 loss scaling."""
+    return _LocalOptimizer(
+        optimizer=torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay),
+        scaler=torch.amp.GradScaler(device.type, enabled=scaled),
+        params=params,
+        named=named,
+        objective=objective,
+        anchor=anchor,
+        max_grad_norm=cfg.max_grad_norm,
+    )
+
+
 def _train_steps(
     model: nn.Module,
     examples: Sequence[Any],
@@ -169,15 +196,7 @@ def _train_steps(
     params = [p for p in model.parameters() if p.requires_grad]
     # Only fp16 needs loss scaling; a disabled scaler passes everything through.
     fp16 = resolve_autocast(device, cfg.autocast) == torch.float16
-    optimizer = _LocalOptimizer(
-        optimizer=torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay),
-        scaler=torch.amp.GradScaler(device.type, enabled=fp16),
-        params=params,
-        named=named,
-        objective=objective,
-        anchor=anchor,
-        max_grad_norm=cfg.max_grad_norm,
-    )
+    optimizer = local_optimizer(params, named, objective, anchor, cfg, lr, device, scaled=fp16)
     total_steps = num_local_steps(cfg, len(examples))
     batches = list(
         itertools.islice(
@@ -191,8 +210,7 @@ def _train_steps(
     stats = StepStats([], 0, 0, 0.0)
     with _training_mode(model, cfg.gradient_checkpointing):
         for step, batch in enumerate(batches, start=1):
-            # Linear warmup within the local run, then the round's constant lr.
-            step_lr = lr * (min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0)
+            step_lr = warmup_lr(lr, step, cfg.warmup_steps)
             micro = split_micro_batches(batch, cfg.micro_batch_size)
             loss, real, slots = step_loss.accumulate(model, micro, optimizer.scaler)
             optimizer.step(step_lr)

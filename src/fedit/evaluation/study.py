@@ -216,10 +216,9 @@ def _paired(by_seed: dict[int, dict[str, dict[str, Any]]], common: list[str]) ->
         metrics.append("loss")
     rows = []
     opponents = [r for r in common if r != "fedit"]
-    if any(r.startswith("local#") for r in opponents):
-        opponents.insert(
-            opponents.index(next(r for r in opponents if r.startswith("local#"))), BEST_LOCAL
-        )
+    locals_at = [i for i, r in enumerate(opponents) if r.startswith("local#")]
+    if locals_at:  # "best local" leads the Local-k rows
+        opponents.insert(locals_at[0], BEST_LOCAL)
     for opponent in opponents:
         for metric in metrics:
             diffs = []

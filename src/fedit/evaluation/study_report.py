@@ -11,7 +11,8 @@ from fedit.evaluation.compare_report import learning_curves
 from fedit.evaluation.intervals import BOOTSTRAP_METHOD, T_METHOD
 from fedit.io import atomic_write_text
 
-HEADLINE = ("accuracy", "token_f1", "rouge_l", "loss")
+HEADLINE = ("accuracy", "token_f1", "rouge_l", "loss")  # the tables, in this order
+FINDING_METRICS = ("accuracy", "loss")  # the findings: exact answers, and the loss
 
 
 def _cell(interval: dict[str, Any], digits: int = 3) -> str:
@@ -90,7 +91,7 @@ def write_study_report(
     lines += ["", "## Findings", ""]
     for suite, data in summary["suites"].items():
         for row in data["paired"]:
-            if row["metric"] in HEADLINE[:1] + HEADLINE[3:]:
+            if row["metric"] in FINDING_METRICS:
                 lines.append(f"- {suite}: {finding(row, summary)}")
     lines += ["", "## Learning curves", ""] + learning_curves(histories, references, out)
     for suite, data in summary["suites"].items():
