@@ -9,10 +9,12 @@ Three phases, written to docs/benchmarks.md ("preference"):
 3. one round's local training of the same clients, same steps, side by side: SFT on their
    instructions against DPO on their pairs (time per round, and its ratio).
 
-Scaled to fit about 25 minutes of a shared 2-core machine by the overrides below (pass more
-as ``--sft KEY=VALUE`` / ``--dpo KEY=VALUE``):
+At the shipped configs' size by default (the quickstart's 4 rounds, then configs/dpo.yaml: 4
+rounds, 90 held-out pairs, Local-3), about an hour on an idle 2-core machine; ``--scaled`` applies
+the overrides below (about 25 minutes on a shared machine). Pass more as ``--sft KEY=VALUE`` /
+``--dpo KEY=VALUE``:
 
-    .venv/bin/python benchmarks/preference.py
+    .venv/bin/python benchmarks/preference.py --start runs/quickstart/global_adapter
 """
 
 from __future__ import annotations
@@ -82,35 +84,40 @@ def main() -> None:
     parser.add_argument("--sft", nargs="*", default=[], help="overrides of the SFT phase")
     parser.add_argument("--dpo", nargs="*", default=[], help="overrides of the DPO phase")
     parser.add_argument("--note", default="", help="a remark for the write-up (load, provenance)")
+    parser.add_argument("--scaled", action="store_true", help="the scaled-down overrides")
     args = parser.parse_args()
+    sft_scale = SFT_SCALE if args.scaled else []
+    dpo_scale = DPO_SCALE if args.scaled else []
     out = ROOT / args.output_dir
     started = time.perf_counter()
     start = args.start
-    made = f"the quickstart's instruction tuning with `{' '.join(SFT_SCALE + args.sft)}`"
+    made = f"the quickstart's instruction tuning with `{' '.join(sft_scale + args.sft)}`"
     if start is None:
         sft = load_config(
             ROOT / "configs" / "quickstart.yaml",
-            [f"output_dir={out / 'sft'}", "overwrite=true", *SFT_SCALE, *args.sft],
+            [f"output_dir={out / 'sft'}", "overwrite=true", *sft_scale, *args.sft],
         )
         start = str(run_experiment(sft).run_dir / "global_adapter")
     sft_minutes = (time.perf_counter() - started) / 60
     dpo = load_config(
         ROOT / "configs" / "dpo.yaml",
         [f"model.adapter={start}", f"output_dir={out / 'dpo'}", "overwrite=true"]
-        + [*DPO_SCALE, *args.dpo],
+        + [*dpo_scale, *args.dpo],
     )
     outcome = run_compare(dpo)
     sft_s, sft_tokens = _round_seconds(dpo, "sft")
     dpo_s, dpo_tokens = _round_seconds(dpo, "dpo")
     rows = [(name, result["preference"]) for name, result in outcome.results.items()]
     steps = dpo.train.local_steps
+    overrides = " ".join(dpo_scale + args.dpo)
+    settings = f"with `{overrides}`" if overrides else "as shipped"
     body = "\n".join(
         [
             "On the embedded suite with SmolLM2-135M-Instruct. Starting adapter: "
             + (f"`{start}`" if args.start else f"{made} ({sft_minutes:.1f} min)")
             + ", then "
-            "`fedit compare configs/dpo.yaml` with "
-            f"`{' '.join(DPO_SCALE + args.dpo)}` ({outcome.seconds / 60:.1f} min). Implicit "
+            f"`fedit compare configs/dpo.yaml` {settings} ({outcome.seconds / 60:.1f} min). "
+            "Implicit "
             "rewards use the base model as reference, so the base row is 0 by definition.",
             "",
             "Held-out reward accuracy (share of pairs where the chosen answer's implicit "

@@ -38,6 +38,7 @@ from helpers import tiny_args  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+DPO = ROOT / "configs" / "dpo.yaml"
 # Two clients, both selected each round: the smallest federation that still averages.
 FAST = (
     "eval.generate=false",
@@ -386,16 +387,18 @@ def _files(run: Path) -> list[str]:
     return sorted(str(p.relative_to(run)) for p in run.rglob("*"))
 
 
-def _in_process(model_dir: Path, out: Path, *extra: str) -> Path:
-    return run_experiment(load_config(QUICKSTART, tiny_args(model_dir, out, *FAST, *extra))).run_dir
+def _in_process(model_dir: Path, out: Path, *extra: str, config: Path = QUICKSTART) -> Path:
+    return run_experiment(load_config(config, tiny_args(model_dir, out, *FAST, *extra))).run_dir
 
 
-def _check_same_as_in_process(federation: Federation, model_dir: Path, tmp: Path, *extra: str):
+def _check_same_as_in_process(
+    federation: Federation, model_dir: Path, tmp: Path, *extra: str, config: Path = QUICKSTART
+):
     for client in range(2):
         federation.add_node({"partition-id": client, "num-partitions": 2})
-    result = federation.run(str(QUICKSTART), *tiny_args(model_dir, tmp / "flower", *FAST, *extra))
+    result = federation.run(str(config), *tiny_args(model_dir, tmp / "flower", *FAST, *extra))
     assert (tmp / "flower" / "global_adapter").is_dir(), result.stdout + federation.logs()
-    expected = _in_process(model_dir, tmp / "local", *extra)
+    expected = _in_process(model_dir, tmp / "local", *extra, config=config)
     local, remote = _adapter(expected), _adapter(tmp / "flower")
     assert local.keys() == remote.keys()
     assert max((local[k] - remote[k]).abs().max().item() for k in local) <= 1e-5
@@ -426,6 +429,21 @@ def test_flower_private_run_matches_in_process_adapter_and_epsilon(tiny_model_di
     remote = _last_round(tmp_path / "flower")["privacy"]
     local = _last_round(tmp_path / "local")["privacy"]
     assert remote == local and remote["epsilon"] > 0
+
+
+@pytest.mark.slow  # real SuperLink and SuperNodes; train_site's DPO path runs in the default suite
+def test_flower_feddpo_matches_in_process(tiny_model_dir, tmp_path):
+    # FedDPO from an instruction-tuned adapter, as configs/dpo.yaml runs it: each SuperNode reads
+    # its preference pairs and the starting adapter, and the result equals the in-process run.
+    sft = _in_process(tiny_model_dir, tmp_path / "sft", "federation.rounds=1")
+    with Federation(tmp_path) as federation:
+        start = f"model.adapter={sft / 'global_adapter'}"
+        _check_same_as_in_process(federation, tiny_model_dir, tmp_path, start, config=DPO)
+    remote, local = _last_round(tmp_path / "flower"), _last_round(tmp_path / "local")
+    for client, metrics in remote["client_metrics"].items():
+        assert metrics["reward_accuracy"] == local["client_metrics"][client]["reward_accuracy"]
+        assert metrics["dpo_loss"] == pytest.approx(local["client_metrics"][client]["dpo_loss"])
+    assert remote["eval"]["reward_accuracy"] == local["eval"]["reward_accuracy"]
 
 
 def _last_round(out: Path) -> dict:

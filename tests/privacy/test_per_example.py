@@ -8,12 +8,15 @@ import pytest
 import torch
 
 from fedit.client.batching import collate
+from fedit.client.dpo import DPOLoss
 from fedit.client.dpsgd import clipped_gradient_sum
 from fedit.client.fit import fit_client
+from fedit.client.loss import TokenLoss
 from fedit.client.train import model_pad_token_id, token_loss_sum
-from fedit.config import Config, LoraConfig, ModelConfig, TrainConfig
+from fedit.config import Config, DPOConfig, LoraConfig, ModelConfig, TrainConfig
+from fedit.data.preference import tokenize_pairs
 from fedit.data.templates import IGNORE_INDEX, tokenize_examples
-from fedit.model import apply_lora, get_adapter_state, load_model
+from fedit.model import apply_lora, get_adapter_state, load_model, set_adapter_state
 from fedit.model.lora import adapter_parameters
 from fedit.privacy.per_example import per_example_gradients
 from fedit.types import FitConfig, FitInstruction
@@ -32,19 +35,28 @@ def setup(tiny_model_dir: Path):
     # B starts at zero; move it so that A's gradients are not zero too
     state = {k: v + 0.05 if ".lora_B." in k else v for k, v in get_adapter_state(model).items()}
     tokenized, _ = tokenize_examples(EXAMPLES, tokenizer, "alpaca", cutoff_len=128)
-    return model, tokenized, state
+    pairs, _ = tokenize_pairs(
+        [dict(e, rejected=str(int(e["output"]) + 1), messages="") for e in EXAMPLES],
+        tokenizer,
+        "alpaca",
+        cutoff_len=128,
+    )  # off-by-one sums rejected, as the synthetic suite's pairs
+    return model, tokenized, state, pairs
 
 
-def _hand_loop(model, examples, params, clip_norm):
-    """One example at a time: its own mean token loss, backward, clip, add."""
+def _example_loss(model, example):
+    batch = collate([example], model_pad_token_id(model))
+    _, per_row = token_loss_sum(model, batch)
+    return per_row.sum() / (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+
+
+def _hand_loop(model, units, params, clip_norm, unit_loss=_example_loss):
+    """One unit at a time: its own loss, backward, clip, add."""
     total = {n: torch.zeros_like(p) for n, p in params.items()}
     clipped = 0
-    for example in examples:
-        batch = collate([example], model_pad_token_id(model))
-        _, per_row = token_loss_sum(model, batch)
-        tokens = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+    for unit in units:
         model.zero_grad(set_to_none=True)
-        (per_row.sum() / tokens).backward()
+        unit_loss(model, unit).backward()
         grads = {n: p.grad.detach().clone() for n, p in params.items()}
         norm = sum(float(g.pow(2).sum()) for g in grads.values()) ** 0.5
         clipped += norm > clip_norm
@@ -56,12 +68,13 @@ def _hand_loop(model, examples, params, clip_norm):
 
 @pytest.mark.parametrize("clip_norm", [0.05, 1e6])  # most clipped / none clipped
 def test_per_example_clipping_equals_a_hand_loop(setup, clip_norm):
-    model, examples, _ = setup
+    model, examples, _, _ = setup
     params = {n: p for n, p in adapter_parameters(model).items() if p.requires_grad}
     model.train()
     expected, expected_clipped = _hand_loop(model, examples, params, clip_norm)
+    loss = TokenLoss(model_pad_token_id(model), "none")
     with per_example_gradients(model):
-        result = clipped_gradient_sum(model, examples, 3, params, clip_norm)  # 3 micro-batches
+        result = clipped_gradient_sum(model, examples, 3, params, clip_norm, loss)  # 3 micro
     model.eval()
     assert result.examples == len(examples)
     assert result.clipped == expected_clipped
@@ -70,8 +83,52 @@ def test_per_example_clipping_equals_a_hand_loop(setup, clip_norm):
         torch.testing.assert_close(result.gradients[name], expected[name], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("clip_norm", [0.05, 1e6])
+def test_dpo_clips_each_pair_as_one_unit(setup, clip_norm):
+    # A pair's chosen and rejected rows sit U rows apart in one forward pass; their per-row
+    # gradients must add up to the pair's own DPO gradient before it is clipped.
+    model, _, start, pairs = setup
+    set_adapter_state(model, start)  # the policy differs from the base reference
+    params = {n: p for n, p in adapter_parameters(model).items() if p.requires_grad}
+    dpo = DPOLoss(DPOConfig(beta=0.5), model_pad_token_id(model), "none", batch_size=4)
+    dpo.prepare(model, [pairs])
+    model.train()
+
+    def pair_loss(model, pair):
+        return dpo.unit_losses(model, [pair])[0].sum()
+
+    expected, expected_clipped = _hand_loop(model, pairs, params, clip_norm, pair_loss)
+    with per_example_gradients(model):
+        result = clipped_gradient_sum(model, pairs, 3, params, clip_norm, dpo)
+    model.eval()
+    assert result.examples == len(pairs) and result.clipped == expected_clipped
+    for name in expected:
+        torch.testing.assert_close(result.gradients[name], expected[name], rtol=1e-4, atol=1e-6)
+
+
+def test_dp_sgd_trains_dpo_pairs_with_their_metrics(setup):
+    model, _, start, pairs = setup
+    cfg = Config(
+        lora=LORA,
+        train=TrainConfig(
+            objective="dpo", local_steps=3, batch_size=3, micro_batch_size=2, train_on_inputs=False
+        ),
+        dpo=DPOConfig(beta=0.5),
+    )
+    config = FitConfig(
+        lr=5e-2, rank=LORA.r, seed=3, dp_level="example", dp_clip_norm=0.5, dp_noise_multiplier=1.0
+    )
+    update = fit_client(model, pairs, cfg, FitInstruction(0, start, config))
+    assert any(not torch.equal(update.state[k], start[k]) for k in start)
+    metrics = update.metrics
+    assert metrics["dp_sample_rate"] == pytest.approx(3 / len(pairs))
+    assert 0 <= metrics["dp_examples_clipped"] <= metrics["dp_examples"]
+    assert metrics["dp_examples"] > 0 and 0 <= metrics["reward_accuracy"] <= 1
+    assert metrics["dpo_loss"] > 0 and update.train_loss > 0
+
+
 def test_dp_sgd_round_trains_b_only_for_ffa_lora_and_reports_its_draws(setup):
-    model, examples, start = setup
+    model, examples, start, _ = setup
     cfg = Config(lora=LORA, train=TrainConfig(local_steps=3, batch_size=2, micro_batch_size=2))
     config = FitConfig(
         lr=5e-2,

@@ -27,10 +27,6 @@ REFUSALS = {
     "pld without replacement": (["privacy.accountant=pld"], "only the RDP accountant"),
     "no noise": (["privacy.noise_multiplier=null"], "privacy.noise_multiplier: set it"),
     "robust defence": (["robust.method=geometric_median"], "strategy sees only the noised mean"),
-    "dpo at example level": (
-        ["train.objective=dpo", "privacy.level=example"],
-        "train.objective=dpo is not supported with it",
-    ),
 }
 
 

@@ -141,6 +141,23 @@ class DPOLoss:
         )
         self._reference = {id(pair): row for pair, row in zip(pending, logps, strict=True)}
 
+    def _losses(
+        self, model: nn.Module, micro: Sequence[TokenizedPair]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(P,) DPO losses of a micro-batch (with gradient) and its answers' token counts;
+        the run's loss, reward accuracy and margin sums take them in."""
+        policy, tokens = pair_logps(model, micro, self.pad_token_id, self.autocast)
+        reference = torch.stack([self._reference[id(pair)] for pair in micro])
+        losses, rewards = dpo_loss(
+            policy, reference.to(policy.device), tokens, self.cfg.beta, self.cfg.loss
+        )
+        margins = rewards[:, 0] - rewards[:, 1]
+        self._sums["pairs"] += len(micro)
+        self._sums["loss"] += float(losses.detach().sum())
+        self._sums["correct"] += float((margins > 0).sum())
+        self._sums["margin"] += float(margins.sum())
+        return losses, tokens
+
     def accumulate(
         self,
         model: nn.Module,
@@ -151,25 +168,23 @@ class DPOLoss:
         num_pairs = sum(len(micro) for micro in micro_batches)
         step_loss, real, slots = 0.0, 0, 0
         for micro in micro_batches:
-            policy, tokens = pair_logps(model, micro, self.pad_token_id, self.autocast)
-            reference = torch.stack([self._reference[id(pair)] for pair in micro])
-            losses, rewards = dpo_loss(
-                policy, reference.to(policy.device), tokens, self.cfg.beta, self.cfg.loss
-            )
+            losses, _ = self._losses(model, micro)
             loss = losses.sum() / num_pairs  # the accumulated gradient is the step's mean
             scaler.scale(loss).backward()
             step_loss += loss.item()
-            margins = rewards[:, 0] - rewards[:, 1]
-            self._sums["pairs"] += len(micro)
-            self._sums["loss"] += float(losses.detach().sum())
-            self._sums["correct"] += float((margins > 0).sum())
-            self._sums["margin"] += float(margins.sum())
             lengths = [
                 len(side.input_ids) for pair in micro for side in (pair.chosen, pair.rejected)
             ]
             real += sum(lengths)
             slots += max(lengths) * len(lengths)
         return step_loss, real, slots
+
+    def unit_losses(
+        self, model: nn.Module, micro: Sequence[TokenizedPair]
+    ) -> tuple[torch.Tensor, int]:
+        """Each pair's DPO loss: under example-level DP the unit is the preference pair, whose
+        chosen and rejected rows (``pair_logps`` puts them U rows apart) are clipped together."""
+        return self._losses(model, micro)[0], 2
 
     def metrics(self) -> dict[str, float]:
         """DPO loss, reward accuracy and mean reward margin over the run's pairs (as trained)."""

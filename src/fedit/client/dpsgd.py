@@ -1,7 +1,8 @@
 """DP-SGD inside one client (Abadi et al. 2016): example-level differential privacy.
 
 Each step draws a Poisson batch (every example independently with rate q = batch_size / N),
-clips each example's gradient of its own mean token loss to C, sums, adds N(0, z²C²) per
+clips each example's gradient of its own mean token loss to C (under ``train.objective=dpo``
+the unit is a preference pair and its DPO loss), sums, adds N(0, z²C²) per
 coordinate and divides by the expected batch size q·N; AdamW then steps on that noised mean,
 which is post-processing. Per-example gradients come from opacus
 (``fedit.privacy.per_example``). The accountant composes one
@@ -12,26 +13,26 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from fedit.client.batching import collate, split_micro_batches
+from fedit.client.batching import split_micro_batches
+from fedit.client.loss import StepLoss
 from fedit.client.train import (
     LocalObjective,
     StepStats,
     _training_mode,
-    autocast_context,
     local_optimizer,
     model_device,
-    model_pad_token_id,
     num_local_steps,
-    token_loss_sum,
     warmup_lr,
 )
 from fedit.config import TrainConfig
-from fedit.data.templates import IGNORE_INDEX, TokenizedExample
+from fedit.data.preference import TokenizedPair
+from fedit.data.templates import TokenizedExample
 from fedit.privacy.mechanism import EXAMPLE_NOISE, noise_generator
 from fedit.privacy.per_example import clip_and_sum, per_example_gradients
 from fedit.types import AdapterState
@@ -64,37 +65,39 @@ class ClippedSum:
 
 def clipped_gradient_sum(
     model: nn.Module,
-    batch: list[TokenizedExample],
+    batch: list[Any],
     micro_batch_size: int,
     params: dict[str, nn.Parameter],
     clip_norm: float,
-    autocast: str = "none",
+    step_loss: StepLoss,
 ) -> ClippedSum:
-    """Σ_i clip_C(∇ℓ_i) over ``batch``, where ℓ_i is example i's mean loss per label token.
+    """Σ_i clip_C(∇ℓ_i) over ``batch``, where ℓ_i is unit i's own loss (``unit_losses``: an
+    example's mean loss per label token, or a preference pair's DPO loss).
 
     The model must be in train mode inside ``per_example_gradients``; an empty batch gives
     zeros (DP-SGD still adds its noise).
     """
-    device = model_device(model)
-    pad_token_id = model_pad_token_id(model)
     total = {
         n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in params.items()
     }
     examples, clipped, loss = 0, 0, 0.0
     for micro in split_micro_batches(batch, micro_batch_size) if batch else []:
-        tensors = {k: v.to(device) for k, v in collate(micro, pad_token_id).items()}
-        tokens = (tensors["labels"][:, 1:] != IGNORE_INDEX).sum(dim=1).clamp(min=1)  # (B,)
-        with autocast_context(device, autocast):
-            _, per_row = token_loss_sum(model, tensors)
-        per_example = per_row / tokens  # (B,) ℓ_i
-        per_example.sum().backward()
-        part, count, over = clip_and_sum(params, clip_norm)
+        per_unit, rows_per_unit = step_loss.unit_losses(model, micro)  # (U,) ℓ_i
+        per_unit.sum().backward()
+        part, count, over = clip_and_sum(params, clip_norm, rows_per_unit)
         for name, value in part.items():
             total[name].add_(value)
         examples += count
         clipped += over
-        loss += float(per_example.detach().sum())
+        loss += float(per_unit.detach().sum())
     return ClippedSum(total, examples, clipped, loss / examples if examples else 0.0)
+
+
+def _tokens(unit: Any) -> int:
+    """Tokens one unit puts through the model: an example, or a pair's two answers."""
+    if isinstance(unit, TokenizedPair):
+        return len(unit.chosen.input_ids) + len(unit.rejected.input_ids)
+    return len(unit.input_ids)
 
 
 def private_steps(privacy: ExamplePrivacy) -> Callable[..., StepStats]:
@@ -102,7 +105,7 @@ def private_steps(privacy: ExamplePrivacy) -> Callable[..., StepStats]:
 
     def run(
         model: nn.Module,
-        examples: list[TokenizedExample],
+        examples: list[TokenizedExample] | list[TokenizedPair],
         cfg: TrainConfig,
         lr: float,
         seed: int,
@@ -110,6 +113,7 @@ def private_steps(privacy: ExamplePrivacy) -> Callable[..., StepStats]:
         objective: LocalObjective,
         anchor: AdapterState,
         named: dict[str, nn.Parameter],
+        step_loss: StepLoss,
     ) -> StepStats:
         device = model_device(model)
         trainable = {n: p for n, p in named.items() if p.requires_grad}
@@ -124,20 +128,23 @@ def private_steps(privacy: ExamplePrivacy) -> Callable[..., StepStats]:
         std = privacy.noise_multiplier * privacy.clip_norm
         total_steps = num_local_steps(cfg, len(examples))
         stats = StepStats([], 0, 0, 0.0)
+        # Poisson batches are drawn inside the loop, so DPO's reference pass (before training
+        # mode, from the round's start adapter) covers every pair the run could draw.
+        step_loss.prepare(model, [examples])
         with _training_mode(model, False), per_example_gradients(model):
             for step in range(1, total_steps + 1):
                 step_lr = warmup_lr(lr, step, cfg.warmup_steps)
                 chosen = np.flatnonzero(draws.random(len(examples)) < rate)
                 batch = [examples[i] for i in chosen]
                 result = clipped_gradient_sum(
-                    model, batch, cfg.micro_batch_size, trainable, privacy.clip_norm, cfg.autocast
+                    model, batch, cfg.micro_batch_size, trainable, privacy.clip_norm, step_loss
                 )
                 for name, param in sorted(trainable.items()):
                     draw = torch.randn(param.shape, generator=noise, dtype=torch.float32) * std
                     noised = result.gradients[name] + draw.to(param.device)
                     param.grad = (noised / expected_batch).to(param.dtype)
                 optimizer.step(step_lr)
-                tokens = sum(len(example.input_ids) for example in batch)
+                tokens = sum(_tokens(unit) for unit in batch)
                 stats.losses.append(result.loss)
                 stats.real_tokens += tokens
                 stats.padded_slots += tokens

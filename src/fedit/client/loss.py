@@ -34,6 +34,15 @@ class StepLoss(Protocol):
         """Backpropagate one optimizer step. Returns (loss, real tokens, padded slots)."""
         ...
 
+    def unit_losses(self, model: nn.Module, micro: Sequence[Any]) -> tuple[torch.Tensor, int]:
+        """Each privacy unit's own loss, for DP-SGD's per-unit clipping.
+
+        Returns:
+            (U,) losses with gradient, and the batch rows each unit spans: the forward pass
+            holds ``rows · U`` rows, row ``j · U + u`` belonging to unit ``u``.
+        """
+        ...
+
     def metrics(self) -> dict[str, float]:
         """Scalars for the client's reply, over the whole run."""
         ...
@@ -135,6 +144,17 @@ class TokenLoss:
         scaler: torch.amp.GradScaler,
     ) -> tuple[float, int, int]:
         return _step(model, micro_batches, self.pad_token_id, self.autocast, scaler)
+
+    def unit_losses(
+        self, model: nn.Module, micro: Sequence[TokenizedExample]
+    ) -> tuple[torch.Tensor, int]:
+        """Each example's mean loss per label token: the unit of example-level DP."""
+        device = model_device(model)
+        batch = {k: v.to(device) for k, v in collate(micro, self.pad_token_id).items()}
+        tokens = (batch["labels"][:, 1:] != IGNORE_INDEX).sum(dim=1).clamp(min=1)  # (B,)
+        with autocast_context(device, self.autocast):
+            _, per_row = token_loss_sum(model, batch)
+        return per_row / tokens, 1
 
     def metrics(self) -> dict[str, float]:
         return {}

@@ -279,7 +279,9 @@ def train_local(
     start = time.perf_counter()
     with _frozen(frozen):
         if steps is not None:  # DP-SGD (client.dpsgd): its own per-example step loop
-            stats = steps(model, examples, cfg, lr, seed, progress, objective, anchor, named)
+            stats = steps(
+                model, examples, cfg, lr, seed, progress, objective, anchor, named, step_loss
+            )
         else:
             stats = _train_steps(
                 model, examples, cfg, lr, seed, progress, objective, anchor, named, step_loss

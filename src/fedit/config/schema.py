@@ -92,12 +92,6 @@ class Config:
                 f"privacy.level={level} the strategy sees only the noised mean; use "
                 "robust.method=none with DP (clipping already bounds every client's influence)"
             )
-        if level == "example" and self.train.objective == "dpo":
-            problems.append(
-                "privacy.level: example-level DP-SGD clips per-example gradients of the "
-                "next-token loss; train.objective=dpo is not supported with it, use "
-                "privacy.level=client"
-            )
         return problems
 
     def to_dict(self) -> dict[str, Any]:

@@ -35,11 +35,15 @@ def per_example_gradients(model: nn.Module) -> Iterator[None]:
 
 
 def clip_and_sum(
-    params: dict[str, nn.Parameter], clip_norm: float
+    params: dict[str, nn.Parameter], clip_norm: float, rows_per_unit: int = 1
 ) -> tuple[dict[str, torch.Tensor], int, int]:
-    """Σ_i g_i · min(1, C / ‖g_i‖) over the examples in ``grad_sample``, which is consumed.
+    """Σ_i g_i · min(1, C / ‖g_i‖) over the units in ``grad_sample``, which is consumed.
 
-    ‖g_i‖ is the norm of example i's gradient over every trainable tensor at once.
+    A unit is one example, or ``rows_per_unit`` batch rows that one loss term couples (a DPO
+    pair's chosen and rejected answers): its gradient is the sum of its rows' per-row gradients,
+    rows grouped unit-major (row ``j · U + u`` belongs to unit ``u``). This holds because no row's
+    forward pass sees another row. ‖g_i‖ is the norm of unit i's gradient over every trainable
+    tensor at once.
 
     Returns:
         (the clipped sum per parameter name, fp32), examples, examples that were clipped.
@@ -49,6 +53,11 @@ def clip_and_sum(
     }
     if not samples:
         return {}, 0, 0
+    if rows_per_unit > 1:
+        samples = {
+            n: s.reshape(rows_per_unit, s.shape[0] // rows_per_unit, *s.shape[1:]).sum(dim=0)
+            for n, s in samples.items()
+        }
     norms = torch.sqrt(
         sum(s.float().reshape(s.shape[0], -1).pow(2).sum(dim=1) for s in samples.values())
     )  # (B,)
