@@ -28,8 +28,8 @@ from fedit.client.train import (
     model_pad_token_id,
     num_local_steps,
     token_loss_sum,
-    warmup_lr,
 )
+from fedit.client.schedule import local_step_lr
 from fedit.config import TrainConfig
 from fedit.data.templates import IGNORE_INDEX, TokenizedExample
 from fedit.privacy.mechanism import EXAMPLE_NOISE, noise_generator
@@ -126,7 +126,9 @@ def private_steps(privacy: ExamplePrivacy) -> Callable[..., StepStats]:
         stats = StepStats([], 0, 0, 0.0)
         with _training_mode(model, False), per_example_gradients(model):
             for step in range(1, total_steps + 1):
-                step_lr = warmup_lr(lr, step, cfg.warmup_steps)
+                step_lr = local_step_lr(
+                    lr, step, total_steps, cfg.local_lr_schedule, cfg.warmup_steps
+                )
                 chosen = np.flatnonzero(draws.random(len(examples)) < rate)
                 batch = [examples[i] for i in chosen]
                 result = clipped_gradient_sum(

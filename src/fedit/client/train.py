@@ -31,6 +31,7 @@ from fedit.client.device import (  # noqa: F401 - re-exported: where callers hav
     model_pad_token_id,
     resolve_autocast,
 )
+from fedit.client.schedule import local_step_lr
 from fedit.client.loss import StepLoss, TokenLoss, count_label_tokens, token_loss_sum  # noqa: F401
 from fedit.config import TrainConfig
 from fedit.model.lora import adapter_parameters, get_adapter_state, set_adapter_state
@@ -152,11 +153,6 @@ class StepStats:
     lr_sum: float  # Σ_t η_t over the optimizer steps (SCAFFOLD option II divides by it)
 
 
-def warmup_lr(lr: float, step: int, warmup_steps: int) -> float:
-    """Linear warmup within the local run, then the round's constant ``lr``."""
-    return lr * (min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0)
-
-
 def local_optimizer(
     params: list[nn.Parameter],
     named: dict[str, nn.Parameter],
@@ -210,7 +206,7 @@ def _train_steps(
     stats = StepStats([], 0, 0, 0.0)
     with _training_mode(model, cfg.gradient_checkpointing):
         for step, batch in enumerate(batches, start=1):
-            step_lr = warmup_lr(lr, step, cfg.warmup_steps)
+            step_lr = local_step_lr(lr, step, total_steps, cfg.local_lr_schedule, cfg.warmup_steps)
             micro = split_micro_batches(batch, cfg.micro_batch_size)
             loss, real, slots = step_loss.accumulate(model, micro, optimizer.scaler)
             optimizer.step(step_lr)

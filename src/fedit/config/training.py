@@ -12,6 +12,7 @@ QUANTIZATIONS = ("none", "4bit", "8bit")
 TEMPLATES = ("alpaca", "chat")
 PARTITION_METHODS = ("iid", "dirichlet", "shards", "natural")
 LR_SCHEDULES = ("constant", "cosine")
+LOCAL_LR_SCHEDULES = ("constant", "linear", "cosine")
 AUTOCAST = ("auto", "bf16", "fp16", "none")
 OBJECTIVES = ("sft", "dpo")
 DPO_REFERENCES = ("base", "global")
@@ -194,6 +195,11 @@ class TrainConfig:
     lr: float = option(3e-4, "peak learning rate (AdamW)")
     lr_min: float = option(0.0, "final learning rate of the cosine schedule across rounds")
     lr_schedule: str = option("constant", "learning rate across rounds: constant or cosine")
+    local_lr_schedule: str = option(
+        "constant",
+        "learning rate within each client's local run, after warmup: constant, linear or cosine "
+        "(decaying from the round's lr towards 0, as the HF Trainer does)",
+    )
     warmup_steps: int = option(0, "linear warmup steps at the start of each local run")
     weight_decay: float = option(0.0, "AdamW weight decay")
     max_grad_norm: float = option(1.0, "gradient clipping norm (0 disables)")
@@ -208,6 +214,9 @@ class TrainConfig:
 
     def validate(self) -> list[str]:
         problems = check_choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        problems += check_choice(
+            "train.local_lr_schedule", self.local_lr_schedule, LOCAL_LR_SCHEDULES
+        )
         problems += check_choice("train.objective", self.objective, OBJECTIVES)
         problems += check_choice("train.autocast", self.autocast, AUTOCAST)
         for key in ("batch_size", "micro_batch_size", "cutoff_len"):
