@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from fedit.client.batching import collate, split_micro_batches
+from fedit.client.schedule import local_step_lr
 from fedit.client.train import (
     LocalObjective,
     StepStats,
@@ -29,7 +30,6 @@ from fedit.client.train import (
     num_local_steps,
     token_loss_sum,
 )
-from fedit.client.schedule import local_step_lr
 from fedit.config import TrainConfig
 from fedit.data.templates import IGNORE_INDEX, TokenizedExample
 from fedit.privacy.mechanism import EXAMPLE_NOISE, noise_generator

@@ -31,8 +31,8 @@ from fedit.client.device import (  # noqa: F401 - re-exported: where callers hav
     model_pad_token_id,
     resolve_autocast,
 )
-from fedit.client.schedule import local_step_lr
 from fedit.client.loss import StepLoss, TokenLoss, count_label_tokens, token_loss_sum  # noqa: F401
+from fedit.client.schedule import local_step_lr
 from fedit.config import TrainConfig
 from fedit.model.lora import adapter_parameters, get_adapter_state, set_adapter_state
 from fedit.types import AdapterState, ClientUpdate
