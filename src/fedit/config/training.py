@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from fedit.config.fields import check_choice, option
 
-DTYPES = ("fp32", "bf16", "fp16")
+DTYPES = ("fp32", "bf16", "fp16", "auto")
 DEVICES = ("cpu", "cuda", "auto")
 QUANTIZATIONS = ("none", "4bit", "8bit")
 TEMPLATES = ("alpaca", "chat")
@@ -27,7 +27,11 @@ class ModelConfig:
         "smollm2-135m-instruct",
         "Hugging Face hub id, local folder, or an embedded name (smollm2-135m-instruct)",
     )
-    dtype: str = option("fp32", "weight dtype: fp32, bf16 or fp16")
+    dtype: str = option(
+        "fp32",
+        "weight dtype of the frozen base: fp32, bf16, fp16, or auto (bf16 where the CPU or GPU "
+        "has native bf16, else fp32); LoRA parameters and optimizer state stay fp32",
+    )
     device: str = option("auto", "cpu, cuda or auto (cuda when available)")
     quantization: str = option("none", "none, 4bit or 8bit (bitsandbytes; CPU or CUDA)")
     revision: str | None = option(None, "hub revision (branch, tag or commit)")
