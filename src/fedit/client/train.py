@@ -269,7 +269,8 @@ def train_local(
     frozen = [p for n, p in named.items() if objective.trainable == "lora_B" and ".lora_A." in n]
     anchor = {k: v.detach().clone() for k, v in global_state.items()} if global_state else {}
 
-    step_loss = step_loss or TokenLoss(model_pad_token_id(model), cfg.autocast)
+    pack_capacity = cfg.cutoff_len if cfg.packing else None
+    step_loss = step_loss or TokenLoss(model_pad_token_id(model), cfg.autocast, pack_capacity)
 
     torch.manual_seed(seed)
     start = time.perf_counter()

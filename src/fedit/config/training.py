@@ -211,6 +211,11 @@ class TrainConfig:
     train_on_inputs: bool = option(False, "also compute the loss on the prompt tokens")
     autocast: str = option("auto", "mixed precision: auto (bf16 where supported), bf16, fp16, none")
     group_by_length: bool = option(True, "batch examples of similar length to cut padding")
+    packing: bool = option(
+        False,
+        "pack each micro-batch's examples into rows of up to cutoff_len tokens, attention kept "
+        "inside each example (same loss as unpacked, less padding; sft only)",
+    )
     gradient_checkpointing: bool = option(False, "trade compute for activation memory")
     objective: str = option(
         "sft", "sft (instruction tuning) or dpo (preference pairs; see the dpo section)"
