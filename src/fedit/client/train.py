@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from fedit.client.batching import iterate_batches, split_micro_batches
+from fedit.client.compile import CompiledTraining, compile_wanted
 from fedit.client.device import (  # noqa: F401 - re-exported: where callers have always found them
     autocast_context,
     cpu_supports_bf16,
@@ -204,11 +205,15 @@ def _train_steps(
     )
     step_loss.prepare(model, batches)  # before train(): DPO's reference pass, without dropout
     stats = StepStats([], 0, 0, 0.0)
+    runner = CompiledTraining(model, compile_wanted(cfg.compile, device))
     with _training_mode(model, cfg.gradient_checkpointing):
         for step, batch in enumerate(batches, start=1):
             step_lr = local_step_lr(lr, step, total_steps, cfg.local_lr_schedule, cfg.warmup_steps)
             micro = split_micro_batches(batch, cfg.micro_batch_size)
-            loss, real, slots = step_loss.accumulate(model, micro, optimizer.scaler)
+            loss, real, slots = runner.run(
+                lambda forward: step_loss.accumulate(forward, micro, optimizer.scaler),  # noqa: B023
+                lambda: optimizer.optimizer.zero_grad(set_to_none=True),
+            )
             optimizer.step(step_lr)
             stats.losses.append(loss)
             stats.real_tokens += real

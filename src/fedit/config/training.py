@@ -217,6 +217,11 @@ class TrainConfig:
         "inside each example (same loss as unpacked, less padding; sft only)",
     )
     gradient_checkpointing: bool = option(False, "trade compute for activation memory")
+    compile: bool | str = option(
+        False,
+        "torch.compile the training forward: true, false, or auto (on a CUDA GPU only); "
+        "falls back to eager, with one log line, if compilation fails",
+    )
     objective: str = option(
         "sft", "sft (instruction tuning) or dpo (preference pairs; see the dpo section)"
     )
@@ -244,6 +249,8 @@ class TrainConfig:
             problems.append(f"train.lr: must be > 0, got {self.lr}")
         elif self.lr_min < 0 or self.lr_min > self.lr:
             problems.append(f"train.lr_min: must be in [0, train.lr], got {self.lr_min}")
+        if isinstance(self.compile, str) and self.compile != "auto":
+            problems.append(f"train.compile: got {self.compile!r}; use true, false or auto")
         if self.warmup_steps < 0:
             problems.append(f"train.warmup_steps: must be >= 0, got {self.warmup_steps}")
         return problems
