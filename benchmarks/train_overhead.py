@@ -9,7 +9,7 @@ Loops run interleaved, after one untimed warm-up each (torch.compile compiles th
 Targets (issue 18): 3x the baseline on a machine with native bf16, 1.5x on an fp32-only one.
 
     .venv/bin/python benchmarks/train_overhead.py [--repeats 3] [--profile]
-    .venv/bin/python benchmarks/train_overhead.py --smoke      # 2 steps, prints only
+    .venv/bin/python benchmarks/train_overhead.py --smoke      # 2 tiny steps, prints only
 
 ``--profile`` also runs one local run of the shipped defaults under torch.profiler and prints
 its top operators by self CPU time (and CUDA time on a GPU).
@@ -172,10 +172,12 @@ def main() -> None:
     parser.add_argument("--config", default=str(ROOT / "configs" / "quickstart.yaml"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="print a round's top operators")
-    parser.add_argument("--smoke", action="store_true", help="2 steps, 1 repeat, print only")
+    parser.add_argument("--smoke", action="store_true", help="2 tiny steps, 1 repeat, print only")
     parser.add_argument("overrides", nargs="*", help="config key=value overrides")
     args = parser.parse_args()
     overrides = ["train.local_steps=null", "train.local_epochs=1", "lora.dropout=0"]
+    if args.smoke:  # 2 steps of 2 short examples: checks every loop runs, measures nothing
+        overrides += ["train.batch_size=2", "train.cutoff_len=48"]
     cfg = load_config(args.config, overrides + args.overrides)
     cfg.train.micro_batch_size = cfg.train.batch_size  # one forward per step in every loop
     data = prepare_data(cfg)

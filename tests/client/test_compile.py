@@ -10,20 +10,9 @@ import torch
 
 from fedit.client import compile as compile_module
 from fedit.client.train import train_local
-from fedit.config import ConfigError, LoraConfig, ModelConfig, TrainConfig, load_config
-from fedit.data.templates import tokenize_examples
-from fedit.model import apply_lora, get_adapter_state, load_model
-
-
-def _setup(folder: Path):
-    model, tokenizer = load_model(ModelConfig(name=str(folder), device="cpu"))
-    model = apply_lora(model, LoraConfig(r=4, alpha=8, dropout=0.0), seed=0)
-    rows = [
-        {"instruction": f"Add {i} and {i + 3}.", "input": "", "output": str(2 * i + 3)}
-        for i in range(8)
-    ]
-    examples, _ = tokenize_examples(rows, tokenizer, "alpaca", cutoff_len=256)
-    return model, examples
+from fedit.config import ConfigError, TrainConfig, load_config
+from fedit.model import get_adapter_state
+from helpers import tiny_lora
 
 
 def _train_both(model, examples, **overrides):
@@ -42,7 +31,7 @@ def _train_both(model, examples, **overrides):
 
 @pytest.mark.slow  # inductor compiles C++ kernels: about a minute on a CPU
 def test_compiled_and_eager_steps_agree(tiny_model_dir: Path) -> None:
-    model, examples = _setup(tiny_model_dir)
+    model, _, examples = tiny_lora(tiny_model_dir)
     eager, compiled = _train_both(model, examples)
     assert compile_module.CompiledTraining(model, True).active  # it really compiled
     assert compiled.train_loss == pytest.approx(eager.train_loss, rel=1e-4)
@@ -54,7 +43,7 @@ def test_compiled_and_eager_steps_agree(tiny_model_dir: Path) -> None:
 def test_a_failed_compilation_falls_back_to_eager(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    model, examples = _setup(tiny_model_dir)
+    model, _, examples = tiny_lora(tiny_model_dir)
 
     class BrokenCompiled:
         """Like torch's OptimizedModule (attributes forwarded), but its call fails."""

@@ -10,6 +10,7 @@ from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_wi
 
 from fedit.client.schedule import local_step_lr
 from fedit.config import ConfigError, load_config
+from helpers import tiny_lora
 
 
 def _hf_lrs(factory, total: int, warmup: int, peak: float) -> list[float]:
@@ -69,16 +70,9 @@ def test_every_local_loop_steps_at_the_scheduled_rates(tiny_model_dir, private: 
     """SFT (and DPO, same loop) and DP-SGD both take their rates from ``local_step_lr``."""
     from fedit.client.dpsgd import ExamplePrivacy, private_steps
     from fedit.client.train import train_local
-    from fedit.config import LoraConfig, ModelConfig, TrainConfig
-    from fedit.data.templates import tokenize_examples
-    from fedit.model import apply_lora, load_model
+    from fedit.config import TrainConfig
 
-    model, tokenizer = load_model(ModelConfig(name=str(tiny_model_dir), device="cpu"))
-    model = apply_lora(model, LoraConfig(r=4, alpha=8), seed=0)
-    rows = [
-        {"instruction": f"Add {i} and {i}.", "input": "", "output": str(2 * i)} for i in range(8)
-    ]
-    examples, _ = tokenize_examples(rows, tokenizer, "alpaca", cutoff_len=256)
+    model, _, examples = tiny_lora(tiny_model_dir, dropout=0.05)
     cfg = TrainConfig(
         local_steps=5, batch_size=4, micro_batch_size=4, autocast="none",
         local_lr_schedule="linear", warmup_steps=1,

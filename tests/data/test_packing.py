@@ -10,29 +10,11 @@ import torch
 from fedit.client.batching import collate
 from fedit.client.loss import token_loss_sum
 from fedit.client.train import train_local
-from fedit.config import ConfigError, LoraConfig, ModelConfig, TrainConfig, load_config
+from fedit.config import ConfigError, TrainConfig, load_config
 from fedit.data.packing import collate_packed, pack_rows
-from fedit.data.templates import IGNORE_INDEX, TokenizedExample, tokenize_examples
-from fedit.model import apply_lora, get_adapter_state, load_model
-
-ROWS = [
-    ("What is 12 + 35?", "", "47"),
-    ("Sort these numbers.", "5, 3, 9", "3, 5, 9"),
-    ("Reverse the words.", "red green blue", "blue green red"),
-    ("Convert 3 km to meters.", "", "3000"),
-    ("Extract the city from the JSON.", '{"city": "Oslo"}', "Oslo"),
-    ("What is 7 + 8?", "", "15"),
-    ("Sort these numbers.", "9, 1, 4, 2", "1, 2, 4, 9"),
-    ("Reverse the words.", "the quick brown fox", "fox brown quick the"),
-]
-
-
-def _setup(folder: Path, train_on_inputs: bool = False):
-    model, tokenizer = load_model(ModelConfig(name=str(folder), device="cpu"))
-    model = apply_lora(model, LoraConfig(r=4, alpha=8, dropout=0.0), seed=0)
-    rows = [{"instruction": i, "input": x, "output": o} for i, x, o in ROWS]
-    examples, _ = tokenize_examples(rows, tokenizer, "alpaca", 256, train_on_inputs)
-    return model, tokenizer, examples
+from fedit.data.templates import IGNORE_INDEX, TokenizedExample
+from fedit.model import get_adapter_state
+from helpers import tiny_lora
 
 
 def test_pack_rows_places_every_example_once_within_capacity() -> None:
@@ -63,7 +45,7 @@ def test_packed_layout_restarts_positions_and_drops_the_boundary_label() -> None
 def test_packed_loss_and_gradients_equal_unpacked(
     tiny_model_dir: Path, train_on_inputs: bool
 ) -> None:
-    model, tokenizer, examples = _setup(tiny_model_dir, train_on_inputs)
+    model, tokenizer, examples = tiny_lora(tiny_model_dir, train_on_inputs=train_on_inputs)
     capacity = max(len(e.input_ids) for e in examples) * 3  # several examples a row
     results = []
     for batch in (
@@ -84,7 +66,7 @@ def test_packed_loss_and_gradients_equal_unpacked(
 
 
 def test_packed_training_matches_unpacked_training(tiny_model_dir: Path) -> None:
-    model, _, examples = _setup(tiny_model_dir)
+    model, _, examples = tiny_lora(tiny_model_dir)
     start = get_adapter_state(model)
     updates = []
     for packing in (False, True):

@@ -9,9 +9,9 @@ import torch
 
 from fedit.client.device import resolve_autocast
 from fedit.client.train import train_local
-from fedit.config import ConfigError, LoraConfig, ModelConfig, TrainConfig, load_config
-from fedit.data.templates import tokenize_examples
-from fedit.model import apply_lora, load_model, precision
+from fedit.config import ConfigError, ModelConfig, TrainConfig, load_config
+from fedit.model import load_model, precision
+from helpers import tiny_lora
 
 CPU = torch.device("cpu")
 
@@ -65,12 +65,7 @@ def test_cpuinfo_flags_are_a_second_opinion(
 
 def test_bf16_base_trains_only_fp32_lora_parameters(tiny_model_dir: Path) -> None:
     """trl's check on a bf16 base: every LoRA parameter (fp32) moves, no base parameter does."""
-    model, tokenizer = load_model(ModelConfig(name=str(tiny_model_dir), device="cpu", dtype="bf16"))
-    model = apply_lora(model, LoraConfig(r=4, alpha=8), seed=0)
-    rows = [
-        {"instruction": f"Add {i} and {i}.", "input": "", "output": str(2 * i)} for i in range(8)
-    ]
-    examples, _ = tokenize_examples(rows, tokenizer, "alpaca", cutoff_len=256)
+    model, _, examples = tiny_lora(tiny_model_dir, dtype="bf16", dropout=0.05)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     cfg = TrainConfig(local_steps=3, batch_size=4, micro_batch_size=4, autocast="none")
     update = train_local(model, examples, cfg, client_id=0, lr=1e-2, seed=0)
