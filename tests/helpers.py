@@ -52,3 +52,31 @@ class CrashInRound(RunObserver):
     def on_round_start(self, server_round: int, selected: list[int]) -> None:
         if server_round == self.server_round:
             raise KeyboardInterrupt
+
+
+# A few short instructions of mixed lengths that the tiny model's tokenizer covers.
+INSTRUCTION_ROWS = [
+    ("What is 12 + 35?", "", "47"),
+    ("Sort these numbers.", "5, 3, 9", "3, 5, 9"),
+    ("Reverse the words.", "red green blue", "blue green red"),
+    ("Convert 3 km to meters.", "", "3000"),
+    ("Extract the city from the JSON.", '{"city": "Oslo"}', "Oslo"),
+    ("What is 7 + 8?", "", "15"),
+    ("Sort these numbers.", "9, 1, 4, 2", "1, 2, 4, 9"),
+    ("Reverse the words.", "the quick brown fox", "fox brown quick the"),
+]
+
+
+def tiny_lora(
+    model_dir: Path, dtype: str = "fp32", dropout: float = 0.0, train_on_inputs: bool = False
+):
+    """The tiny model with a seeded LoRA (r=4), its tokenizer and INSTRUCTION_ROWS tokenized."""
+    from fedit.config import LoraConfig, ModelConfig
+    from fedit.data.templates import tokenize_examples
+    from fedit.model import apply_lora, load_model
+
+    model, tokenizer = load_model(ModelConfig(name=str(model_dir), device="cpu", dtype=dtype))
+    model = apply_lora(model, LoraConfig(r=4, alpha=8, dropout=dropout), seed=0)
+    rows = [{"instruction": i, "input": x, "output": o} for i, x, o in INSTRUCTION_ROWS]
+    examples, _ = tokenize_examples(rows, tokenizer, "alpaca", 256, train_on_inputs)
+    return model, tokenizer, examples

@@ -124,10 +124,12 @@ def test_no_module_is_over_the_house_limit():
 
 def test_config_choices_match_the_registries():
     from fedit import config
+    from fedit.client.schedule import LOCAL_LR_SCHEDULES
     from fedit.data.partition import PARTITIONERS
     from fedit.strategy.selection import SELECTORS
 
     assert set(config.PARTITION_METHODS) == set(PARTITIONERS)
+    assert set(config.LOCAL_LR_SCHEDULES) == set(LOCAL_LR_SCHEDULES)
     # availability (random plus dropouts) and poisson are built with their probability
     assert set(config.SELECTIONS) == set(SELECTORS) | {"availability", "poisson"}
 

@@ -8,12 +8,11 @@ import pytest
 import torch
 from peft import PeftModel
 
-from fedit.client import device as device_module
 from fedit.client import train as train_module
 from fedit.client.train import num_local_steps, resolve_autocast, train_local
 from fedit.config import LoraConfig, ModelConfig, TrainConfig
 from fedit.data.templates import TokenizedExample, tokenize_examples
-from fedit.model import apply_lora, get_adapter_state, load_model
+from fedit.model import apply_lora, get_adapter_state, load_model, precision
 
 ROWS = [
     ("What is 12 + 35?", "", "47", "math"),
@@ -118,9 +117,9 @@ def test_resolve_autocast(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_autocast(cpu, "none") is None
     assert resolve_autocast(cpu, "bf16") is torch.bfloat16
     assert resolve_autocast(cpu, "fp16") is torch.float16
-    monkeypatch.setattr(device_module, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)
     assert resolve_autocast(cpu, "auto") is torch.bfloat16
-    monkeypatch.setattr(device_module, "cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)
     assert resolve_autocast(cpu, "auto") is None
 
 

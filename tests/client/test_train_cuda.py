@@ -18,21 +18,13 @@ from fedit.config import LoraConfig, ModelConfig, TrainConfig
 from fedit.data.templates import tokenize_examples
 from fedit.model import apply_lora, load_model
 from fedit.types import ClientUpdate
-from helpers import GPU, GPU_TEST_DEVICE
+from helpers import GPU, GPU_TEST_DEVICE, INSTRUCTION_ROWS
 
 pytestmark = GPU
 
-ROWS = [
-    ("What is 12 + 35?", "", "47"),
-    ("Sort these numbers.", "5, 3, 9", "3, 5, 9"),
-    ("Reverse the words.", "red green blue", "blue green red"),
-    ("Convert 3 km to meters.", "", "3000"),
-    ("Extract the city from the JSON.", '{"city": "Oslo"}', "Oslo"),
-    ("What is 7 + 8?", "", "15"),
-    ("Sort these numbers.", "9, 1, 4, 2", "1, 2, 4, 9"),
-    ("Reverse the words.", "the quick brown fox", "fox brown quick the"),
+EXAMPLES = [
+    {"instruction": i, "input": x, "output": o, "category": "c"} for i, x, o in INSTRUCTION_ROWS
 ]
-EXAMPLES = [{"instruction": i, "input": x, "output": o, "category": "c"} for i, x, o in ROWS]
 
 
 def _train(

@@ -52,11 +52,12 @@ class ArithmeticEngine:
             )
         return updates
 
-    def evaluate(self, state):
+    def evaluate(self, state, generate=True):
         self.evaluated.append(state is None)
+        accuracy = {"accuracy": 0.0 if state is None else 0.5} if generate else {}
         if state is None:
-            return {"loss": 2.0, "accuracy": 0.0}
-        return {"loss": float(state["lora_A"].abs().mean()), "accuracy": 0.5}
+            return {"loss": 2.0, **accuracy}
+        return {"loss": float(state["lora_A"].abs().mean()), **accuracy}
 
     def save_adapter(self, state, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
@@ -203,3 +204,15 @@ def test_too_few_replies_because_clients_went_offline_skips_the_round(caplog):
     cfg, selection, instructions, updates = _round([0, 1, 2], [1, 2], [0], min_fit=2)
     assert not enough_replies(cfg, 4, selection, instructions, updates)
     assert "global adapter unchanged" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("every", "generated"), [(1, [0, 1, 2, 3, 4]), (3, [0, 3, 4]), (0, [0, 4])]
+)
+def test_generation_every_k_rounds_and_always_at_the_ends(tmp_path, every, generated):
+    """Loss at every evaluation; accuracy at the start, every k-th round and the last round."""
+    cfg = _cfg(tmp_path, f"eval.generate_every={every}")
+    engine = ArithmeticEngine(5, cfg.seed)
+    _, history = run_rounds(cfg, engine, engine, build_strategy(cfg), _start(cfg))
+    assert all("loss" in r["eval"] for r in history)
+    assert [r["round"] for r in history if "accuracy" in r["eval"]] == generated

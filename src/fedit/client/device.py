@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-from functools import cache
 
 import torch
 from torch import nn
 
 from fedit.config import ConfigError
+from fedit.model import precision
+from fedit.model.precision import cpu_supports_bf16  # noqa: F401 - re-exported
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
-
-
-@cache
-def cpu_supports_bf16() -> bool:
-    """Whether this CPU runs bf16 matmuls natively (AVX512-BF16 or AMX), not emulated."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    for name in checks:
-        check = getattr(torch.cpu, name, None)
-        with contextlib.suppress(Exception):
-            if check is not None and check():
-                return True
-    return False
 
 
 def resolve_autocast(device: torch.device, mode: str) -> torch.dtype | None:
@@ -31,10 +20,8 @@ def resolve_autocast(device: torch.device, mode: str) -> torch.dtype | None:
     ``auto`` picks bf16 on a CUDA GPU that supports it and on a CPU with native bf16; otherwise
     fp32, because emulated bf16 is slower than fp32.
     """
-    if mode == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-        return torch.bfloat16 if device.type == "cpu" and cpu_supports_bf16() else None
+    if mode == "auto":  # the one detector, shared with model.dtype=auto
+        return torch.bfloat16 if precision.native_bf16(device) else None
     if mode not in AUTOCAST_DTYPES:
         raise ConfigError(f"train.autocast: unknown value {mode!r}; choose auto, bf16, fp16, none")
     return AUTOCAST_DTYPES[mode]

@@ -21,6 +21,7 @@ from torch import nn
 
 from fedit.client.batching import split_micro_batches
 from fedit.client.loss import StepLoss
+from fedit.client.schedule import local_step_lr
 from fedit.client.train import (
     LocalObjective,
     StepStats,
@@ -28,7 +29,6 @@ from fedit.client.train import (
     local_optimizer,
     model_device,
     num_local_steps,
-    warmup_lr,
 )
 from fedit.config import TrainConfig
 from fedit.data.preference import TokenizedPair
@@ -133,7 +133,9 @@ def private_steps(privacy: ExamplePrivacy) -> Callable[..., StepStats]:
         step_loss.prepare(model, [examples])
         with _training_mode(model, False), per_example_gradients(model):
             for step in range(1, total_steps + 1):
-                step_lr = warmup_lr(lr, step, cfg.warmup_steps)
+                step_lr = local_step_lr(
+                    lr, step, total_steps, cfg.local_lr_schedule, cfg.warmup_steps
+                )
                 chosen = np.flatnonzero(draws.random(len(examples)) < rate)
                 batch = [examples[i] for i in chosen]
                 result = clipped_gradient_sum(

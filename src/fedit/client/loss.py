@@ -9,16 +9,18 @@ optimizer step. ``TokenLoss`` is next-token cross-entropy on the response tokens
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Sequence
 from functools import cache
 from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from fedit.client.batching import Batch, collate
 from fedit.client.device import autocast_context, model_device
+from fedit.data.packing import collate_packed
 from fedit.data.templates import IGNORE_INDEX, TokenizedExample
 
 
@@ -58,39 +60,60 @@ def _base_model(model: nn.Module) -> nn.Module:
     return get_base() if callable(get_base) else model
 
 
+@cache
+def _keeps_a_mask(model_type: Any) -> bool:
+    """Whether the model slices with transformers' ``slice_logits_to_keep`` (2-D bool masks)."""
+    module = sys.modules.get(model_type.__module__)
+    return _accepts_logits_to_keep(model_type) and hasattr(module, "slice_logits_to_keep")
+
+
+def _model_inputs(batch: Batch) -> dict[str, Tensor]:
+    """Padded rows go with their attention mask; packed rows (``data/packing``) with their
+    position ids and no mask, from which transformers builds the block-diagonal mask."""
+    if "position_ids" in batch:
+        return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+
 def token_loss_sum(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed next-token cross-entropy over label tokens and the per-row sums.
 
-    Positions before the batch's first label token predict nothing that is scored, so the
-    vocabulary projection skips them (``logits_to_keep``, where the model supports it). With the
-    loss on responses only, that removes most of the (B, T, vocab) logits work.
+    Only positions that predict a scored token go through the vocabulary projection: a boolean
+    ``logits_to_keep`` mask where the model slices with ``slice_logits_to_keep`` (transformers'
+    own models), else the positions from the batch's first label token on. With the loss on
+    responses only, that removes most of the (B, T, vocab) logits work.
 
     Returns:
         (total loss, scalar) and (per-row loss sums, (B,)), both fp32.
     """
     labels = batch["labels"]  # (B, T)
+    model_type: Any = type(_base_model(model))
+    if _keeps_a_mask(model_type):
+        keep = torch.zeros_like(labels, dtype=torch.bool)  # (B, T): position t predicts t+1
+        keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+        logits = model(**_model_inputs(batch), use_cache=False, logits_to_keep=keep).logits
+        losses = F.cross_entropy(logits.float(), labels[:, 1:][keep[:, :-1]], reduction="none")
+        rows = keep.nonzero()[:, 0]  # (N,) the row of each kept position
+        per_row = torch.zeros(labels.shape[0], device=losses.device).index_add_(0, rows, losses)
+        return per_row.sum(), per_row
     scored = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero()  # logit positions with a target
     first = int(scored[0]) if len(scored) else 0
     kwargs: dict[str, int] = {}
-    model_type: Any = type(_base_model(model))
     if first > 0 and _accepts_logits_to_keep(model_type):
         kwargs["logits_to_keep"] = labels.shape[1] - first  # logits of positions first..T-1
     else:
         first = 0
-    logits = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        use_cache=False,
-        **kwargs,
-    ).logits[:, :-1]  # (B, T-1-first, vocab): position t predicts token t+1
+    logits = model(**_model_inputs(batch), use_cache=False, **kwargs).logits[
+        :, :-1
+    ]  # (B, T-1-first, vocab): position t predicts token t+1
     targets = labels[:, first + 1 :]  # (B, T-1-first)
-    losses = F.cross_entropy(
+    token_losses = F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]).float(),
         targets.reshape(-1),
         ignore_index=IGNORE_INDEX,
         reduction="none",
     ).view(targets.shape)  # (B, T-1-first), 0 where ignored
-    per_row = losses.sum(dim=1)
+    per_row = token_losses.sum(dim=1)
     return per_row.sum(), per_row
 
 
@@ -105,14 +128,21 @@ def _step(
     pad_token_id: int,
     autocast: str,
     scaler: torch.amp.GradScaler,
+    pack_capacity: int | None = None,
 ) -> tuple[float, int, int]:
     """Accumulate gradients of one optimizer step. Returns (loss, real tokens, padded slots).
 
     Each micro-batch's summed loss is divided by the label tokens of the whole step, so the
-    accumulated gradient equals that of one big batch.
+    accumulated gradient equals that of one big batch, packed (``pack_capacity`` tokens a row)
+    or not.
     """
     device = model_device(model)
-    batches = [collate(micro, pad_token_id) for micro in micro_batches]
+    batches = [
+        collate(micro, pad_token_id)
+        if pack_capacity is None
+        else collate_packed(micro, pad_token_id, pack_capacity)
+        for micro in micro_batches
+    ]
     label_tokens = max(1, sum(count_label_tokens(batch) for batch in batches))
     step_loss, real, slots = 0.0, 0, 0
     for batch in batches:
@@ -128,11 +158,16 @@ def _step(
 
 
 class TokenLoss:
-    """Instruction tuning: mean next-token cross-entropy over the step's label tokens."""
+    """Instruction tuning: mean next-token cross-entropy over the step's label tokens.
 
-    def __init__(self, pad_token_id: int, autocast: str):
+    ``pack_capacity`` packs each micro-batch into rows of at most that many tokens
+    (``train.packing``, ``data/packing.py``); the loss is the same as unpacked.
+    """
+
+    def __init__(self, pad_token_id: int, autocast: str, pack_capacity: int | None = None):
         self.pad_token_id = pad_token_id
         self.autocast = autocast
+        self.pack_capacity = pack_capacity
 
     def prepare(self, model: nn.Module, batches: Sequence[Sequence[Any]]) -> None:
         del model, batches  # nothing to precompute
@@ -143,7 +178,9 @@ class TokenLoss:
         micro_batches: Sequence[Sequence[TokenizedExample]],
         scaler: torch.amp.GradScaler,
     ) -> tuple[float, int, int]:
-        return _step(model, micro_batches, self.pad_token_id, self.autocast, scaler)
+        return _step(
+            model, micro_batches, self.pad_token_id, self.autocast, scaler, self.pack_capacity
+        )
 
     def unit_losses(
         self, model: nn.Module, micro: Sequence[TokenizedExample]

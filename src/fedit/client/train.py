@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from fedit.client.batching import iterate_batches, split_micro_batches
+from fedit.client.compile import CompiledTraining, compile_wanted
 from fedit.client.device import (  # noqa: F401 - re-exported: where callers have always found them
     autocast_context,
     cpu_supports_bf16,
@@ -32,6 +33,7 @@ from fedit.client.device import (  # noqa: F401 - re-exported: where callers hav
     resolve_autocast,
 )
 from fedit.client.loss import StepLoss, TokenLoss, count_label_tokens, token_loss_sum  # noqa: F401
+from fedit.client.schedule import local_step_lr
 from fedit.config import TrainConfig
 from fedit.model.lora import adapter_parameters, get_adapter_state, set_adapter_state
 from fedit.types import AdapterState, ClientUpdate
@@ -152,11 +154,6 @@ class StepStats:
     lr_sum: float  # Σ_t η_t over the optimizer steps (SCAFFOLD option II divides by it)
 
 
-def warmup_lr(lr: float, step: int, warmup_steps: int) -> float:
-    """Linear warmup within the local run, then the round's constant ``lr``."""
-    return lr * (min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0)
-
-
 def local_optimizer(
     params: list[nn.Parameter],
     named: dict[str, nn.Parameter],
@@ -208,11 +205,15 @@ def _train_steps(
     )
     step_loss.prepare(model, batches)  # before train(): DPO's reference pass, without dropout
     stats = StepStats([], 0, 0, 0.0)
+    runner = CompiledTraining(model, compile_wanted(cfg.compile, device))
     with _training_mode(model, cfg.gradient_checkpointing):
         for step, batch in enumerate(batches, start=1):
-            step_lr = warmup_lr(lr, step, cfg.warmup_steps)
+            step_lr = local_step_lr(lr, step, total_steps, cfg.local_lr_schedule, cfg.warmup_steps)
             micro = split_micro_batches(batch, cfg.micro_batch_size)
-            loss, real, slots = step_loss.accumulate(model, micro, optimizer.scaler)
+            loss, real, slots = runner.run(
+                lambda forward: step_loss.accumulate(forward, micro, optimizer.scaler),  # noqa: B023
+                lambda: optimizer.optimizer.zero_grad(set_to_none=True),
+            )
             optimizer.step(step_lr)
             stats.losses.append(loss)
             stats.real_tokens += real
@@ -273,7 +274,8 @@ def train_local(
     frozen = [p for n, p in named.items() if objective.trainable == "lora_B" and ".lora_A." in n]
     anchor = {k: v.detach().clone() for k, v in global_state.items()} if global_state else {}
 
-    step_loss = step_loss or TokenLoss(model_pad_token_id(model), cfg.autocast)
+    pack_capacity = cfg.cutoff_len if cfg.packing else None
+    step_loss = step_loss or TokenLoss(model_pad_token_id(model), cfg.autocast, pack_capacity)
 
     torch.manual_seed(seed)
     start = time.perf_counter()

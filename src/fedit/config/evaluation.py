@@ -57,6 +57,11 @@ class EvalConfig:
     every: int = option(1, "evaluate every k rounds (the last round is always evaluated)")
     base: bool = option(True, "score the base model before round 1")
     generate: bool = option(True, "greedy generation for exact-match accuracy")
+    generate_every: int = option(
+        1,
+        "generate (accuracy) at every k-th evaluated round; 0: only before round 1 and at the "
+        "last round (always generated); the loss is computed at every evaluation",
+    )
     max_new_tokens: int = option(32, "generation length cap")
     batch_size: int = option(16, "evaluation batch size")
     long_max_new_tokens: int = option(
@@ -69,6 +74,8 @@ class EvalConfig:
         for key in ("every", "max_new_tokens", "batch_size", "long_max_new_tokens"):
             if getattr(self, key) < 1:
                 problems.append(f"eval.{key}: must be >= 1, got {getattr(self, key)}")
+        if self.generate_every < 0:
+            problems.append(f"eval.generate_every: must be >= 0, got {self.generate_every}")
         return problems + self.judge.validate()
 
 

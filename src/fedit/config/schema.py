@@ -55,6 +55,14 @@ class Config:
                 "train.train_on_inputs: DPO compares the answers' log-probabilities only; "
                 "set train.train_on_inputs=false with train.objective=dpo"
             )
+        if self.train.packing and (
+            self.train.objective != "sft" or self.privacy.level == "example"
+        ):
+            problems.append(
+                "train.packing: packs instruction-tuning examples only; it does not apply to "
+                "train.objective=dpo or privacy.level=example (per-example gradients need one "
+                "example a row); set train.packing=false"
+            )
         ranks = {self.lora.r, *(self.lora.client_ranks or [])}
         problems += self._adversary_problems(len(ranks) > 1)
         problems += self._privacy_combinations()

@@ -6,12 +6,13 @@ from dataclasses import dataclass, field
 
 from fedit.config.fields import check_choice, option
 
-DTYPES = ("fp32", "bf16", "fp16")
+DTYPES = ("fp32", "bf16", "fp16", "auto")
 DEVICES = ("cpu", "cuda", "auto")
 QUANTIZATIONS = ("none", "4bit", "8bit")
 TEMPLATES = ("alpaca", "chat")
 PARTITION_METHODS = ("iid", "dirichlet", "shards", "natural")
 LR_SCHEDULES = ("constant", "cosine")
+LOCAL_LR_SCHEDULES = ("constant", "linear", "cosine")
 AUTOCAST = ("auto", "bf16", "fp16", "none")
 OBJECTIVES = ("sft", "dpo")
 DPO_REFERENCES = ("base", "global")
@@ -26,7 +27,11 @@ class ModelConfig:
         "smollm2-135m-instruct",
         "Hugging Face hub id, local folder, or an embedded name (smollm2-135m-instruct)",
     )
-    dtype: str = option("fp32", "weight dtype: fp32, bf16 or fp16")
+    dtype: str = option(
+        "fp32",
+        "weight dtype of the frozen base: fp32, bf16, fp16, or auto (bf16 where the CPU or GPU "
+        "has native bf16, else fp32); LoRA parameters and optimizer state stay fp32",
+    )
     device: str = option("auto", "cpu, cuda or auto (cuda when available)")
     quantization: str = option("none", "none, 4bit or 8bit (bitsandbytes; CPU or CUDA)")
     revision: str | None = option(None, "hub revision (branch, tag or commit)")
@@ -194,6 +199,11 @@ class TrainConfig:
     lr: float = option(3e-4, "peak learning rate (AdamW)")
     lr_min: float = option(0.0, "final learning rate of the cosine schedule across rounds")
     lr_schedule: str = option("constant", "learning rate across rounds: constant or cosine")
+    local_lr_schedule: str = option(
+        "constant",
+        "learning rate within each client's local run, after warmup: constant, linear or cosine "
+        "(decaying from the round's lr towards 0, as the HF Trainer does)",
+    )
     warmup_steps: int = option(0, "linear warmup steps at the start of each local run")
     weight_decay: float = option(0.0, "AdamW weight decay")
     max_grad_norm: float = option(1.0, "gradient clipping norm (0 disables)")
@@ -201,13 +211,26 @@ class TrainConfig:
     train_on_inputs: bool = option(False, "also compute the loss on the prompt tokens")
     autocast: str = option("auto", "mixed precision: auto (bf16 where supported), bf16, fp16, none")
     group_by_length: bool = option(True, "batch examples of similar length to cut padding")
+    packing: bool = option(
+        False,
+        "pack each micro-batch's examples into rows of up to cutoff_len tokens, attention kept "
+        "inside each example (same loss as unpacked, less padding; sft only)",
+    )
     gradient_checkpointing: bool = option(False, "trade compute for activation memory")
+    compile: bool | str = option(
+        False,
+        "torch.compile the training forward: true, false, or auto (on a CUDA GPU only); "
+        "falls back to eager, with one log line, if compilation fails",
+    )
     objective: str = option(
         "sft", "sft (instruction tuning) or dpo (preference pairs; see the dpo section)"
     )
 
     def validate(self) -> list[str]:
         problems = check_choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        problems += check_choice(
+            "train.local_lr_schedule", self.local_lr_schedule, LOCAL_LR_SCHEDULES
+        )
         problems += check_choice("train.objective", self.objective, OBJECTIVES)
         problems += check_choice("train.autocast", self.autocast, AUTOCAST)
         for key in ("batch_size", "micro_batch_size", "cutoff_len"):
@@ -226,6 +249,8 @@ class TrainConfig:
             problems.append(f"train.lr: must be > 0, got {self.lr}")
         elif self.lr_min < 0 or self.lr_min > self.lr:
             problems.append(f"train.lr_min: must be in [0, train.lr], got {self.lr_min}")
+        if isinstance(self.compile, str) and self.compile != "auto":
+            problems.append(f"train.compile: got {self.compile!r}; use true, false or auto")
         if self.warmup_steps < 0:
             problems.append(f"train.warmup_steps: must be >= 0, got {self.warmup_steps}")
         return problems

@@ -29,14 +29,12 @@ from transformers import (
 
 from fedit.config import ConfigError, ModelConfig
 from fedit.io import temporary_directory
+from fedit.model.precision import (  # noqa: F401 - TORCH_DTYPES re-exported
+    TORCH_DTYPES,
+    resolve_model_dtype,
+)
 
 logger = logging.getLogger(__name__)
-
-TORCH_DTYPES: dict[str, torch.dtype] = {
-    "fp32": torch.float32,
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
-}
 
 
 @dataclass(frozen=True)
@@ -179,7 +177,7 @@ def _resolve_device(device: str) -> torch.device:
 def _compute_dtype(cfg: ModelConfig, device: torch.device) -> torch.dtype:
     """4-bit compute dtype: model.dtype, or for fp32 bf16 on a GPU and fp32 on a CPU."""
     if cfg.dtype != "fp32":
-        return TORCH_DTYPES[cfg.dtype]
+        return resolve_model_dtype(cfg.dtype, device)
     # bitsandbytes' CUDA kernels are fastest in bf16; a CPU without native bf16 emulates it.
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
@@ -241,7 +239,7 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
 
 def _from_pretrained(cfg: ModelConfig, path: str, device: torch.device) -> tuple[Any, Any]:
     quantization = _quantization_config(cfg, device)
-    kwargs: dict[str, Any] = {"dtype": TORCH_DTYPES[cfg.dtype]}
+    kwargs: dict[str, Any] = {"dtype": resolve_model_dtype(cfg.dtype, device)}
     if quantization is not None:
         kwargs["quantization_config"] = quantization
         # bitsandbytes quantizes while loading, on the device the map names.
@@ -283,10 +281,12 @@ def load_model(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBa
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.eval()
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     logger.info(
-        "loaded %s (%s, %s, quantization=%s) in %.1f s",
+        "loaded %s (%s%s, %s, quantization=%s) in %.1f s",
         cfg.name,
         cfg.dtype,
+        f" → {dtype}" if cfg.dtype == "auto" else "",
         device,
         cfg.quantization,
         time.perf_counter() - start,

@@ -42,7 +42,7 @@ class GlobalModel:
     def initial_state(self) -> AdapterState:
         return {name: tensor.clone() for name, tensor in self._initial.items()}
 
-    def evaluate(self, state: AdapterState | None) -> dict[str, Any]:
+    def evaluate(self, state: AdapterState | None, generate: bool = True) -> dict[str, Any]:
         if self.cfg.train.objective == "dpo" and self._reference is None and self.test_tokenized:
             # Before any disable_adapter() block: peft's context re-enables adapters on exit.
             self._reference = base_reference(
@@ -50,11 +50,11 @@ class GlobalModel:
             )
         if state is None:
             with self.model.disable_adapter():
-                return self._score()
+                return self._score(generate)
         set_adapter_state(self.model, state)
-        return self._score()
+        return self._score(generate)
 
-    def _score(self) -> dict[str, Any]:
+    def _score(self, generate: bool) -> dict[str, Any]:
         evaluation = self.cfg.eval
         metrics: dict[str, Any] = {}
         if self.test_tokenized and self.cfg.train.objective == "dpo":
@@ -68,7 +68,7 @@ class GlobalModel:
             )
         elif self.test_tokenized:
             metrics.update(evaluate_loss(self.model, self.test_tokenized, evaluation.batch_size))
-        if evaluation.generate and self.test_examples:
+        if evaluation.generate and generate and self.test_examples:
             metrics.update(
                 evaluate_accuracy(
                     self.model,

@@ -36,6 +36,17 @@ def _eval_due(cfg: Config, server_round: int) -> bool:
     return server_round % cfg.eval.every == 0 or server_round == cfg.federation.rounds
 
 
+def generation_due(cfg: Config, server_round: int) -> bool:
+    """Whether an evaluation at ``server_round`` also generates (accuracy), not only the loss.
+
+    Always for the starting point (round 0) and the last round, so the report's base and final
+    accuracy do not depend on ``eval.generate_every``; otherwise every k-th round (0: never).
+    """
+    every = cfg.eval.generate_every
+    last = server_round in (0, cfg.federation.rounds)
+    return last or (every > 0 and server_round % every == 0)
+
+
 class RoundFailedError(RuntimeError):
     """Fewer than ``federation.min_fit_clients`` usable replies, because clients failed."""
 
@@ -82,10 +93,14 @@ def enough_replies(
 
 
 def _evaluate(
-    server: ServerModel, state: AdapterState | None, label: str, observer: RunObserver
+    server: ServerModel,
+    state: AdapterState | None,
+    label: str,
+    observer: RunObserver,
+    generate: bool = True,
 ) -> dict[str, Any]:
     observer.on_eval_start(label)
-    metrics = server.evaluate(state)
+    metrics = server.evaluate(state, generate=generate)
     observer.on_eval_end(label, metrics)
     return metrics
 
@@ -164,7 +179,8 @@ def run_rounds(
         aggregate_done = time.perf_counter()
         evaluation = None
         if _eval_due(cfg, server_round):
-            evaluation = _evaluate(server, state, f"round {server_round}", observer)
+            generate = generation_due(cfg, server_round)
+            evaluation = _evaluate(server, state, f"round {server_round}", observer, generate)
         eval_done = time.perf_counter()
 
         record = RoundResult(

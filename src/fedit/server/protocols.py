@@ -40,8 +40,9 @@ class ServerModel(Protocol):
         """The freshly initialised global adapter (seeded)."""
         ...
 
-    def evaluate(self, state: AdapterState | None) -> dict[str, Any]:
-        """Score an adapter (or the bare base model when ``state`` is None) on the test set."""
+    def evaluate(self, state: AdapterState | None, generate: bool = True) -> dict[str, Any]:
+        """Score an adapter (or the bare base model when ``state`` is None) on the test set;
+        ``generate=False`` skips greedy generation (loss only, ``eval.generate_every``)."""
         ...
 
     def save_adapter(self, state: AdapterState, path: Path) -> None:
