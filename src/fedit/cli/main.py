@@ -59,7 +59,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         return run_on_flower(cfg)
     try:
         with ProgressObserver(console) as observer:
-            outcome = run_experiment(cfg, observer)
+            if cfg.engine == "flower-simulation":  # Flower's simulation runtime on Ray
+                from fedit.flower_simulation import run_flower_simulation
+
+                outcome = run_flower_simulation(cfg, observer)
+            else:
+                outcome = run_experiment(cfg, observer)
     except RoundFailedError as err:  # clients failed; the finished rounds are checkpointed
         console.print(f"fedit: run failed: {err}; resume with resume=true", markup=False)
         return 1
