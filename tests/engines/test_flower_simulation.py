@@ -131,6 +131,22 @@ def test_too_many_gpus_is_one_line_before_ray_starts(tiny_model_dir, tmp_path):
         assert not ray.is_initialized() and not (tmp_path / "sim").exists()
 
 
+def test_cli_run_refuses_missing_gpus_in_one_line(tiny_model_dir, tmp_path, capsys):
+    from fedit.cli.main import main
+
+    items = tiny_args(tiny_model_dir, tmp_path / "sim", *FAST, SIM, "flower.simulation.num_gpus=64")
+    assert main(["run", str(QUICKSTART), *items]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fedit: error: flower.simulation.num_gpus: 64 GPUs asked for")
+    assert len(err.splitlines()) == 1 and not (tmp_path / "sim").exists()
+    assert not ray.is_initialized()
+
+
+def test_run_experiment_refuses_the_simulation_engine_without_its_runtime(tmp_path):
+    with pytest.raises(ConfigError, match="engine=flower-simulation: start it with `fedit run"):
+        run_experiment(load_config(QUICKSTART, [SIM, f"output_dir={tmp_path}"]))
+
+
 def test_gpu_fractions_set_how_many_clients_train_at_once(tiny_model_dir, tmp_path):
     def parallel(*extra: str, cpus: int, gpus: int) -> int:
         cfg = _config(tiny_model_dir, tmp_path, SIM, "federation.num_clients=8", *extra)

@@ -34,6 +34,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -183,9 +184,22 @@ def count_site_examples(cfg: Config, node_config: dict[str, Any]) -> tuple[int, 
 def model_key(cfg: Config, node_config: dict[str, Any]) -> str:
     """Everything the site's loaded model depends on: base model (name, revision, dtype,
     quantization, start adapter ...), LoRA shape and targets, and the seed of its init."""
-    model = dataclasses.asdict(_site_model_config(cfg, node_config))
-    key = {"model": model, "lora": dataclasses.asdict(cfg.lora), "seed": cfg.seed}
+    model = _site_model_config(cfg, node_config)
+    key = {"model": dataclasses.asdict(model), "lora": dataclasses.asdict(cfg.lora)}
+    key |= {"seed": cfg.seed, "files": _fingerprint(model.name), "adapter": model.adapter}
+    if model.adapter:
+        key["adapter_files"] = _fingerprint(model.adapter)
     return json.dumps(key, sort_keys=True, default=str)
+
+
+def _fingerprint(name: str) -> list[tuple[str, int, int]]:
+    """A local model folder's files (name, size, mtime): new weights under the same path
+    change the key. A hub id has none (its revision is in the model section)."""
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        return []
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return [(str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
 
 
 def _examples_key(cfg: Config, node_config: dict[str, Any]) -> str:
