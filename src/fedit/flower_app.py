@@ -26,13 +26,14 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedit.config import Config
 from fedit.engines.flower import (
+    RUN_CONFIG_KEY,
     FlowerTransport,
     from_content,
     from_run_config,
     site_content,
     to_content,
 )
-from fedit.engines.messages import pack_update, unpack_instruction
+from fedit.engines.site_worker import SITE_WORKER_KEY
 
 if TYPE_CHECKING:
     from fedit.experiment import RunOutcome
@@ -90,6 +91,7 @@ def make_client_app(cfg: Config | None = None, node_extras: NodeExtras | None = 
     def _site(context: Context) -> tuple[Config, dict[str, Any]]:
         run_cfg = cfg if cfg is not None else from_run_config(dict(context.run_config))
         node_config = dict(context.node_config)
+        node_config.pop(SITE_WORKER_KEY, None)
         partition = node_config.get("partition-id")
         if isinstance(partition, int):
             node_config.update(extras.get(partition, {}))
@@ -104,7 +106,16 @@ def make_client_app(cfg: Config | None = None, node_extras: NodeExtras | None = 
 
     @app.train()
     def _client_train(message: Message, context: Context) -> Message:
+        node_config = dict(context.node_config)
+        if cfg is None and SITE_WORKER_KEY in node_config:  # the site keeps its model there
+            from fedit.engines.site_worker import train_remotely
+
+            folder = str(node_config.pop(SITE_WORKER_KEY))
+            run_config = str(context.run_config[RUN_CONFIG_KEY])
+            reply = train_remotely(folder, run_config, node_config, from_content(message.content))
+            return Message(content=to_content(reply), reply_to=message)
         from fedit.engines.flower_site import train_site
+        from fedit.engines.messages import pack_update, unpack_instruction
 
         run_cfg, node_config = _site(context)
         instruction = unpack_instruction(from_content(message.content))

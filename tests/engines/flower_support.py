@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fedit.engines.flower_launch import flower_env, superlink_command, supernode_command
+from fedit.engines.site_worker import SITE_WORKER_KEY, start_worker
 
 
 def free_port() -> int:
@@ -48,6 +50,7 @@ class Federation:
         self.address = f"127.0.0.1:{self.port}"
         self.nodes: list[subprocess.Popen[bytes]] = []
         self.processes: list[subprocess.Popen[bytes]] = []
+        self.worker_folders: list[Path] = []
 
     def _start(self, command: list[str], name: str) -> subprocess.Popen[bytes]:
         log = (self.root / f"{name}.log").open("wb")
@@ -69,8 +72,17 @@ class Federation:
         wait_for_port(self.port)
         return self
 
-    def add_node(self, node_config: dict[str, Any], auth_key: Path | None = None) -> None:
+    def add_node(
+        self, node_config: dict[str, Any], auth_key: Path | None = None, worker: bool = False
+    ) -> None:
+        """A SuperNode; with ``worker``, a site worker beside it, as ``fedit flower supernode``
+        starts one."""
         ca = self.certificates / "ca.crt" if self.certificates else None
+        if worker:
+            process, folder = start_worker(self.env, self.root / f"worker{len(self.nodes)}.log")
+            self.processes.append(process)
+            self.worker_folders.append(folder)
+            node_config = {**node_config, SITE_WORKER_KEY: str(folder)}
         command = supernode_command(
             self.address, node_config, free_port(), ca, ca is None, auth_key=auth_key
         )
@@ -126,6 +138,8 @@ class Federation:
                 process.wait(timeout=10)
             _signal_group(process, signal.SIGKILL)  # stragglers in the group
             process.wait()
+        for folder in self.worker_folders:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _signal_group(process: subprocess.Popen[Any], sig: int) -> None:

@@ -390,9 +390,11 @@ def _in_process(model_dir: Path, out: Path, *extra: str) -> Path:
     return run_experiment(load_config(QUICKSTART, tiny_args(model_dir, out, *FAST, *extra))).run_dir
 
 
-def _check_same_as_in_process(federation: Federation, model_dir: Path, tmp: Path, *extra: str):
+def _check_same_as_in_process(
+    federation: Federation, model_dir: Path, tmp: Path, *extra: str, worker: bool = False
+):
     for client in range(2):
-        federation.add_node({"partition-id": client, "num-partitions": 2})
+        federation.add_node({"partition-id": client, "num-partitions": 2}, worker=worker)
     result = federation.run(str(QUICKSTART), *tiny_args(model_dir, tmp / "flower", *FAST, *extra))
     assert (tmp / "flower" / "global_adapter").is_dir(), result.stdout + federation.logs()
     expected = _in_process(model_dir, tmp / "local", *extra)
@@ -403,10 +405,18 @@ def _check_same_as_in_process(federation: Federation, model_dir: Path, tmp: Path
     return result
 
 
-def test_flower_with_tls_matches_in_process(tiny_model_dir, tmp_path):
+def test_flower_with_tls_and_site_workers_matches_in_process(tiny_model_dir, tmp_path):
     certificates = write_certificates(tmp_path / "certs", ["127.0.0.1", "localhost"], bits=2048)
     with Federation(tmp_path, certificates) as federation:
-        _check_same_as_in_process(federation, tiny_model_dir, tmp_path)
+        _check_same_as_in_process(federation, tiny_model_dir, tmp_path, worker=True)
+    # Each site's worker loaded the base model once for the run: in round 1, not round 2.
+    rounds = [json.loads(line) for line in (tmp_path / "flower" / "metrics.jsonl").open()]
+    loaded = {
+        row["round"]: sorted(m["model_loaded"] for m in row["client_metrics"].values())
+        for row in rounds
+        if row["round"] > 0
+    }
+    assert loaded == {1: [1.0, 1.0], 2: [0.0, 0.0]}
 
 
 @pytest.mark.slow  # the TLS test above runs the same path; this one adds only --insecure

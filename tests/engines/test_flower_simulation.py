@@ -157,13 +157,13 @@ def test_gpu_fractions_set_how_many_clients_train_at_once(tiny_model_dir, tmp_pa
     assert parallel("flower.simulation.client_cpus=2", cpus=4, gpus=0) == 2
 
 
-def test_ray_failing_to_start_is_one_line_and_leaves_nothing(
-    tiny_model_dir, tmp_path, monkeypatch
-):
+def test_ray_failing_to_start_is_one_line_and_leaves_nothing(tiny_model_dir, tmp_path, monkeypatch):
     # RAY_ADDRESS makes ray.init join that cluster instead of starting one; nothing listens.
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
     cfg = _config(tiny_model_dir, tmp_path / "sim", SIM)
-    with pytest.raises(RayStartError, match="^engine flower-simulation: Ray could not start: ") as e:
+    with pytest.raises(
+        RayStartError, match="^engine flower-simulation: Ray could not start: "
+    ) as e:
         run_flower_simulation(cfg)
     assert "\n" not in str(e.value)
     assert not ray.is_initialized() and _ray_children() == []

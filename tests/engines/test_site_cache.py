@@ -76,3 +76,37 @@ def test_new_weights_under_the_same_path_reload(tmp_path_factory, tmp_path):
     assert flower_site.model_loads() == 2
     flower_site.clear_site_cache()
     assert _same(retrained, _train(cfg))
+
+
+def test_site_worker_keeps_the_model_and_reports_failures(tiny_model_dir, tmp_path):
+    from multiprocessing.connection import Client
+
+    from fedit.config import save_config
+    from fedit.engines.messages import pack_instruction, unpack_update
+    from fedit.engines.site_worker import SiteWorkerError, start_worker, stop_worker, train_remotely
+
+    cfg = _cfg(tiny_model_dir, tmp_path)
+    site = flower_site.load_site(cfg, NODE)
+    start = {k: v.clone() for k, v in get_adapter_state(site.model).items()}
+    instruction = FitInstruction(1, start, FitConfig(lr=1e-3, rank=cfg.lora.r, seed=7), {})
+    expected = flower_site.train_site(cfg, NODE, instruction).state  # this process's answer
+    worker, folder = start_worker()
+    try:
+        replies = [
+            unpack_update(
+                train_remotely(str(folder), save_config(cfg), NODE, pack_instruction(instruction)),
+                instruction,
+            )
+            for _ in range(2)
+        ]
+        assert [u.metrics["model_loaded"] for u in replies] == [1.0, 0.0]
+        assert all(_same(u.state, expected) for u in replies)
+        with pytest.raises(SiteWorkerError, match="test-fault crash"):
+            crash = {**NODE, "test-fault": "crash"}
+            train_remotely(str(folder), save_config(cfg), crash, pack_instruction(instruction))
+        with pytest.raises(Exception, match="digest"):  # a caller without the key is refused
+            Client(str(folder / "socket"), family="AF_UNIX", authkey=b"wrong")
+        assert (folder / "authkey").stat().st_mode & 0o077 == 0
+    finally:
+        stop_worker(worker, folder)
+    assert not folder.exists() and worker.poll() is not None

@@ -2,6 +2,7 @@
 
 Usage:
     fedit run [CONFIG.yaml] [key=value ...]       # no CONFIG: the built-in quickstart
+    fedit run CONFIG engine=flower-simulation     # on Flower's simulation runtime (Ray)
     fedit partition CONFIG [key=value ...]        # preview the client split
     fedit validate CONFIG [key=value ...]         # check a configuration
     fedit generate --adapter RUN/global_adapter "What is 12 + 30?"
@@ -326,12 +327,8 @@ COMMANDS: dict[str, Command] = {
         add_flower_args,
     ),
 }
-CONFIG_COMMANDS = (
-    "run",
-    "partition",
-    "validate",
-    "compare",
-)  # these take config keys: list them in --help
+# These take config keys: list them in --help.
+CONFIG_COMMANDS = ("run", "partition", "validate", "compare")
 
 
 def build_parser() -> argparse.ArgumentParser:
