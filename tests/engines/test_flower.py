@@ -338,6 +338,22 @@ def test_cli_supernode_needs_its_data_and_security(capsys, tmp_path):
     assert "--client-id" in capsys.readouterr().err
 
 
+def test_cli_supernode_starts_a_site_worker_and_stops_it(monkeypatch, tmp_path):
+    from fedit.cli import flower as flower_cli
+    from fedit.cli.main import main
+    from fedit.engines import site_worker
+
+    events: list[str] = []
+    monkeypatch.setattr(flower_cli, "_wait", lambda command: events.append(" ".join(command)) or 0)
+    monkeypatch.setattr(site_worker, "start_worker", lambda env: ("worker", tmp_path / "w"))
+    monkeypatch.setattr(site_worker, "stop_worker", lambda *stopped: events.append("stopped"))
+    site = ["flower", "supernode", "--superlink", "127.0.0.1:1", "--insecure", "--client-id", "0"]
+    assert main([*site, "--data-path", str(tmp_path / "a.jsonl")]) == 0
+    assert f"site-worker='{tmp_path / 'w'}'" in events[0] and events[1:] == ["stopped"]
+    assert main([*site, "--data-path", str(tmp_path / "a.jsonl"), "--no-site-worker"]) == 0
+    assert "site-worker" not in events[2] and len(events) == 3
+
+
 def test_certificates_are_signed_by_the_ca(tmp_path):
     import subprocess
 

@@ -185,7 +185,7 @@ def model_key(cfg: Config, node_config: dict[str, Any]) -> str:
     """Everything the site's loaded model depends on: base model (name, revision, dtype,
     quantization, start adapter ...), LoRA shape and targets, and the seed of its init."""
     model = _site_model_config(cfg, node_config)
-    key = {"model": dataclasses.asdict(model), "lora": dataclasses.asdict(cfg.lora)}
+    key: dict[str, Any] = {"model": dataclasses.asdict(model), "lora": dataclasses.asdict(cfg.lora)}
     key |= {"seed": cfg.seed, "files": _fingerprint(model.name), "adapter": model.adapter}
     if model.adapter:
         key["adapter_files"] = _fingerprint(model.adapter)
