@@ -181,3 +181,14 @@ def test_ray_failing_to_start_is_one_line_and_leaves_nothing(tiny_model_dir, tmp
 def test_simulation_keys_are_checked(tiny_model_dir, tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
         _config(tiny_model_dir, tmp_path, SIM, override)
+
+
+def test_attack_clients_become_malicious_virtual_supernodes(tiny_model_dir, tmp_path):
+    from fedit.flower_simulation import _attackers
+
+    cfg = _config(tiny_model_dir, tmp_path, SIM, "attack.kind=sign_flip", "attack.clients=[1]")
+    assert _attackers(cfg, {0: {"test-fault": "nan"}}) == {
+        0: {"test-fault": "nan"},
+        1: {"malicious": True},
+    }
+    assert _attackers(_config(tiny_model_dir, tmp_path, SIM), {}) == {}
