@@ -122,8 +122,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke:
         args.rounds, args.parallel = 1, [1, 2]
-    common = [f"federation.rounds={args.rounds}", "overwrite=true", *(SMOKE if args.smoke else [])]
-    num_clients = 8
+    num_clients = args.num_clients = 4 if args.smoke else 8  # the quickstart's 8, half per round
+    common = [f"federation.rounds={args.rounds}", f"federation.num_clients={num_clients}"]
+    common += ["overwrite=true", *(SMOKE if args.smoke else [])]
     rows, growth = [], []
     with tempfile.TemporaryDirectory(prefix="fedit-scale-") as work:
         out = Path(work)
@@ -169,10 +170,12 @@ def _gb(value: float) -> str:
 
 def _body(rows: list[dict], growth: list[dict], args: argparse.Namespace) -> str:
     lines = [
-        f"The quickstart (SmolLM2-135M, 8 clients, 4 per round), {args.rounds} rounds, on this "
+        f"The quickstart (SmolLM2-135M, {args.num_clients} clients, half of them per round), "
+        f"{args.rounds} rounds, on this "
         "machine. Memory is the proportional set size (PSS) of every process the engine "
         f"started, sampled every {args.interval:g} s: pages shared between processes count "
-        "once. Deployment: a SuperLink and 8 SuperNodes, each with its site worker; simulation: "
+        f"once. Deployment: a SuperLink and {args.num_clients} SuperNodes, each with its site "
+        "worker; simulation: "
         "Ray with `client_cpus=1`, `num_cpus` = the clients in parallel.",
         "",
         "| engine | rounds per hour | peak memory, all processes | peak memory of one client |",

@@ -110,3 +110,36 @@ def test_site_worker_keeps_the_model_and_reports_failures(tiny_model_dir, tmp_pa
     finally:
         stop_worker(worker, folder)
     assert not folder.exists() and worker.poll() is not None
+
+
+@pytest.mark.slow  # a worker's start-up (torch imports) for one lifecycle check
+def test_site_worker_exits_when_its_launcher_is_killed(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    launcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; from fedit.engines.site_worker import start_worker; "
+            "p, f = start_worker(); print(p.pid, flush=True); time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert launcher.stdout is not None
+    worker_pid = int(launcher.stdout.readline())
+    os.kill(launcher.pid, signal.SIGKILL)
+    launcher.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(worker_pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.5)
+    os.kill(worker_pid, signal.SIGKILL)
+    pytest.fail("the site worker outlived its launcher")

@@ -75,10 +75,29 @@ def _train(run_config: str, node_config: dict[str, Any], message: bytes) -> byte
     return pack_update(train_site(cfg, node_config, instruction), instruction)
 
 
+def _exit_with_parent(folder: Path) -> None:
+    """End this process (and remove ``folder``) when the one that started it (``fedit flower
+    supernode``) is gone, even if it was killed without stopping the worker."""
+    import shutil
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(2.0)
+        log.warning("site worker: the SuperNode's launcher is gone; exiting")
+        shutil.rmtree(folder, ignore_errors=True)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def serve(folder: Path) -> None:
     """Answer training messages on ``folder``'s socket until killed."""
     import fedit.engines.flower_site  # noqa: F401  the heavy imports, before the first message
 
+    _exit_with_parent(folder)
     authkey = (folder / AUTHKEY).read_bytes()
     with Listener(str(folder / SOCKET), family="AF_UNIX", authkey=authkey) as listener:
         (folder / READY).touch()
