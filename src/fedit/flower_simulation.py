@@ -106,6 +106,7 @@ def start_ray(cfg: Config, gpus: int) -> None:
     pythonpath = os.pathsep.join([*sys.path, os.environ.get("PYTHONPATH", "")])
     try:
         ray.init(
+            address="local",  # always a Ray of its own, which it shuts down: not $RAY_ADDRESS
             num_cpus=cpus,
             num_gpus=gpus,
             include_dashboard=False,

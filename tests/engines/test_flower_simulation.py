@@ -158,8 +158,9 @@ def test_gpu_fractions_set_how_many_clients_train_at_once(tiny_model_dir, tmp_pa
 
 
 def test_ray_failing_to_start_is_one_line_and_leaves_nothing(tiny_model_dir, tmp_path, monkeypatch):
-    # RAY_ADDRESS makes ray.init join that cluster instead of starting one; nothing listens.
-    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
+    # Ray keeps its session files under $RAY_TMPDIR: one that cannot exist stops its start.
+    monkeypatch.setenv("RAY_TMPDIR", "/proc/no-such-dir")
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")  # ignored: fedit starts a Ray of its own
     cfg = _config(tiny_model_dir, tmp_path / "sim", SIM)
     with pytest.raises(
         RayStartError, match="^engine flower-simulation: Ray could not start: "

@@ -19,11 +19,12 @@ made one training step several times slower.
 real site misbehave so that the server's handling can be checked end to end. Never set it in a
 deployment.
 
-The base model is loaded once per process and kept (``site_model``): a Ray actor of the
-simulation engine serves many messages, so it loads once per run. The cache key is everything
-the loaded model depends on (the site's ``model`` section, ``lora`` and ``seed``); another run
-with another key replaces it, so a stale model never trains. Tokenized examples are cached the
-same way, keyed by the whole run config and node config.
+The base model is loaded once per process and kept (``load_site``): a Ray actor of the
+simulation engine and a deployment's site worker (``engines/site_worker.py``) serve many
+messages, so each loads once per run. The cache key (``model_key``) is everything the loaded
+model depends on: the site's ``model`` section, ``lora``, ``seed``, and the files of a local
+model folder; another run with another key replaces it, so a stale model never trains.
+Tokenized examples are cached too, keyed by the whole run config and node config.
 """
 
 from __future__ import annotations
@@ -210,9 +211,9 @@ def load_site(cfg: Config, node_config: dict[str, Any]) -> Site:
     """The base model with the run's LoRA and this site's tokenized examples.
 
     Both come from this process's cache when it holds them for this run: in a Ray actor (the
-    simulation engine) they load once. A deployment's ClientApp is a fresh process per message
-    (Flower 1.42), so there it loads every round; the embedded model loads from its cached
-    safetensors copy.
+    simulation engine) or a site worker they load once. Without a site worker a deployment's
+    ClientApp is a fresh process per message (Flower 1.42) and loads every round; the embedded
+    model loads from its cached safetensors copy.
     """
     started = time.perf_counter()
     key = model_key(cfg, node_config)
