@@ -64,18 +64,6 @@ def _port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_for_port(port: int, timeout: float = 60.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"the SuperLink does not listen on 127.0.0.1:{port} after {timeout:g} s")
-
-
 def _rounds(run_dir: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [r for r in rows if r["round"] > 0]
@@ -122,7 +110,7 @@ def run_flower(cfg_args: list[str], work: Path, workers: bool, num_clients: int 
     processes = [_start(flower_launch.superlink_command(address, insecure=True), env, work, logs)]
     started_workers = []
     try:
-        _wait_for_port(port)
+        flower_launch.wait_for_port(port)
         for client in range(num_clients):
             # The sites train at once on this machine: split its cores between them.
             threads = max(1, (os.cpu_count() or 2) // num_clients)

@@ -9,11 +9,15 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from fedit.engines.flower_launch import flower_env, superlink_command, supernode_command
+from fedit.engines.flower_launch import (
+    flower_env,
+    superlink_command,
+    supernode_command,
+    wait_for_port,
+)
 from fedit.engines.site_worker import SITE_WORKER_KEY, start_worker
 
 
@@ -21,16 +25,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:g} s")
 
 
 class Federation:
