@@ -1,13 +1,18 @@
-"""Flower engine vs in-process: wall time per round, bytes per round, fixed vs per-byte cost.
+"""Fixed cost per round of the Flower engines, side by side with in-process, and where it goes.
 
 .venv/bin/python benchmarks/flower_overhead.py [--ranks 4 64] [--rounds 2]
+.venv/bin/python benchmarks/flower_overhead.py --smoke     # end to end in minutes; prints only
 
-Runs one small experiment on the embedded SmolLM2-135M (2 clients, both selected, 1 local step)
-in-process and on Flower (a SuperLink and 2 SuperNodes on 127.0.0.1, insecure, this machine),
-at two LoRA ranks so that only the bytes per round differ. The Flower overhead of a round is
-its fit time minus the in-process fit time at the same rank; a line through the two ranks
-splits it into a fixed cost per round and a cost per byte. The last table projects both onto
-the quickstart's measured round (docs/benchmarks.md, "Quickstart").
+One small experiment on the embedded SmolLM2-135M (2 clients, both selected, 1 local step) on
+every engine in one run: in-process; Flower deployment (a SuperLink and 2 SuperNodes on
+127.0.0.1, insecure) with site workers (``fedit flower supernode``'s default: the model stays
+loaded) and without (``--no-site-worker``: every message's ClientApp loads it); and Flower's
+simulation runtime (2 virtual clients on Ray, one actor each). Each at two LoRA ranks, so that
+only the bytes per round differ: an engine's own time per round (fit minus the slowest
+client's reported load + training) through the two ranks splits into a fixed cost per round
+and a cost per byte. Then it times the parts of the fixed cost separately: a Python process
+start, the ClientApp's imports (forwarding to a worker, or loading the model itself), the
+serialisation of one round's messages, and the configured polling intervals.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import argparse
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,8 +32,15 @@ from common import ROOT, record
 
 from fedit.config import load_config
 from fedit.engines import flower_launch
+from fedit.engines.flower import POLL_SECONDS
+from fedit.engines.site_worker import SITE_WORKER_KEY, start_worker, stop_worker
 from fedit.experiment import run_experiment
 
+# Hard-coded in Flower 1.42 (flwr/supernode/start_client_internal.py): the SuperNode sleeps
+# 3 s when it pulled no message, and 0.5 s between checks for the ClientApp's reply.
+SUPERNODE_IDLE_POLL_SECONDS = 3.0
+SUPERNODE_REPLY_POLL_SECONDS = 0.5
+ENGINES = ("in-process", "deployment", "deployment-no-worker", "simulation")
 SMALL = [
     "federation.num_clients=2",
     "federation.fraction_fit=1.0",
@@ -40,6 +53,7 @@ SMALL = [
     "eval.generate=false",
     "eval.base=false",
 ]
+SMOKE = ["data.synthetic.num_examples=60"]
 
 
 def _port() -> int:
@@ -55,10 +69,10 @@ def _rounds(run_dir: Path) -> list[dict]:
     return [r for r in rows if r["round"] > 0]
 
 
-def _round_costs(run_dir: Path, parallel: bool) -> dict[str, float]:
+def round_costs(run_dir: Path, parallel: bool) -> dict[str, float]:
     """Per round, averaged: fit time, bytes, client compute, and what is left (the engine's own).
 
-    Client compute is a client's training seconds plus, on Flower, its ClientApp's model load.
+    Client compute is a client's training seconds plus its model load (0 when cached).
     In-process clients run one after another (sum); Flower's run at once (the slowest one).
     """
     fit, nbytes, compute, load = [], [], [], []
@@ -70,7 +84,7 @@ def _round_costs(run_dir: Path, parallel: bool) -> dict[str, float]:
         nbytes.append(comm["bytes_down"] + comm["bytes_up"])
         compute.append(max(per_client) if parallel else sum(per_client))
         load.extend(m.get("load_seconds", 0.0) for m in clients)
-    mean = lambda values: sum(values) / len(values)  # noqa: E731
+    mean = statistics.fmean
     return {
         "fit": mean(fit),
         "bytes": mean(nbytes),
@@ -80,42 +94,36 @@ def _round_costs(run_dir: Path, parallel: bool) -> dict[str, float]:
     }
 
 
-def run_flower(overrides: list[str], work: Path) -> Path:
-    """One run on a fresh SuperLink + 2 SuperNodes; every process is stopped afterwards."""
+def _start(command: list[str], env: dict[str, str], work: Path, logs) -> subprocess.Popen:
+    return subprocess.Popen(
+        command, env=env, cwd=work, stdout=logs, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def run_flower(cfg_args: list[str], work: Path, workers: bool, num_clients: int = 2) -> Path:
+    """One run on a fresh SuperLink + a SuperNode per client (with site workers or without);
+    every process is stopped afterwards."""
     home, port = work / "flwr-home", _port()
     env = flower_launch.flower_env(home)
     address = f"127.0.0.1:{port}"
-    logs = (work / "processes.log").open("wb")
-    processes = [
-        subprocess.Popen(
-            flower_launch.superlink_command(address, insecure=True),
-            env=env,
-            cwd=work,
-            stdout=logs,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    ]
+    logs = (work / "processes.log").open("ab")
+    processes = [_start(flower_launch.superlink_command(address, insecure=True), env, work, logs)]
+    started_workers = []
     try:
-        time.sleep(3)
-        for client in range(2):
-            # Both sites train at once on this machine: split its cores between them.
-            threads = max(1, (os.cpu_count() or 2) // 2)
-            node = {"partition-id": client, "num-partitions": 2, "num-threads": threads}
+        flower_launch.wait_for_port(port)
+        for client in range(num_clients):
+            # The sites train at once on this machine: split its cores between them.
+            threads = max(1, (os.cpu_count() or 2) // num_clients)
+            node = {"partition-id": client, "num-partitions": num_clients, "num-threads": threads}
+            if workers:
+                process, folder = start_worker(env, work / f"worker{client}.log")
+                started_workers.append((process, folder))
+                node[SITE_WORKER_KEY] = str(folder)
             command = flower_launch.supernode_command(address, node, _port(), insecure=True)
-            processes.append(
-                subprocess.Popen(
-                    command,
-                    env=env,
-                    cwd=work,
-                    stdout=logs,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            )
+            processes.append(_start(command, env, work, logs))
         cfg = load_config(
             ROOT / "configs" / "quickstart.yaml",
-            [*overrides, "engine=flower", "flower.insecure=true", f"flower.superlink={address}"],
+            [*cfg_args, "engine=flower", "flower.insecure=true", f"flower.superlink={address}"],
         )
         if flower_launch.run_on_flower(cfg, home) != 0:
             raise RuntimeError(f"flwr run failed; see {work / 'processes.log'}")
@@ -128,18 +136,80 @@ def run_flower(overrides: list[str], work: Path) -> Path:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
+        for process, folder in started_workers:
+            stop_worker(process, folder)
 
 
-def measure(rank: int, rounds: int, work: Path) -> dict[str, float]:
-    common = [*SMALL, f"lora.r={rank}", f"lora.alpha={2 * rank}", f"federation.rounds={rounds}"]
-    local = run_experiment(
-        load_config(ROOT / "configs" / "quickstart.yaml", [*common, f"output_dir={work}/local"])
-    ).run_dir
-    remote = run_flower([*common, f"output_dir={work}/flower"], work)
+def run_simulation(cfg_args: list[str]) -> Path:
+    """One run on Flower's simulation runtime: 2 virtual clients, one Ray actor each."""
+    from fedit.flower_simulation import run_flower_simulation
+
+    cpus = os.cpu_count() or 2
+    sim = [
+        "engine=flower-simulation",
+        f"flower.simulation.num_cpus={cpus}",
+        f"flower.simulation.client_cpus={max(1, cpus // 2)}",
+    ]
+    config = load_config(ROOT / "configs" / "quickstart.yaml", [*cfg_args, *sim])
+    return run_flower_simulation(config).run_dir
+
+
+def measure(rank: int, rounds: int, work: Path, engines: list[str], smoke: bool) -> dict:
+    common = [*SMALL, *(SMOKE if smoke else [])]
+    common += [f"lora.r={rank}", f"lora.alpha={2 * rank}", f"federation.rounds={rounds}"]
+    row: dict = {"rank": rank}
+    for engine in engines:
+        out = [*common, f"output_dir={work}/{engine}"]
+        started = time.perf_counter()
+        if engine == "in-process":
+            run_dir = run_experiment(load_config(ROOT / "configs" / "quickstart.yaml", out)).run_dir
+        elif engine == "simulation":
+            run_dir = run_simulation(out)
+        else:
+            run_dir = run_flower(out, work, workers=engine == "deployment")
+        costs = round_costs(run_dir, parallel=engine != "in-process")
+        row[engine] = {**costs, "wall": time.perf_counter() - started}
+        print(engine, rank, row[engine], flush=True)
+    return row
+
+
+def _seconds(code: str, repeats: int) -> float:
+    """Median wall time of ``python -c code`` in a fresh process."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True, env=os.environ.copy())
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def parts(run_dir: Path, repeats: int) -> dict[str, float]:
+    """The fixed cost's parts, each timed on its own."""
+    from fedit.engines.messages import (
+        pack_instruction,
+        pack_update,
+        unpack_instruction,
+        unpack_update,
+    )
+    from fedit.model.lora import load_adapter_state
+    from fedit.types import ClientUpdate, FitConfig, FitInstruction
+
+    start = _seconds("pass", repeats)
+    forwarding = _seconds("import fedit.flower_app", repeats) - start
+    loading = _seconds("import fedit.flower_app, fedit.engines.flower_site", repeats) - start
+    state = load_adapter_state(run_dir / "global_adapter")
+    instruction = FitInstruction(0, state, FitConfig(lr=1e-3, rank=4, seed=0), {})
+    started = time.perf_counter()
+    for _ in range(repeats):
+        received = unpack_instruction(pack_instruction(instruction))
+        update = ClientUpdate(0, received.state, 10, 0.5, 1, {})
+        unpack_update(pack_update(update, instruction), instruction)
+    serialisation = (time.perf_counter() - started) / repeats
     return {
-        "rank": rank,
-        **{f"local_{k}": v for k, v in _round_costs(local, parallel=False).items()},
-        **{f"flower_{k}": v for k, v in _round_costs(remote, parallel=True).items()},
+        "process start": start,
+        "ClientApp imports (forwarding to a site worker)": forwarding,
+        "ClientApp imports (loading the model itself)": loading,
+        "serialisation of one client's round (pack + unpack, both ways)": serialisation,
     }
 
 
@@ -147,72 +217,74 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ranks", type=int, nargs=2, default=[4, 64])
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, 1 round; prints only")
     parser.add_argument("--note", default="", help="a line about the machine (e.g. shared)")
     args = parser.parse_args()
+    if args.smoke:
+        args.ranks, args.rounds = [2, 4], 1
     rows = []
-    for rank in args.ranks:
-        with tempfile.TemporaryDirectory(prefix="fedit-flower-bench-") as work:
-            rows.append(measure(rank, args.rounds, Path(work)))
-            print(rows[-1], flush=True)
-    (small, large) = rows
-    # Flower's own time per round (fit minus the slowest client's load + training) against the
-    # bytes of the round: a line through the two ranks gives the fixed and the per-byte cost.
-    per_byte = (large["flower_engine"] - small["flower_engine"]) / (
-        large["flower_bytes"] - small["flower_bytes"]
-    )
-    fixed = small["flower_engine"] - per_byte * small["flower_bytes"]
-    record("flower", "Flower engine overhead", _body(rows, fixed, per_byte, args))
+    with tempfile.TemporaryDirectory(prefix="fedit-flower-bench-") as work:
+        for rank in args.ranks:
+            rows.append(
+                measure(rank, args.rounds, Path(work) / f"r{rank}", args.engines, args.smoke)
+            )
+        any_run = next((Path(work) / f"r{args.ranks[1]}").iterdir())
+        components = parts(any_run, 1 if args.smoke else 5)
+    body = _body(rows, components, args)
+    if args.smoke:
+        print(body)
+        return
+    record("flower", "Flower engines: fixed cost per round", body)
 
 
-def _body(
-    rows: list[dict[str, float]], fixed: float, per_byte: float, args: argparse.Namespace
-) -> str:
+def _fixed_and_per_byte(rows: list[dict], engine: str) -> tuple[float, float]:
+    small, large = rows[0][engine], rows[1][engine]
+    per_byte = (large["engine"] - small["engine"]) / max(1.0, large["bytes"] - small["bytes"])
+    return small["engine"] - per_byte * small["bytes"], per_byte
+
+
+def _body(rows: list[dict], components: dict[str, float], args: argparse.Namespace) -> str:
+    engines = [e for e in ENGINES if e in rows[0]]
     lines = [
-        f"SmolLM2-135M, 2 clients (both selected), 1 local step of 2 examples, "
-        f"{args.rounds} rounds, LoRA q/k/v/o; a SuperLink and 2 SuperNodes on 127.0.0.1 "
-        "(insecure) on this machine, each SuperNode with `num-threads` = half the cores (both "
-        "sites train at once here). Times are the round's fit phase (send, train, receive), "
-        "averaged over rounds; evaluation is the same in both engines and not included. Client "
-        "compute is what the clients report (training seconds, plus the ClientApp's model load "
-        "on Flower); the engine's own time is fit minus client compute: serialisation, "
-        "transport and, on Flower, polling and process start-up.",
+        f"SmolLM2-135M, 2 clients (both selected), 1 local step of 2 examples, {args.rounds} "
+        "rounds, LoRA q/k/v/o. Deployment: a SuperLink and 2 SuperNodes on 127.0.0.1 "
+        "(insecure), each SuperNode with `num-threads` = half the cores, with site workers "
+        "(the default) or without (`--no-site-worker`). Simulation: 2 virtual clients on Ray, "
+        "one actor each with half the cores. Times are the round's fit phase (send, train, "
+        "receive), averaged over rounds; evaluation is the same everywhere and not included. "
+        "Client compute is what the clients report (training, plus a model load when there is "
+        "one); an engine's own time is fit minus client compute.",
         "",
-        "| LoRA rank | bytes/round in-process | bytes/round Flower | fit s in-process | "
-        "fit s Flower | client compute s in-process (sum) | client compute s Flower (slowest) | "
-        "ClientApp load s | engine's own s in-process | engine's own s Flower |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| engine | LoRA rank | bytes/round | fit s | client compute s | model load s "
+        "(mean per message) | engine's own s | whole run s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        lines.append(
-            f"| {int(r['rank'])} | {r['local_bytes'] / 1e6:.2f} MB"
-            f" | {r['flower_bytes'] / 1e6:.2f} MB | {r['local_fit']:.1f} | {r['flower_fit']:.1f}"
-            f" | {r['local_compute']:.1f}"
-            f" | {r['flower_compute']:.1f} | {r['flower_load']:.2f} | {r['local_engine']:.2f}"
-            f" | {r['flower_engine']:.1f} |"
-        )
-    quickstart_bytes = 4 * 2 * 7.4e6  # 4 clients, 7.4 MB down + 7.4 MB up each
-    quickstart_round = 60.0 + 33.0  # fit + eval seconds per round, the Quickstart section
-    load = sum(r["flower_load"] for r in rows) / len(rows)
-    projected = fixed + per_byte * quickstart_bytes + load
-    lines += [
-        "",
-        f"Flower's fixed cost per round: **{fixed:.1f} s**; per byte: "
-        f"**{per_byte * 1e6 * 1e3:.1f} ms per MB** (a line through the engine's own time at the "
-        "two ranks, which differ only in bytes; with a noisy machine the per-byte figure is the "
-        "less certain one).",
-        "",
-        f"Projected onto a quickstart round (4 clients, {quickstart_bytes / 1e6:.0f} MB, about "
-        f"{quickstart_round:.0f} s in-process on this machine): {projected:.1f} s with one model "
-        f"load of {load:.1f} s, "
-        f"**{100 * projected / quickstart_round:.0f}%** overhead (target: 15%). The fixed cost "
-        "is mostly the fresh ClientApp process that Flower starts for every message (Python "
-        "start-up and the torch / transformers / peft imports count as Flower's own time here: "
-        "clients report only model load and training) and the SuperNode's poll for work "
-        "(Flower sleeps 3 s between polls). The server pulls replies every 0.2 s and the "
-        "SuperExec looks for tasks every 0.2 s (fedit's settings; Flower's are 3 s and 1 s). "
-        "The projection counts only that; it leaves out that in-process clients train one "
-        "after another while sites train at once, which on separate machines saves more.",
-    ]
+    for row in rows:
+        for engine in engines:
+            r = row[engine]
+            lines.append(
+                f"| {engine} | {row['rank']} | {r['bytes'] / 1e6:.2f} MB | {r['fit']:.1f} "
+                f"| {r['compute']:.1f} | {r['load']:.2f} | {r['engine']:.2f} | {r['wall']:.0f} |"
+            )
+    lines += ["", "| engine | fixed cost per round | per MB | target (3 s) |", "|---|---|---|---|"]
+    for engine in engines:
+        fixed, per_byte = _fixed_and_per_byte(rows, engine)
+        met = "" if engine == "in-process" else ("met" if fixed <= 3.0 else "not met")
+        lines.append(f"| {engine} | {fixed:.1f} s | {per_byte * 1e9:.1f} ms | {met} |")
+    lines += ["", "Where the fixed cost goes, each part timed on its own:", ""]
+    lines += ["| part | seconds |", "|---|---|"]
+    lines += [f"| {name} | {seconds:.2f} |" for name, seconds in components.items()]
+    polls = POLL_SECONDS + flower_launch.SUPEREXEC_POLL_SECONDS
+    polls += SUPERNODE_IDLE_POLL_SECONDS + SUPERNODE_REPLY_POLL_SECONDS
+    lines.append(
+        f"| polling, expected wait (half of each interval): the server pulls replies every "
+        f"{POLL_SECONDS:g} s and the SuperExec looks for a task every "
+        f"{flower_launch.SUPEREXEC_POLL_SECONDS:g} s (fedit's settings); an idle SuperNode "
+        f"asks for messages every {SUPERNODE_IDLE_POLL_SECONDS:g} s and checks for the "
+        f"ClientApp's reply every {SUPERNODE_REPLY_POLL_SECONDS:g} s (fixed in Flower 1.42) "
+        f"| {polls / 2:.2f} |"
+    )
     if args.note:
         lines += ["", args.note]
     return "\n".join(lines)

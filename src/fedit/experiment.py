@@ -111,6 +111,10 @@ def run_experiment(
     """
     if cfg.engine == "flower" and transport is None:
         raise ConfigError("engine=flower: start it with `fedit flower run CONFIG` (docs/deploy.md)")
+    if cfg.engine == "flower-simulation" and transport is None:
+        raise ConfigError(
+            "engine=flower-simulation: start it with `fedit run CONFIG` (docs/deploy.md)"
+        )
     started = time.perf_counter()
     run_dir = RunDir(cfg.output_dir)
     resumed_privacy = None

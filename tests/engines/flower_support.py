@@ -4,31 +4,27 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from fedit.engines.flower_launch import flower_env, superlink_command, supernode_command
+from fedit.engines.flower_launch import (
+    flower_env,
+    superlink_command,
+    supernode_command,
+    wait_for_port,
+)
+from fedit.engines.site_worker import SITE_WORKER_KEY, start_worker
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:g} s")
 
 
 class Federation:
@@ -48,6 +44,7 @@ class Federation:
         self.address = f"127.0.0.1:{self.port}"
         self.nodes: list[subprocess.Popen[bytes]] = []
         self.processes: list[subprocess.Popen[bytes]] = []
+        self.worker_folders: list[Path] = []
 
     def _start(self, command: list[str], name: str) -> subprocess.Popen[bytes]:
         log = (self.root / f"{name}.log").open("wb")
@@ -69,8 +66,17 @@ class Federation:
         wait_for_port(self.port)
         return self
 
-    def add_node(self, node_config: dict[str, Any], auth_key: Path | None = None) -> None:
+    def add_node(
+        self, node_config: dict[str, Any], auth_key: Path | None = None, worker: bool = False
+    ) -> None:
+        """A SuperNode; with ``worker``, a site worker beside it, as ``fedit flower supernode``
+        starts one."""
         ca = self.certificates / "ca.crt" if self.certificates else None
+        if worker:
+            process, folder = start_worker(self.env, self.root / f"worker{len(self.nodes)}.log")
+            self.processes.append(process)
+            self.worker_folders.append(folder)
+            node_config = {**node_config, SITE_WORKER_KEY: str(folder)}
         command = supernode_command(
             self.address, node_config, free_port(), ca, ca is None, auth_key=auth_key
         )
@@ -126,6 +132,8 @@ class Federation:
                 process.wait(timeout=10)
             _signal_group(process, signal.SIGKILL)  # stragglers in the group
             process.wait()
+        for folder in self.worker_folders:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _signal_group(process: subprocess.Popen[Any], sig: int) -> None:

@@ -339,6 +339,22 @@ def test_cli_supernode_needs_its_data_and_security(capsys, tmp_path):
     assert "--client-id" in capsys.readouterr().err
 
 
+def test_cli_supernode_starts_a_site_worker_and_stops_it(monkeypatch, tmp_path):
+    from fedit.cli import flower as flower_cli
+    from fedit.cli.main import main
+    from fedit.engines import site_worker
+
+    events: list[str] = []
+    monkeypatch.setattr(flower_cli, "_wait", lambda command: events.append(" ".join(command)) or 0)
+    monkeypatch.setattr(site_worker, "start_worker", lambda env: ("worker", tmp_path / "w"))
+    monkeypatch.setattr(site_worker, "stop_worker", lambda *stopped: events.append("stopped"))
+    site = ["flower", "supernode", "--superlink", "127.0.0.1:1", "--insecure", "--client-id", "0"]
+    assert main([*site, "--data-path", str(tmp_path / "a.jsonl")]) == 0
+    assert f"site-worker='{tmp_path / 'w'}'" in events[0] and events[1:] == ["stopped"]
+    assert main([*site, "--data-path", str(tmp_path / "a.jsonl"), "--no-site-worker"]) == 0
+    assert "site-worker" not in events[2] and len(events) == 3
+
+
 def test_certificates_are_signed_by_the_ca(tmp_path):
     import subprocess
 
@@ -392,10 +408,15 @@ def _in_process(model_dir: Path, out: Path, *extra: str, config: Path = QUICKSTA
 
 
 def _check_same_as_in_process(
-    federation: Federation, model_dir: Path, tmp: Path, *extra: str, config: Path = QUICKSTART
+    federation: Federation,
+    model_dir: Path,
+    tmp: Path,
+    *extra: str,
+    config: Path = QUICKSTART,
+    worker: bool = False,
 ):
     for client in range(2):
-        federation.add_node({"partition-id": client, "num-partitions": 2})
+        federation.add_node({"partition-id": client, "num-partitions": 2}, worker=worker)
     result = federation.run(str(config), *tiny_args(model_dir, tmp / "flower", *FAST, *extra))
     assert (tmp / "flower" / "global_adapter").is_dir(), result.stdout + federation.logs()
     expected = _in_process(model_dir, tmp / "local", *extra, config=config)
@@ -406,10 +427,18 @@ def _check_same_as_in_process(
     return result
 
 
-def test_flower_with_tls_matches_in_process(tiny_model_dir, tmp_path):
+def test_flower_with_tls_and_site_workers_matches_in_process(tiny_model_dir, tmp_path):
     certificates = write_certificates(tmp_path / "certs", ["127.0.0.1", "localhost"], bits=2048)
     with Federation(tmp_path, certificates) as federation:
-        _check_same_as_in_process(federation, tiny_model_dir, tmp_path)
+        _check_same_as_in_process(federation, tiny_model_dir, tmp_path, worker=True)
+    # Each site's worker loaded the base model once for the run: in round 1, not round 2.
+    rounds = [json.loads(line) for line in (tmp_path / "flower" / "metrics.jsonl").open()]
+    loaded = {
+        row["round"]: sorted(m["model_loaded"] for m in row["client_metrics"].values())
+        for row in rounds
+        if row["round"] > 0
+    }
+    assert loaded == {1: [1.0, 1.0], 2: [0.0, 0.0]}
 
 
 @pytest.mark.slow  # the TLS test above runs the same path; this one adds only --insecure

@@ -92,7 +92,7 @@ def test_cli_supernode_malicious_flag_sets_the_node_config(monkeypatch):
     commands = []
     monkeypatch.setattr(flower_cli, "_wait", lambda command: commands.append(command) or 0)
     base = ["flower", "supernode", "--superlink", "127.0.0.1:1", "--insecure"]
-    site = ["--partition-id", "3", "--num-partitions", "5"]
+    site = ["--partition-id", "3", "--num-partitions", "5", "--no-site-worker"]
     assert main([*base, *site, "--malicious"]) == 0
     assert main([*base, *site]) == 0
     malicious, honest = (" ".join(command) for command in commands)

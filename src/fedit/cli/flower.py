@@ -78,7 +78,24 @@ def cmd_supernode(args: argparse.Namespace) -> int:
         from fedit.engines.flower_launch import INSECURE_WARNING
 
         log.warning(INSECURE_WARNING)
-    return _wait(command)
+    if args.no_site_worker:
+        return _wait(command)
+    return _wait_with_worker(command)
+
+
+def _wait_with_worker(command: list[str]) -> int:
+    """The SuperNode with a site worker that keeps the base model loaded between messages."""
+    from fedit.engines.flower_launch import flower_env
+    from fedit.engines.site_worker import SITE_WORKER_KEY, start_worker, stop_worker
+
+    log.info("starting the site worker (it keeps the base model loaded for the run)")
+    worker, folder = start_worker(flower_env())
+    try:
+        index = command.index("--node-config") + 1
+        command[index] += f" {SITE_WORKER_KEY}='{folder}'"
+        return _wait(command)
+    finally:
+        stop_worker(worker, folder)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -128,6 +145,12 @@ def _add_supernode_args(parser: argparse.ArgumentParser) -> None:
         help="simulate an attacker on this site: it runs the run's attack.* settings",
     )
     parser.add_argument("--auth-key", help="ECDSA private key registered with the SuperLink")
+    parser.add_argument(
+        "--no-site-worker",
+        action="store_true",
+        help="load the base model in every message's ClientApp instead of keeping it loaded "
+        "in a site worker (docs/deploy.md)",
+    )
 
 
 def _add_security_args(parser: argparse.ArgumentParser, flag: str, help_: str) -> None:

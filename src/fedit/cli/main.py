@@ -2,6 +2,7 @@
 
 Usage:
     fedit run [CONFIG.yaml] [key=value ...]       # no CONFIG: the built-in quickstart
+    fedit run CONFIG engine=flower-simulation     # on Flower's simulation runtime (Ray)
     fedit partition CONFIG [key=value ...]        # preview the client split
     fedit validate CONFIG [key=value ...]         # check a configuration
     fedit generate --adapter RUN/global_adapter "What is 12 + 30?"
@@ -59,7 +60,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         return run_on_flower(cfg)
     try:
         with ProgressObserver(console) as observer:
-            outcome = run_experiment(cfg, observer)
+            if cfg.engine == "flower-simulation":  # Flower's simulation runtime on Ray
+                from fedit.flower_simulation import run_flower_simulation
+
+                outcome = run_flower_simulation(cfg, observer)
+            else:
+                outcome = run_experiment(cfg, observer)
     except RoundFailedError as err:  # clients failed; the finished rounds are checkpointed
         console.print(f"fedit: run failed: {err}; resume with resume=true", markup=False)
         return 1
@@ -321,12 +327,8 @@ COMMANDS: dict[str, Command] = {
         add_flower_args,
     ),
 }
-CONFIG_COMMANDS = (
-    "run",
-    "partition",
-    "validate",
-    "compare",
-)  # these take config keys: list them in --help
+# These take config keys: list them in --help.
+CONFIG_COMMANDS = ("run", "partition", "validate", "compare")
 
 
 def build_parser() -> argparse.ArgumentParser:

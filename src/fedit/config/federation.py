@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fedit.config.fields import check_choice, option
 
@@ -102,8 +102,54 @@ class StrategyConfig:
 
 
 @dataclass
+class FlowerSimulationConfig:
+    """Flower's simulation runtime (engine: flower-simulation): virtual SuperNodes on Ray."""
+
+    num_supernodes: int | None = option(
+        None, "virtual SuperNodes, one per client (default: federation.num_clients)"
+    )
+    client_cpus: float = option(1.0, "CPUs each virtual client reserves on Ray")
+    client_gpus: float = option(
+        0.0, "GPUs each virtual client reserves: 0.25 puts 4 clients on one GPU, 1 one per GPU"
+    )
+    num_cpus: int | None = option(
+        None, "CPUs Ray may use (default: all); parallel clients = num_cpus // client_cpus"
+    )
+    num_gpus: int | None = option(None, "GPUs Ray may use (default: every visible GPU)")
+
+    def validate(self, num_clients: int) -> list[str]:
+        problems = []
+        if self.num_supernodes is not None and self.num_supernodes != num_clients:
+            problems.append(
+                f"flower.simulation.num_supernodes: {self.num_supernodes} differs from "
+                f"federation.num_clients={num_clients}; each virtual SuperNode holds one "
+                "client's partition, so leave it unset or equal"
+            )
+        if self.client_cpus <= 0:
+            problems.append(f"flower.simulation.client_cpus: must be > 0, got {self.client_cpus}")
+        if self.client_gpus < 0:
+            problems.append(f"flower.simulation.client_gpus: must be >= 0, got {self.client_gpus}")
+        if 0 < self.client_gpus < 1 and not (1 / self.client_gpus).is_integer():
+            problems.append(
+                f"flower.simulation.client_gpus: {self.client_gpus} does not divide a GPU; "
+                "use 1/k (0.5, 0.25, ...) or a whole number"
+            )
+        for key in ("num_cpus", "num_gpus"):
+            value = getattr(self, key)
+            if value is not None and value < (1 if key == "num_cpus" else 0):
+                problems.append(f"flower.simulation.{key}: got {value}")
+        if self.num_cpus is not None and self.client_cpus > self.num_cpus:
+            problems.append(
+                f"flower.simulation.client_cpus: {self.client_cpus} is more than "
+                f"flower.simulation.num_cpus={self.num_cpus}; no client could start"
+            )
+        return problems
+
+
+@dataclass
 class FlowerConfig:
-    """The Flower engine (engine: flower): where the SuperLink is and how long to wait."""
+    """The Flower engines: where the SuperLink is and how long to wait (engine: flower), and
+    the simulation runtime's resources (engine: flower-simulation)."""
 
     superlink: str = option(
         "127.0.0.1:8000", "SuperLink address (host:port) that flwr run submits to"
@@ -118,8 +164,10 @@ class FlowerConfig:
     reply_timeout: float = option(
         600.0, "seconds the server waits for a round's replies before going on without the rest"
     )
+    simulation: FlowerSimulationConfig = field(default_factory=FlowerSimulationConfig)
 
     def validate(self) -> list[str]:
+        """The deployment engine's checks (TLS, addresses, timeouts)."""
         problems = []
         if ":" not in self.superlink:
             problems.append(f"flower.superlink: expected host:port, got {self.superlink!r}")

@@ -13,7 +13,7 @@ from fedit.config.fields import check_choice, option
 from fedit.config.privacy import PrivacyConfig
 from fedit.config.training import DataConfig, DPOConfig, LoraConfig, ModelConfig, TrainConfig
 
-ENGINES = ("simulation", "flower")
+ENGINES = ("simulation", "flower", "flower-simulation")
 
 
 @dataclass
@@ -29,7 +29,11 @@ class Config:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    engine: str = option("simulation", "simulation (in-process) or flower (SuperLink + SuperNodes)")
+    engine: str = option(
+        "simulation",
+        "simulation (in-process), flower (SuperLink + SuperNodes) or flower-simulation "
+        "(Flower's simulation runtime on Ray)",
+    )
     flower: FlowerConfig = field(default_factory=FlowerConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
@@ -50,6 +54,8 @@ class Config:
         problems += check_choice("engine", self.engine, ENGINES)
         if self.engine == "flower":
             problems += self.flower.validate()
+        if self.engine == "flower-simulation":
+            problems += self.flower.simulation.validate(self.federation.num_clients)
         if self.train.objective == "dpo" and self.train.train_on_inputs:
             problems.append(
                 "train.train_on_inputs: DPO compares the answers' log-probabilities only; "

@@ -9,6 +9,10 @@ keeps a message to a few requests.
 
 The query before round 1 asks each SuperNode for its client id and number of examples; its
 reply is a ConfigRecord of those two integers.
+
+``engines.messages`` (and with it torch) is imported only where a message is packed or
+checked: a ClientApp that forwards its bytes to the site worker (``engines/site_worker.py``)
+imports this module without paying for torch in every message's fresh process.
 """
 
 from __future__ import annotations
@@ -16,15 +20,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedit.config import Config, ConfigError, config_from_dict, save_config
-from fedit.engines.messages import MalformedReplyError, pack_instruction, unpack_update
-from fedit.types import ClientUpdate, FitInstruction
+
+if TYPE_CHECKING:
+    from fedit.types import ClientUpdate, FitInstruction
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +94,8 @@ def update_from_content(content: RecordDict, instruction: FitInstruction) -> Cli
     Raises:
         MalformedReplyError: the content is not one message, or ``unpack_update`` refuses it.
     """
+    from fedit.engines.messages import MalformedReplyError, unpack_update
+
     try:
         upload = from_content(content)
     except ValueError as err:
@@ -138,6 +145,8 @@ class FlowerTransport:
         return [self._sizes[client_id] for client_id in range(self.cfg.federation.num_clients)]
 
     def fit(self, instructions: list[FitInstruction], server_round: int) -> list[ClientUpdate]:
+        from fedit.engines.messages import pack_instruction
+
         self._connect()
         by_node = {self._nodes[i.client_id]: i for i in instructions}
         downloads = {i.client_id: pack_instruction(i) for i in instructions}
@@ -180,6 +189,8 @@ def collect_updates(
     replies: list[Message], by_node: dict[int, FitInstruction]
 ) -> list[ClientUpdate]:
     """Valid updates among ``replies``; error replies and malformed ones are logged and dropped."""
+    from fedit.engines.messages import MalformedReplyError
+
     updates = []
     for reply in replies:
         instruction = by_node.get(reply.metadata.src_node_id)

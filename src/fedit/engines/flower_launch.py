@@ -36,6 +36,24 @@ def require_flower() -> None:
         raise ConfigError("engine flower needs flwr: pip install 'fedit[flower]'")
 
 
+def wait_for_port(port: int, timeout: float = 60.0, host: str = "127.0.0.1") -> None:
+    """Return once something listens on ``host:port`` (a SuperLink starting up).
+
+    Raises:
+        TimeoutError: nothing listens after ``timeout`` seconds.
+    """
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout:g} s")
+
+
 def executable(name: str) -> str:
     """A Flower executable next to this Python (the venv's bin), else on PATH."""
     local = Path(sys.executable).parent / name

@@ -15,24 +15,34 @@ data, forged replies; ``client.attacks``), as ``attack.clients`` does in-process
 once; each with torch's default (every core) makes them fight over the cores, which on 2 cores
 made one training step several times slower.
 
-``test-fault='nan'|'stall'`` is for fedit's own tests only (``TEST_FAULTS``): it makes a real site
-misbehave so that the server's handling can be checked end to end. Never set it in a deployment.
+``test-fault='nan'|'stall'|'crash'`` is for fedit's own tests only (``TEST_FAULTS``): it makes a
+real site misbehave so that the server's handling can be checked end to end. Never set it in a
+deployment.
+
+The base model is loaded once per process and kept (``load_site``): a Ray actor of the
+simulation engine and a deployment's site worker (``engines/site_worker.py``) serve many
+messages, so each loads once per run. The cache key (``model_key``) is everything the loaded
+model depends on: the site's ``model`` section, ``lora``, ``seed``, and the files of a local
+model folder; another run with another key replaces it, so a stale model never trains.
+Tokenized examples are cached too, keyed by the whole run config and node config.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from fedit.client.attacks import poison_examples, site_attack
 from fedit.client.fit import fit_client
-from fedit.config import Config, ConfigError, ModelConfig
+from fedit.config import Config, ConfigError, ModelConfig, save_config
 from fedit.data.prepare import prepare_data, tokenize_training
 from fedit.data.sources import load_examples
 from fedit.model.loading import load_model, load_tokenizer
@@ -46,8 +56,8 @@ TEST_FAULT_KEY = "test-fault"
 MALICIOUS_KEY = "malicious"
 # Test-only faults: "nan" trains, then replies with a NaN in the adapter (a malformed update);
 # "stall" sleeps STALL_SECONDS before training, so that a test can kill the SuperNode while it
-# holds its instruction.
-TEST_FAULTS = ("nan", "stall")
+# holds its instruction; "crash" raises in the ClientApp, as a client's bug or OOM would.
+TEST_FAULTS = ("nan", "stall", "crash")
 STALL_SECONDS = 120.0
 
 
@@ -58,7 +68,33 @@ class Site:
     client_id: int
     examples: list[Any]  # TokenizedExamples, or TokenizedPairs for DPO
     model: Any
-    load_seconds: float
+    load_seconds: float  # 0 when the model came from this process's cache
+    model_loaded: bool = False  # whether this call loaded the base model
+
+
+@dataclass
+class _Cache:
+    """This process's base model (one: a site holds one run's model) and tokenized examples."""
+
+    model_key: str = ""
+    model: Any = None
+    tokenizer: Any = None
+    examples: dict[str, tuple[int, list[Any]]] = dataclasses.field(default_factory=dict)
+    loads: int = 0  # base model loads in this process, for tests and benchmarks
+
+
+_CACHE = _Cache()
+
+
+def model_loads() -> int:
+    """How many times this process has loaded a base model (cache misses)."""
+    return _CACHE.loads
+
+
+def clear_site_cache() -> None:
+    """Drop the cached model and examples (tests; a site that wants its memory back)."""
+    global _CACHE
+    _CACHE = _Cache()
 
 
 def _int_key(node_config: dict[str, Any], key: str) -> int:
@@ -146,20 +182,63 @@ def count_site_examples(cfg: Config, node_config: dict[str, Any]) -> tuple[int, 
     return client_id, len(_tokenize(cfg, raw, tokenizer))
 
 
-def load_site(cfg: Config, node_config: dict[str, Any]) -> Site:
-    """Load the base model with the run's LoRA and tokenize this site's examples.
+def model_key(cfg: Config, node_config: dict[str, Any]) -> str:
+    """Everything the site's loaded model depends on: base model (name, revision, dtype,
+    quantization, start adapter ...), LoRA shape and targets, and the seed of its init."""
+    model = _site_model_config(cfg, node_config)
+    key: dict[str, Any] = {"model": dataclasses.asdict(model), "lora": dataclasses.asdict(cfg.lora)}
+    key |= {"seed": cfg.seed, "files": _fingerprint(model.name), "adapter": model.adapter}
+    if model.adapter:
+        key["adapter_files"] = _fingerprint(model.adapter)
+    return json.dumps(key, sort_keys=True, default=str)
 
-    A ClientApp is a fresh process per message, so this runs every round; the embedded model
-    loads from its cached safetensors copy.
+
+def _fingerprint(name: str) -> list[tuple[str, int, int]]:
+    """A local model folder's files (name, size, mtime): new weights under the same path
+    change the key. A hub id has none (its revision is in the model section)."""
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        return []
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return [(str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+
+
+def _examples_key(cfg: Config, node_config: dict[str, Any]) -> str:
+    return json.dumps([save_config(cfg), sorted(node_config.items())], default=str)
+
+
+def load_site(cfg: Config, node_config: dict[str, Any]) -> Site:
+    """The base model with the run's LoRA and this site's tokenized examples.
+
+    Both come from this process's cache when it holds them for this run: in a Ray actor (the
+    simulation engine) or a site worker they load once. Without a site worker a deployment's
+    ClientApp is a fresh process per message (Flower 1.42) and loads every round; the embedded
+    model loads from its cached safetensors copy.
     """
     started = time.perf_counter()
-    client_id, raw = _checked_site_examples(cfg, node_config)
-    base, tokenizer = load_model(_site_model_config(cfg, node_config))
-    model = apply_lora(base, cfg.lora, seed=cfg.seed)
-    examples = _tokenize(cfg, raw, tokenizer)
+    key = model_key(cfg, node_config)
+    loaded = key != _CACHE.model_key
+    if loaded:
+        _CACHE.model_key, _CACHE.model = "", None  # the old model goes before the new one loads
+        base, _CACHE.tokenizer = load_model(_site_model_config(cfg, node_config))
+        _CACHE.model = apply_lora(base, cfg.lora, seed=cfg.seed)
+        _CACHE.model_key = key
+        _CACHE.loads += 1
+        _CACHE.examples.clear()  # tokenized with the old tokenizer
+    examples_key = _examples_key(cfg, node_config)
+    if examples_key not in _CACHE.examples:
+        client_id, raw = _checked_site_examples(cfg, node_config)
+        _CACHE.examples[examples_key] = client_id, _tokenize(cfg, raw, _CACHE.tokenizer)
+    client_id, examples = _CACHE.examples[examples_key]
     seconds = time.perf_counter() - started
-    log.info("client %d: %d examples, loaded in %.2f s", client_id, len(examples), seconds)
-    return Site(client_id, examples, model, seconds)
+    log.info(
+        "client %d: %d examples, %s in %.2f s",
+        client_id,
+        len(examples),
+        "loaded" if loaded else "cached",
+        seconds,
+    )
+    return Site(client_id, examples, _CACHE.model, seconds if loaded else 0.0, loaded)
 
 
 def train_site(
@@ -171,6 +250,8 @@ def train_site(
     if node_config.get(TEST_FAULT_KEY) == "stall":
         log.warning("test-fault stall: sleeping %g s before training", STALL_SECONDS)
         time.sleep(STALL_SECONDS)
+    if node_config.get(TEST_FAULT_KEY) == "crash":
+        raise RuntimeError("test-fault crash: the ClientApp raised")
     site = load_site(cfg, node_config)
     if instruction.client_id != site.client_id:
         raise ConfigError(
@@ -179,6 +260,7 @@ def train_site(
     attack = site_attack(cfg.attack, is_malicious(node_config))
     update = fit_client(site.model, site.examples, cfg, instruction, attack=attack)
     update.metrics["load_seconds"] = site.load_seconds
+    update.metrics["model_loaded"] = float(site.model_loaded)
     if node_config.get(TEST_FAULT_KEY) == "nan":
         name = sorted(update.state)[0]
         log.warning("test-fault nan: replying with NaN in %s", name)

@@ -79,7 +79,7 @@ def run_compare(cfg: Config, observer: RunObserver | None = None) -> CompareOutc
     observer = observer or RunObserver()
     # Bad suite files and an unreachable judge fail here, before anything is trained.
     suites = _judge_or_skip(load_suites(cfg.compare.suites, cfg, "compare.suites"), cfg)
-    if cfg.engine == "flower":
+    if cfg.engine in ("flower", "flower-simulation"):
         fedit_run = _finished_flower_run(cfg)
         setup = load_setup(cfg, prepare_data(cfg))
     else:
@@ -165,8 +165,9 @@ def _finished_flower_run(cfg: Config) -> RunOutcome:
     point = run_dir.resume_point() if run_dir.is_run() else None
     if point is None or point.next_round <= cfg.federation.rounds or not adapter.is_dir():
         raise ConfigError(
-            f"engine=flower: fedit compare needs the finished Flower run in {cfg.output_dir}; "
-            "run `fedit flower run CONFIG` first (docs/deploy.md)"
+            f"engine={cfg.engine}: fedit compare needs the finished Flower run in "
+            f"{cfg.output_dir}; run `fedit {'flower ' * (cfg.engine == 'flower')}run CONFIG` "
+            "first (docs/deploy.md)"
         )
     run_dir.check_resumable(cfg)
     log.info("reusing the Flower run in %s", cfg.output_dir)

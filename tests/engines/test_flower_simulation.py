@@ -1,0 +1,195 @@
+"""engine: flower-simulation: Flower's simulation runtime on Ray, against the in-process engine.
+
+The runs start Ray in this process (``fedit.flower_simulation`` does), so the test can check
+that no Ray process is left when the run returns. Each costs Ray's start-up (several seconds).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from safetensors.torch import load_file
+
+pytest.importorskip("flwr")
+ray = pytest.importorskip("ray")
+
+from fedit.config import ConfigError, load_config  # noqa: E402
+from fedit.experiment import run_experiment  # noqa: E402
+from fedit.flower_simulation import (  # noqa: E402
+    RayStartError,
+    check_gpus,
+    parallel_clients,
+    run_flower_simulation,
+)
+from fedit.server.loop import RoundFailedError  # noqa: E402
+from helpers import tiny_args  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+# Two clients, both selected each round, trained by two Ray actors at once (one CPU each).
+FAST = (
+    "eval.generate=false",
+    "data.synthetic.num_examples=80",
+    "federation.num_clients=2",
+    "federation.fraction_fit=1.0",
+    "flower.simulation.num_cpus=2",
+    "flower.simulation.client_cpus=1",
+)
+SIM = "engine=flower-simulation"
+RAY_PROCESSES = ("raylet", "gcs_server", "ray::", "plasma", "dashboard", "log_monitor")
+
+
+def _config(model_dir: Path, out: Path, *extra: str):
+    return load_config(QUICKSTART, tiny_args(model_dir, out, *FAST, *extra))
+
+
+def _adapter(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "global_adapter" / "adapter_model.safetensors"))
+
+
+def _files(run: Path) -> list[str]:
+    return sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+
+
+def _rounds(run: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [row for row in rows if row["round"] > 0]
+
+
+def _ray_children() -> list[str]:
+    names = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            command = " ".join(child.cmdline()) or child.name()
+        except psutil.NoSuchProcess:
+            continue
+        if any(mark in command for mark in RAY_PROCESSES):
+            names.append(command[:80])
+    return names
+
+
+def _assert_same(local: Path, remote: Path) -> None:
+    expected, got = _adapter(local), _adapter(remote)
+    assert expected.keys() == got.keys()
+    assert max((expected[k] - got[k]).abs().max().item() for k in expected) <= 1e-5
+    assert _files(remote) == _files(local)
+
+
+def test_simulation_matches_in_process_loads_once_per_actor_and_leaves_no_ray(
+    tiny_model_dir, tmp_path
+):
+    local = run_experiment(_config(tiny_model_dir, tmp_path / "local")).run_dir
+    outcome = run_flower_simulation(_config(tiny_model_dir, tmp_path / "sim", SIM))
+    assert not ray.is_initialized() and _ray_children() == []
+    _assert_same(local, outcome.run_dir)
+    rounds = _rounds(outcome.run_dir)
+    messages = [m for row in rounds for m in row["client_metrics"].values()]
+    assert len(rounds) == 2 and len(messages) == 4
+    # Two actors, each loading the base model on its first message and keeping it.
+    loads = sum(m["model_loaded"] for m in messages)
+    assert 1 <= loads <= 2 < len(messages)
+    assert all(m["load_seconds"] == 0 for m in messages if not m["model_loaded"])
+
+
+@pytest.mark.slow  # two more Ray runs; the path is the one above
+def test_simulation_resumes_like_in_process(tiny_model_dir, tmp_path):
+    local = run_experiment(_config(tiny_model_dir, tmp_path / "local")).run_dir
+    sim = tmp_path / "sim"
+    run_flower_simulation(_config(tiny_model_dir, sim, SIM, "federation.rounds=1"))
+    resumed = run_flower_simulation(_config(tiny_model_dir, sim, SIM, "resume=true"))
+    _assert_same(local, resumed.run_dir)
+    assert [row["round"] for row in _rounds(sim)] == [1, 2]
+
+
+@pytest.mark.slow  # one more Ray run
+def test_crashing_virtual_client_fails_the_round_naming_it(tiny_model_dir, tmp_path):
+    cfg = _config(tiny_model_dir, tmp_path / "sim", SIM, "federation.min_fit_clients=2")
+    with pytest.raises(RoundFailedError, match=r"round 1: .*clients \[1\]"):
+        run_flower_simulation(cfg, node_extras={1: {"test-fault": "crash"}})
+    assert not ray.is_initialized() and _ray_children() == []
+
+
+def test_too_many_gpus_is_one_line_before_ray_starts(tiny_model_dir, tmp_path):
+    cfg = _config(tiny_model_dir, tmp_path / "sim", SIM, "flower.simulation.client_gpus=0.5")
+    with pytest.raises(ConfigError, match="client_gpus: each client asks for 0.5 GPUs"):
+        check_gpus(cfg, available=0)
+    cfg = _config(tiny_model_dir, tmp_path / "sim", SIM, "flower.simulation.num_gpus=8")
+    with pytest.raises(ConfigError, match="num_gpus: 8 GPUs asked for, this machine has 1"):
+        check_gpus(cfg, available=1)
+    cfg = _config(tiny_model_dir, tmp_path / "sim", SIM, "flower.simulation.client_gpus=2")
+    with pytest.raises(ConfigError, match="each client asks for 2 GPUs, this machine has 1"):
+        check_gpus(cfg, available=1)
+    # Through the real entry point on this machine: refused before Ray or any file.
+    if torch.cuda.device_count() == 0:
+        cfg = _config(tiny_model_dir, tmp_path / "sim", SIM, "flower.simulation.client_gpus=1")
+        with pytest.raises(ConfigError, match="no CUDA GPU visible"):
+            run_flower_simulation(cfg)
+        assert not ray.is_initialized() and not (tmp_path / "sim").exists()
+
+
+def test_cli_run_refuses_missing_gpus_in_one_line(tiny_model_dir, tmp_path, capsys):
+    from fedit.cli.main import main
+
+    items = tiny_args(tiny_model_dir, tmp_path / "sim", *FAST, SIM, "flower.simulation.num_gpus=64")
+    assert main(["run", str(QUICKSTART), *items]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fedit: error: flower.simulation.num_gpus: 64 GPUs asked for")
+    assert len(err.splitlines()) == 1 and not (tmp_path / "sim").exists()
+    assert not ray.is_initialized()
+
+
+def test_run_experiment_refuses_the_simulation_engine_without_its_runtime(tmp_path):
+    with pytest.raises(ConfigError, match="engine=flower-simulation: start it with `fedit run"):
+        run_experiment(load_config(QUICKSTART, [SIM, f"output_dir={tmp_path}"]))
+
+
+def test_gpu_fractions_set_how_many_clients_train_at_once(tiny_model_dir, tmp_path):
+    def parallel(*extra: str, cpus: int, gpus: int) -> int:
+        cfg = _config(tiny_model_dir, tmp_path, SIM, "federation.num_clients=8", *extra)
+        return parallel_clients(cfg, cpus, gpus)
+
+    assert parallel("flower.simulation.client_gpus=0.25", cpus=16, gpus=1) == 4
+    assert parallel("flower.simulation.client_gpus=1", cpus=16, gpus=8) == 8
+    assert parallel("flower.simulation.client_cpus=2", cpus=4, gpus=0) == 2
+
+
+def test_ray_failing_to_start_is_one_line_and_leaves_nothing(tiny_model_dir, tmp_path, monkeypatch):
+    # Ray keeps its session files under $RAY_TMPDIR: one that cannot exist stops its start.
+    monkeypatch.setenv("RAY_TMPDIR", "/proc/no-such-dir")
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")  # ignored: fedit starts a Ray of its own
+    cfg = _config(tiny_model_dir, tmp_path / "sim", SIM)
+    with pytest.raises(
+        RayStartError, match="^engine flower-simulation: Ray could not start: "
+    ) as e:
+        run_flower_simulation(cfg)
+    assert "\n" not in str(e.value)
+    assert not ray.is_initialized() and _ray_children() == []
+    assert not (tmp_path / "sim").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("flower.simulation.num_supernodes=3", "num_supernodes: 3 differs from"),
+        ("flower.simulation.client_cpus=0", "client_cpus: must be > 0"),
+        ("flower.simulation.client_gpus=0.3", "0.3 does not divide a GPU"),
+    ],
+)
+def test_simulation_keys_are_checked(tiny_model_dir, tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        _config(tiny_model_dir, tmp_path, SIM, override)
+
+
+def test_attack_clients_become_malicious_virtual_supernodes(tiny_model_dir, tmp_path):
+    from fedit.flower_simulation import _attackers
+
+    cfg = _config(tiny_model_dir, tmp_path, SIM, "attack.kind=sign_flip", "attack.clients=[1]")
+    assert _attackers(cfg, {0: {"test-fault": "nan"}}) == {
+        0: {"test-fault": "nan"},
+        1: {"malicious": True},
+    }
+    assert _attackers(_config(tiny_model_dir, tmp_path, SIM), {}) == {}
