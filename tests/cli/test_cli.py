@@ -46,7 +46,9 @@ def test_run_writes_complete_run_dir(tiny_model_dir, tmp_path, capsys):
     for record in records[1:]:
         assert len(record["selected_clients"]) == 2
         assert set(record["train_loss"]) == {str(c) for c in record["selected_clients"]}
-        assert {"loss", "accuracy"} <= set(record["eval"])
+        assert "loss" in record["eval"]
+        # The quickstart generates (accuracy) for the base model and the final adapter only.
+        assert ("accuracy" in record["eval"]) == (record is records[-1])
         assert {"fit", "aggregate", "eval"} <= set(record["seconds"])
 
     partition = json.loads((out / "partition.json").read_text())
