@@ -102,6 +102,7 @@ class Defended(Strategy):
                 verdict.coefficients,
                 self.cfg.lora.r,
                 generator,
+                verdict.product_gram,
             )
             path = "combination_in_b" if "combine_exact_in_b" in extra else "combination_exact"
         reply = ClientUpdate(

@@ -53,7 +53,14 @@ def product_gram(
 def update_gram(
     global_state: AdapterState, states: Sequence[AdapterState], dtype: torch.dtype = GRAM_DTYPE
 ) -> Tensor:
-    """G_ij = ⟨ΔW_i, ΔW_j⟩ summed over modules, with ΔW_i = B_i A_i − B_g A_g.
+    """G_ij = ⟨ΔW_i, ΔW_j⟩ summed over modules (``update_grams``' first result)."""
+    return update_grams(global_state, states, dtype)[0]
+
+
+def update_grams(
+    global_state: AdapterState, states: Sequence[AdapterState], dtype: torch.dtype = GRAM_DTYPE
+) -> tuple[Tensor, Tensor]:
+    """G_ij = ⟨ΔW_i, ΔW_j⟩ summed over modules, with ΔW_i = B_i A_i − B_g A_g, and the products'.
 
     Tensors that are not LoRA factors (none in a plain LoRA adapter) count as flat vectors
     x_i − x_g. The global adapter joins the Gram matrix as client K, so ΔW's Gram is
@@ -65,7 +72,9 @@ def update_gram(
         states: the clients' adapters; same modules, any ranks.
 
     Returns:
-        (K, K) symmetric positive semi-definite Gram matrix.
+        (G (K, K), symmetric positive semi-definite; P (K + 1, K + 1), the LoRA products'
+        ⟨B_i A_i, B_j A_j⟩ summed over modules, the global adapter last, from which the norm of
+        any combination Σ w_i B_i A_i is wᵀ P w).
     """
     count = len(states)
     pairs = lora_pairs(global_state)
@@ -85,7 +94,7 @@ def update_gram(
         flat = torch.stack([s[key].detach().to("cpu", dtype).flatten() for s in states])
         flat -= reference
         gram += flat @ flat.T
-    return (gram + gram.T) / 2
+    return (gram + gram.T) / 2, products
 
 
 def squared_distances(gram: Tensor) -> Tensor:

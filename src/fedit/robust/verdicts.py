@@ -30,7 +30,7 @@ from fedit.robust.defences import (
     norm_bound_factors,
     trimmed_mean,
 )
-from fedit.robust.gram import norms, update_gram
+from fedit.robust.gram import norms, update_gram, update_grams
 from fedit.types import AdapterState, ClientUpdate
 
 
@@ -43,6 +43,7 @@ class Verdict:
     rejected: list[int]  # indices into the replies
     selected: list[int] | None = None  # whole clients, handed to the strategy as they are
     coefficients: Tensor | None = None  # ΔW = Σ c_i ΔW_i, to re-factorise
+    product_gram: Tensor | None = None  # P of ``update_grams``, with coefficients
     state: AdapterState | None = None  # a finished coordinate-wise state (factor space)
     metrics: dict[str, float] = field(default_factory=dict)
 
@@ -56,8 +57,15 @@ def _data_weights(updates: list[ClientUpdate]) -> Tensor:
 
 
 def _gram(robust: RobustConfig, global_state: AdapterState, updates: list[ClientUpdate]) -> Tensor:
+    return _grams(robust, global_state, updates)[0]
+
+
+def _grams(
+    robust: RobustConfig, global_state: AdapterState, updates: list[ClientUpdate]
+) -> tuple[Tensor, Tensor]:
     dtype = getattr(torch, robust.gram_precision)
-    return update_gram(global_state, [u.state for u in updates], dtype).double()
+    gram, products = update_grams(global_state, [u.state for u in updates], dtype)
+    return gram.double(), products.double()
 
 
 def _selection(scores: Tensor, selected: list[int], updates: list[ClientUpdate]) -> Verdict:
@@ -90,20 +98,26 @@ def judge_norm_bound(
     robust: RobustConfig, global_state: AdapterState, updates: list[ClientUpdate]
 ) -> Verdict:
     """Clip every ‖ΔW_i‖ to τ; the data-weighted mean of the clipped updates."""
-    gram = _gram(robust, global_state, updates)
+    gram, products = _grams(robust, global_state, updates)
     factors = norm_bound_factors(gram, robust.norm_bound, robust.norm_multiple)
     clipped = [i for i, s in enumerate(factors.tolist()) if s < 1.0]
     if not clipped:  # nobody clipped: the plain mean, whole clients
         return _selection(norms(gram), list(range(len(updates))), updates)
     coefficients = _data_weights(updates) * factors
-    return Verdict(norms(gram).tolist(), coefficients.tolist(), clipped, coefficients=coefficients)
+    return Verdict(
+        norms(gram).tolist(),
+        coefficients.tolist(),
+        clipped,
+        coefficients=coefficients,
+        product_gram=products,
+    )
 
 
 def judge_geometric_median(
     robust: RobustConfig, global_state: AdapterState, updates: list[ClientUpdate]
 ) -> Verdict:
     """RFA: the data-weighted geometric median of the ΔW_i by Weiszfeld's iterations."""
-    gram = _gram(robust, global_state, updates)
+    gram, products = _grams(robust, global_state, updates)
     alpha, iterations = geometric_median_weights(gram, _data_weights(updates))
     distances = distances_to_combination(gram, alpha).tolist()
     typical = statistics.median(distances)
@@ -113,6 +127,7 @@ def judge_geometric_median(
         alpha.tolist(),
         rejected,
         coefficients=alpha,
+        product_gram=products,
         metrics={"weiszfeld_iterations": float(iterations)},
     )
 

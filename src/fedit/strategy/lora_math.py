@@ -11,6 +11,10 @@ from torch import Tensor
 from fedit.strategy.aggregate import EmptyRoundError, MismatchedUpdateError, WeightedSum
 from fedit.types import AdapterState
 
+# Randomized range finder (``refactor_sketched``): extra columns beyond the rank, and rounds of
+# subspace iteration; Halko et al. recommend 5-10 and 1-2 for spectra that decay slowly.
+SKETCH_OVERSAMPLE = 16
+SKETCH_POWER_ITERATIONS = 2
 A_SUFFIX = ".lora_A.weight"
 B_SUFFIX = ".lora_B.weight"
 
@@ -112,6 +116,15 @@ def _lora_a_init(num_rows: int, d_in: int, generator: torch.Generator) -> Tensor
     return torch.empty(num_rows, d_in).uniform_(-bound, bound, generator=generator)
 
 
+def _check_stacks(B_stack: Tensor, A_stack: Tensor, rank: int) -> None:
+    if rank < 1:
+        raise ValueError(f"rank must be at least 1, got {rank}")
+    if B_stack.ndim != 2 or A_stack.ndim != 2 or B_stack.shape[1] != A_stack.shape[0]:
+        raise ValueError(f"cannot multiply shapes {tuple(B_stack.shape)} @ {A_stack.shape}")
+    if B_stack.shape[1] == 0:
+        raise ValueError("the stacks hold no LoRA components")
+
+
 def refactor_lowrank(
     B_stack: Tensor, A_stack: Tensor, rank: int, generator: torch.Generator
 ) -> tuple[Tensor, Tensor, Tensor, float]:
@@ -136,27 +149,82 @@ def refactor_lowrank(
         (min(d_out, d_in, s),) in descending order, error), where error = ‖B_stack A_stack −
         B A‖_F = sqrt(Σ of the dropped σ²): 0 up to rounding when s ≤ rank.
     """
-    if rank < 1:
-        raise ValueError(f"rank must be at least 1, got {rank}")
-    if B_stack.ndim != 2 or A_stack.ndim != 2 or B_stack.shape[1] != A_stack.shape[0]:
-        raise ValueError(f"cannot multiply shapes {tuple(B_stack.shape)} @ {A_stack.shape}")
-    if B_stack.shape[1] == 0:
-        raise ValueError("the stacks hold no LoRA components")
-    d_out, d_in = B_stack.shape[0], A_stack.shape[1]
+    _check_stacks(B_stack, A_stack, rank)
     q_b, r_b = torch.linalg.qr(B_stack.detach().to("cpu", torch.float64))  # (d_out, kb), (kb, s)
     q_a, r_a = torch.linalg.qr(A_stack.detach().to("cpu", torch.float64).T)  # (d_in, ka), (ka, s)
     u, sigma, vh = torch.linalg.svd(r_b @ r_a.T, full_matrices=False)  # (kb,q), (q,), (q,ka)
+    top_left, top_right = q_b @ u[:, :rank], vh[:rank] @ q_a.T  # only the kept components
+    b_out, a_out, alive = _split_top(top_left, sigma, top_right, rank, generator)
+    error = math.sqrt(float((sigma[alive:] ** 2).sum()))
+    return b_out, a_out, sigma.float(), error
+
+
+def _split_top(
+    left: Tensor, sigma: Tensor, right: Tensor, rank: int, generator: torch.Generator
+) -> tuple[Tensor, Tensor, int]:
+    """B = left_r √σ_r, A = √σ_r right_r from an SVD left · diag(σ) · right (σ descending).
+
+    Components with σ ≤ σ_max · max(d_out, d_in) · eps_fp32, and padding up to ``rank``, become
+    a zero B column and a fresh lora_A-init row (see ``refactor_lowrank``). Returns (B fp32,
+    A fp32, the number of live components).
+    """
+    d_out, d_in = left.shape[0], right.shape[1]  # left (d_out, ≥alive), right (≥alive, d_in)
     tolerance = float(sigma.max()) * max(d_out, d_in) * torch.finfo(torch.float32).eps
     # σ is sorted descending, so the live components are a prefix of the top ``rank``.
     alive = int((sigma[:rank] > tolerance).sum())
-    error = math.sqrt(float((sigma[alive:] ** 2).sum()))
     root = sigma[:alive].sqrt()  # (alive,)
     b_out = torch.zeros(d_out, rank)
-    b_out[:, :alive] = (q_b @ (u[:, :alive] * root)).float()  # (d_out, alive)
+    b_out[:, :alive] = (left[:, :alive] * root).float()  # (d_out, alive)
     a_out = torch.empty(rank, d_in)
-    a_out[:alive] = ((root[:, None] * vh[:alive]) @ q_a.T).float()  # (alive, d_in)
+    a_out[:alive] = (root[:, None] * right[:alive]).float()  # (alive, d_in)
     a_out[alive:] = _lora_a_init(rank - alive, d_in, generator)
-    return b_out, a_out, sigma.float(), error
+    return b_out, a_out, alive
+
+
+def refactor_sketched(
+    B_stack: Tensor,
+    A_stack: Tensor,
+    rank: int,
+    generator: torch.Generator,
+    oversample: int = SKETCH_OVERSAMPLE,
+    power_iterations: int = SKETCH_POWER_ITERATIONS,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Rank-``rank`` factors of B_stack @ A_stack by a randomized range finder.
+
+    Halko, Martinsson & Tropp (2011), algorithm 4.4: a Gaussian test matrix Ω (d_in, l) with
+    l = rank + ``oversample``, Y = B_stack (A_stack Ω), ``power_iterations`` rounds of subspace
+    iteration (re-orthonormalised by QR), then the SVD of the small l × d_in matrix Qᵀ B_stack
+    A_stack. Every step multiplies the stacks by thin matrices, so the cost grows like
+    l · s · (d_out + d_in) instead of the s² · (d_out + d_in) + s³ of ``refactor_lowrank``'s
+    QRs and SVD: for 100 clients of rank 16 (s = 1,600) about 30× less. The result is a
+    near-best rank-``rank`` approximation (exact when the product's rank is at most l); Ω is
+    drawn from ``generator``, so a seeded round repeats exactly. Zero directions are handled
+    as in ``refactor_lowrank``.
+
+    Returns:
+        (B fp32 (d_out, rank), A fp32 (rank, d_in), the kept singular values fp32 (alive,)).
+        The truncation error needs ‖B_stack A_stack‖_F², which the caller may already know
+        (a Gram matrix of the products): error² = ‖W‖² − Σ kept σ².
+    """
+    _check_stacks(B_stack, A_stack, rank)
+    b = B_stack.detach().to("cpu", torch.float64)
+    a = A_stack.detach().to("cpu", torch.float64)
+    width = min(rank + oversample, *b.shape, a.shape[1])
+    omega = torch.randn(a.shape[1], width, generator=generator, dtype=torch.float64)
+    basis = torch.linalg.qr(b @ (a @ omega))[0]  # (d_out, l): range of W Ω
+    for _ in range(power_iterations):
+        co_basis = torch.linalg.qr(a.T @ (b.T @ basis))[0]  # (d_in, l): range of Wᵀ Q
+        basis = torch.linalg.qr(b @ (a @ co_basis))[0]
+    u, sigma, vh = torch.linalg.svd((basis.T @ b) @ a, full_matrices=False)  # (l,l),(l,),(l,d_in)
+    b_out, a_out, alive = _split_top(basis @ u, sigma, vh, rank, generator)
+    return b_out, a_out, sigma[:alive].float()
+
+
+def stack_norm_sq(B_stack: Tensor, A_stack: Tensor) -> float:
+    """‖B_stack A_stack‖_F² = Σ (B_stackᵀ B_stack) ⊙ (A_stack A_stackᵀ), without the product."""
+    b = B_stack.detach().to("cpu", torch.float64)
+    a = A_stack.detach().to("cpu", torch.float64)
+    return float(((b.T @ b) * (a @ a.T)).sum())
 
 
 def exact_lora_aggregate(
