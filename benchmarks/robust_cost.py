@@ -75,7 +75,9 @@ def child(method: str, num_clients: int, layers: int) -> None:
     path = "selection" if verdict.selected is not None else "coordinate-wise"
     if verdict.coefficients is not None:
         generator = torch.Generator().manual_seed(0)
-        combine_products(global_state, states, verdict.coefficients, RANK, generator)
+        combine_products(
+            global_state, states, verdict.coefficients, RANK, generator, verdict.product_gram
+        )
         path = "combination, re-factorised"
     seconds = time.perf_counter() - start
     print(
