@@ -37,9 +37,10 @@ from fedit.engines.site_worker import SITE_WORKER_KEY, start_worker, stop_worker
 from fedit.experiment import run_experiment
 
 # Hard-coded in Flower 1.42 (flwr/supernode/start_client_internal.py): the SuperNode sleeps
-# 3 s when it pulled no message, and 0.5 s between checks for the ClientApp's reply.
-SUPERNODE_IDLE_POLL_SECONDS = 3.0
-SUPERNODE_REPLY_POLL_SECONDS = 0.5
+# 3 s when it pulled no message, and 0.5 s between checks for the ClientApp's reply; fedit's
+# launcher caps both at flower_launch.SUPERNODE_POLL_SECONDS (engines/supernode_main.py).
+SUPERNODE_IDLE_POLL_SECONDS = min(3.0, flower_launch.SUPERNODE_POLL_SECONDS)
+SUPERNODE_REPLY_POLL_SECONDS = min(0.5, flower_launch.SUPERNODE_POLL_SECONDS)
 ENGINES = ("in-process", "deployment", "deployment-no-worker", "simulation")
 SMALL = [
     "federation.num_clients=2",
@@ -282,7 +283,8 @@ def _body(rows: list[dict], components: dict[str, float], args: argparse.Namespa
         f"{POLL_SECONDS:g} s and the SuperExec looks for a task every "
         f"{flower_launch.SUPEREXEC_POLL_SECONDS:g} s (fedit's settings); an idle SuperNode "
         f"asks for messages every {SUPERNODE_IDLE_POLL_SECONDS:g} s and checks for the "
-        f"ClientApp's reply every {SUPERNODE_REPLY_POLL_SECONDS:g} s (fixed in Flower 1.42) "
+        f"ClientApp's reply every {SUPERNODE_REPLY_POLL_SECONDS:g} s (fedit's launcher; Flower "
+        "1.42's own are a fixed 3 s and 0.5 s) "
         f"| {polls / 2:.2f} |"
     )
     if args.note:

@@ -45,7 +45,11 @@ def cmd_superlink(args: argparse.Namespace) -> int:
 
 
 def cmd_supernode(args: argparse.Namespace) -> int:
-    from fedit.engines.flower_launch import require_flower, supernode_command
+    from fedit.engines.flower_launch import (
+        SUPERNODE_POLL_SECONDS,
+        require_flower,
+        supernode_command,
+    )
 
     require_flower()
     node_config: dict[str, Any] = {}
@@ -73,6 +77,7 @@ def cmd_supernode(args: argparse.Namespace) -> int:
         root_certificates=Path(args.root_certificates) if args.root_certificates else None,
         insecure=args.insecure,
         auth_key=Path(args.auth_key) if args.auth_key else None,
+        poll_seconds=SUPERNODE_POLL_SECONDS if args.poll is None else args.poll,
     )
     if args.insecure:
         from fedit.engines.flower_launch import INSECURE_WARNING
@@ -146,11 +151,28 @@ def _add_supernode_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--auth-key", help="ECDSA private key registered with the SuperLink")
     parser.add_argument(
+        "--poll",
+        type=_non_negative,
+        metavar="SECONDS",
+        help="the SuperNode's longest wait between polls for work (default 0.2; Flower's own "
+        "is a fixed 3 s, which 0 keeps; docs/deploy.md)",
+    )
+    parser.add_argument(
         "--no-site-worker",
         action="store_true",
         help="load the base model in every message's ClientApp instead of keeping it loaded "
         "in a site worker (docs/deploy.md)",
     )
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
 
 
 def _add_security_args(parser: argparse.ArgumentParser, flag: str, help_: str) -> None:

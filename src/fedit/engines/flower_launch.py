@@ -28,6 +28,8 @@ CONNECTION = "fedit"  # the connection `fedit flower run` adds to $FLWR_HOME/con
 RUN_CONFIG_KEY = "fedit-config"  # also in engines/flower.py, which may not be importable here
 INSECURE_WARNING = "Flower without TLS: anyone on the network can read and inject adapters"
 SUPEREXEC_POLL_SECONDS = 0.2
+# A SuperNode's waits between polls for work (Flower: 3 s, fixed; see engines/supernode_main).
+SUPERNODE_POLL_SECONDS = 0.2
 
 
 def require_flower() -> None:
@@ -105,10 +107,19 @@ def supernode_command(
     root_certificates: Path | None = None,
     insecure: bool = False,
     auth_key: Path | None = None,
+    poll_seconds: float = SUPERNODE_POLL_SECONDS,
 ) -> list[str]:
-    """``flower-supernode`` connecting to ``superlink`` with its site's node config."""
+    """``flower-supernode`` connecting to ``superlink`` with its site's node config.
+
+    With ``poll_seconds`` > 0 it runs through ``fedit.engines.supernode_main``, which caps the
+    SuperNode's fixed waits (3 s between polls for work) at that; 0 runs Flower's own.
+    """
     pairs = " ".join(f"{key}={_toml_value(value)}" for key, value in node_config.items())
-    command = [executable("flower-supernode"), "--superlink", superlink, "--port", str(port)]
+    launcher = [executable("flower-supernode")]
+    if poll_seconds > 0:
+        launcher = [sys.executable, "-m", "fedit.engines.supernode_main"]
+        launcher += ["--poll", f"{poll_seconds:g}", "--"]
+    command = [*launcher, "--superlink", superlink, "--port", str(port)]
     command += ["--node-config", pairs]
     if auth_key is not None:
         command += ["--auth-supernode-private-key", str(auth_key)]
