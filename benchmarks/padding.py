@@ -8,6 +8,7 @@ Target: 10% or less with length-grouped batches (train.group_by_length=true).
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 
 from common import ROOT, record
 
@@ -20,14 +21,19 @@ from fedit.model.loading import load_model
 TARGET = 0.10
 
 
-def client_waste(examples, batch_size: int, micro: int, pad_id: int, grouped: bool) -> dict:
-    """Padding statistics of one epoch of one client's micro-batches."""
+def client_waste(
+    examples, categories: list[str], batch_size: int, micro: int, pad_id: int, grouped: bool
+) -> tuple[dict, list[float]]:
+    """Padding statistics of one epoch of one client's micro-batches, and each batch's share of
+    its most common category (1.0: a single-category batch)."""
     lengths = [len(e.input_ids) for e in examples]
-    batches = []
+    batches, shares = [], []
     for indices in batch_indices(lengths, batch_size, seed=0, group_by_length=grouped):
+        counts = Counter(categories[i] for i in indices)
+        shares.append(max(counts.values()) / len(indices))
         for part in split_micro_batches([examples[i] for i in indices], micro):
             batches.append(collate(part, pad_id))
-    return padding_stats(batches)
+    return padding_stats(batches), shares
 
 
 def main() -> None:
@@ -40,6 +46,7 @@ def main() -> None:
     rows = []
     for grouped in (True, False):
         real = slots = 0
+        shares: list[float] = []
         for indices in data.parts:
             tokenized, _ = tokenize_examples(
                 [data.train[i] for i in indices],
@@ -48,24 +55,30 @@ def main() -> None:
                 cfg.train.cutoff_len,
                 cfg.train.train_on_inputs,
             )
-            stats = client_waste(
+            categories = [str(data.train[i].get("category", "")) for i in indices]
+            stats, client_shares = client_waste(
                 tokenized,
+                categories,
                 cfg.train.batch_size,
                 cfg.train.micro_batch_size,
                 tokenizer.pad_token_id,
                 grouped,
             )
             real, slots = real + stats["real_tokens"], slots + stats["padded_tokens"]
-        rows.append((grouped, real, slots, (slots - real) / slots))
+            shares += client_shares
+        single = sum(share == 1.0 for share in shares) / len(shares)
+        purity = sum(shares) / len(shares)
+        rows.append((grouped, real, slots, (slots - real) / slots, purity, single))
     lines = [
-        "| group_by_length | real tokens | token slots | padding waste | target |",
-        "|---|---|---|---|---|",
+        "| group_by_length | real tokens | token slots | padding waste | target "
+        "| mean share of a batch's main category | single-category batches |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for grouped, real, slots, waste in rows:
+    for grouped, real, slots, waste, purity, single in rows:
         verdict = ("met" if waste <= TARGET else "missed") if grouped else "(reference)"
         lines.append(
             f"| {grouped} | {real:,} | {slots:,} | {100 * waste:.1f}% | "
-            f"≤ {100 * TARGET:.0f}%: {verdict} |"
+            f"≤ {100 * TARGET:.0f}%: {verdict} | {purity:.2f} | {100 * single:.0f}% |"
         )
     body = (
         f"One epoch of every client's micro-batches ({cfg.train.micro_batch_size} examples), "

@@ -210,7 +210,12 @@ class TrainConfig:
     cutoff_len: int = option(512, "truncate tokenized examples to this many tokens")
     train_on_inputs: bool = option(False, "also compute the loss on the prompt tokens")
     autocast: str = option("auto", "mixed precision: auto (bf16 where supported), bf16, fp16, none")
-    group_by_length: bool = option(True, "batch examples of similar length to cut padding")
+    group_by_length: bool = option(
+        False,
+        "batch examples of similar length to cut padding (about 1.2x faster on a CPU); off by "
+        "default: where length tracks the task, batches become single-task, which cost held-out "
+        "loss on the quickstart over 3 seeds (docs/benchmarks.md, training recipe)",
+    )
     packing: bool = option(
         False,
         "pack each micro-batch's examples into rows of up to cutoff_len tokens, attention kept "
