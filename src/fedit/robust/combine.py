@@ -8,7 +8,7 @@ combination is re-factorised by the ``exact`` strategy's path: the factors are s
 (Σr at most ``SKETCH_ABOVE`` × (rank + oversampling)) is cut by QR + SVD (``refactor_lowrank``,
 the best approximation); a wide one, many clients, by a randomized range finder
 (``refactor_sketched``), whose cost grows with Σr instead of Σr², and whose error is within
-rounding of the best on the spectra tested (tests/robust/test_combine.py). The truncation error
+0.1% of the best on the spectra tested (tests/robust/test_combine.py). The truncation error
 ‖W − B A‖_F is reported either way; for sketched modules it comes from the judge's Gram matrix of
 the products (``update_grams``), so it costs no extra pass over the factors.
 """
