@@ -14,7 +14,7 @@ from fedit.robust.defences import (
     norm_bound_factors,
     trimmed_mean,
 )
-from fedit.robust.gram import norms, squared_distances, update_gram
+from fedit.robust.gram import norms, product_gram, squared_distances, update_gram
 
 A, B = "m.lora_A.weight", "m.lora_B.weight"
 
@@ -36,8 +36,9 @@ def _materialised(state, global_state) -> torch.Tensor:
     parts = []
     for prefix in ("q", "v"):
         a, b = f"{prefix}.lora_A.weight", f"{prefix}.lora_B.weight"
-        parts.append((state[b] @ state[a] - global_state[b] @ global_state[a]).flatten())
-    return torch.cat(parts).double()
+        product = state[b].double() @ state[a].double()
+        parts.append((product - global_state[b].double() @ global_state[a].double()).flatten())
+    return torch.cat(parts)
 
 
 @pytest.mark.parametrize("ranks", [[4, 4, 4, 4], [1, 3, 4, 2, 4]])
@@ -50,6 +51,50 @@ def test_gram_distances_equal_the_materialised_products(ranks):
     expected = torch.cdist(flat, flat)
     torch.testing.assert_close(squared_distances(gram).sqrt(), expected, atol=1e-5, rtol=0)
     torch.testing.assert_close(norms(gram), flat.norm(dim=1), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float64, 1e-9), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("step", [1.0, 1e-3])
+def test_gram_distances_keep_their_digits_for_small_updates(dtype, tolerance, step):
+    # Clients a small step from a large global adapter: P_ii + P_jj − 2 P_ij cancels, and only
+    # the centring on the global factors keeps float32's relative precision.
+    generator = torch.Generator().manual_seed(2)
+    global_state = _random_state(generator, 4)
+    states = [
+        {
+            key: value + step * torch.randn(value.shape, generator=generator)
+            for key, value in global_state.items()
+        }
+        for _ in range(5)
+    ]
+    flat = torch.stack([_materialised(s, global_state) for s in states])
+    expected = torch.cdist(flat, flat)
+    got = squared_distances(update_gram(global_state, states, dtype)).sqrt()
+    off_diagonal = ~torch.eye(5, dtype=torch.bool)
+    relative = ((got - expected).abs()[off_diagonal] / expected[off_diagonal]).max()
+    assert relative < tolerance
+
+
+def test_uncentred_float32_gram_loses_the_small_updates():
+    # What the centring prevents: the same products without a reference, in float32.
+    generator = torch.Generator().manual_seed(2)
+    b, a = torch.randn(64, 4, generator=generator), torch.randn(4, 48, generator=generator)
+    steps = [
+        (
+            1e-3 * torch.randn(64, 4, generator=generator),
+            1e-3 * torch.randn(4, 48, generator=generator),
+        )
+        for _ in range(2)
+    ]
+    factors = [(b + db, a + da) for db, da in steps]
+    exact = (
+        (factors[0][0].double() @ factors[0][1].double())
+        - (factors[1][0].double() @ factors[1][1].double())
+    ).norm() ** 2
+    for reference, bad in ((None, True), ((b, a), False)):
+        p = product_gram(factors, torch.float32, reference)
+        error = abs(float(p[0, 0] + p[1, 1] - 2 * p[0, 1]) - float(exact)) / float(exact)
+        assert (error > 1e-3) is bad
 
 
 def test_gram_sees_equal_products_of_different_factors_as_equal():

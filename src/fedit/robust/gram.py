@@ -20,7 +20,7 @@ from torch import Tensor
 from fedit.strategy.lora_math import lora_pairs
 from fedit.types import AdapterState
 
-GRAM_DTYPE = torch.float64  # distances are differences of Gram entries: keep the digits
+GRAM_DTYPE = torch.float32  # the products' Gram matrices; centring keeps float32's digits
 _ROW_BLOCKS = 8  # block rows of the upper triangle: 1/2 + 1/16 of the full products' flops
 
 
@@ -30,23 +30,59 @@ def _segments(ranks: Sequence[int], dtype: torch.dtype) -> Tensor:
     return torch.nn.functional.one_hot(owner, len(ranks)).to(dtype)
 
 
+def _centred_gram(deltas: Tensor, reference: Tensor | None, count: int) -> tuple[Tensor, Tensor]:
+    """Parts of G = X_catᵀ X_cat for X_k = reference + delta_k (float64 reference, columns).
+
+    G = E ᵀ(M E + C) + Cᵀ E + deltasᵀ deltas with M = referenceᵀ reference, C = referenceᵀ deltas
+    and E = [I | … | I]: the first three terms, thin, are returned in float64 (R, R); the last,
+    the big one, is left to the caller in the deltas' dtype, whose rounding is then relative to
+    the deltas, not to the adapter. ``reference`` None: the first part is 0.
+    """
+    total = deltas.shape[1]
+    if reference is None:
+        return torch.zeros(total, total, dtype=torch.float64), deltas
+    tile = torch.eye(reference.shape[1], dtype=torch.float64).repeat(1, count)  # E (r, R)
+    cross = reference.T @ deltas.to(torch.float64)  # C (r, R)
+    return tile.T @ (reference.T @ reference @ tile + cross) + cross.T @ tile, deltas
+
+
 def product_gram(
-    factors: Sequence[tuple[Tensor, Tensor]], dtype: torch.dtype = GRAM_DTYPE
+    factors: Sequence[tuple[Tensor, Tensor]],
+    dtype: torch.dtype = GRAM_DTYPE,
+    reference: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
-    """P_ij = ⟨B_i A_i, B_j A_j⟩_F for one module's (B_k (d_out, r_k), A_k (r_k, d_in)) pairs."""
-    b_cat = torch.cat([b.detach().to("cpu", dtype) for b, _ in factors], dim=1)  # (d_out, R)
-    a_cat = torch.cat([a.detach().to("cpu", dtype) for _, a in factors], dim=0)  # (R, d_in)
-    total = a_cat.shape[0]
-    blocks = torch.empty(total, total, dtype=dtype)  # G_B ⊙ G_A
+    """P_ij = ⟨B_i A_i, B_j A_j⟩_F for one module's (B_k (d_out, r_k), A_k (r_k, d_in)) pairs.
+
+    With a ``reference`` (B_ref, A_ref) of the rank of every pair (the global adapter), the
+    R²(d_out + d_in) Gram products run in ``dtype`` on the factors' differences from it and the
+    reference's own terms in float64, so float32 rounds relative to what the clients changed:
+    without it, distances between updates that are small next to the adapter lose their digits
+    (P_ii + P_jj − 2 P_ij cancels). Returns P (K, K) in float64.
+    """
+    count = len(factors)
+    b_cat = torch.cat([b.detach().to("cpu", torch.float64) for b, _ in factors], dim=1)
+    a_cat = torch.cat([a.detach().to("cpu", torch.float64) for _, a in factors], dim=0)
+    b_ref = a_ref = None
+    if reference is not None:
+        b_ref = reference[0].detach().to("cpu", torch.float64)
+        a_ref = reference[1].detach().to("cpu", torch.float64).T  # columns, like B's
+        b_cat -= b_ref.repeat(1, count)
+        a_cat -= a_ref.T.repeat(count, 1)
+    low_b, b_delta = _centred_gram(b_cat.to(dtype), b_ref, count)
+    low_a, a_delta = _centred_gram(a_cat.T.to(dtype), a_ref, count)
+    total = b_delta.shape[1]
+    blocks = torch.empty(total, total, dtype=torch.float64)  # G_B ⊙ G_A
     # G_B ⊙ G_A is symmetric: compute block rows of its upper triangle only (about half the
     # flops of the full products), and mirror them.
     step = max(1, -(-total // _ROW_BLOCKS))
     for start in range(0, total, step):
         stop = min(total, start + step)
-        row = (b_cat[:, start:stop].T @ b_cat[:, start:]) * (a_cat[start:stop] @ a_cat[start:].T)
-        blocks[start:stop, start:] = row  # (rows, R - start)
+        g_b = (b_delta[:, start:stop].T @ b_delta[:, start:]).double() + low_b[start:stop, start:]
+        g_a = (a_delta[:, start:stop].T @ a_delta[:, start:]).double() + low_a[start:stop, start:]
+        row = g_b * g_a  # (rows, R - start)
+        blocks[start:stop, start:] = row
         blocks[start:, start:stop] = row.T
-    segments = _segments([a.shape[0] for _, a in factors], dtype)  # (R, K)
+    segments = _segments([a.shape[0] for _, a in factors], torch.float64)  # (R, K)
     return segments.T @ blocks @ segments  # (K, K)
 
 
@@ -64,8 +100,10 @@ def update_grams(
 
     Tensors that are not LoRA factors (none in a plain LoRA adapter) count as flat vectors
     x_i − x_g. The global adapter joins the Gram matrix as client K, so ΔW's Gram is
-    P[:K, :K] − P[:K, K] − P[K, :K] + P[K, K], computed in ``dtype`` (float64 by default, so
-    that the subtraction keeps its digits when the updates are small next to the adapter).
+    P[:K, :K] − P[:K, K] − P[K, :K] + P[K, K]. The big products run in ``dtype`` (float32 by
+    default) on the factors' differences from the global adapter's (``product_gram``'s
+    reference, when every client has the global rank), the rest in float64, so the subtraction
+    keeps its digits when the updates are small next to the adapter.
 
     Args:
         global_state: the adapter the clients started from.
@@ -79,10 +117,12 @@ def update_grams(
     count = len(states)
     pairs = lora_pairs(global_state)
     lora_keys = {key for pair in pairs.values() for key in pair}
-    products = torch.zeros(count + 1, count + 1, dtype=dtype)
+    products = torch.zeros(count + 1, count + 1, dtype=torch.float64)
     for a_key, b_key in pairs.values():
         factors = [(s[b_key], s[a_key]) for s in (*states, global_state)]
-        products += product_gram(factors, dtype)
+        shape = (factors[-1][0].shape, factors[-1][1].shape)
+        same_rank = all((b.shape, a.shape) == shape for b, a in factors)
+        products += product_gram(factors, dtype, factors[-1] if same_rank else None)
     gram = (
         products[:count, :count]
         - products[:count, count:]
@@ -90,10 +130,10 @@ def update_grams(
         + products[count, count]
     )
     for key in sorted(set(global_state) - lora_keys):
-        reference = global_state[key].detach().to("cpu", dtype).flatten()
-        flat = torch.stack([s[key].detach().to("cpu", dtype).flatten() for s in states])
-        flat -= reference
-        gram += flat @ flat.T
+        reference = global_state[key].detach().to("cpu", torch.float64).flatten()
+        flat = torch.stack([s[key].detach().to("cpu", torch.float64).flatten() for s in states])
+        flat = (flat - reference).to(dtype)  # differences: rounding relative to the update
+        gram += (flat @ flat.T).double()
     return (gram + gram.T) / 2, products
 
 

@@ -209,12 +209,17 @@ def refactor_sketched(
     _check_stacks(B_stack, A_stack, rank)
     b = B_stack.detach().to("cpu", torch.float64)
     a = A_stack.detach().to("cpu", torch.float64)
+    # The subspace iterations only find the range, so they run in float32 (half the memory
+    # traffic); the final projection onto it is float64 on a re-orthonormalised basis, so the
+    # kept σ, and the error ‖W‖² − Σ kept σ², keep float64's digits.
+    b_fast, a_fast = b.float(), a.float()
     width = min(rank + oversample, *b.shape, a.shape[1])
-    omega = torch.randn(a.shape[1], width, generator=generator, dtype=torch.float64)
-    basis = torch.linalg.qr(b @ (a @ omega))[0]  # (d_out, l): range of W Ω
+    omega = torch.randn(a.shape[1], width, generator=generator, dtype=torch.float64).float()
+    basis = torch.linalg.qr(b_fast @ (a_fast @ omega))[0]  # (d_out, l): range of W Ω
     for _ in range(power_iterations):
-        co_basis = torch.linalg.qr(a.T @ (b.T @ basis))[0]  # (d_in, l): range of Wᵀ Q
-        basis = torch.linalg.qr(b @ (a @ co_basis))[0]
+        co_basis = torch.linalg.qr(a_fast.T @ (b_fast.T @ basis))[0]  # (d_in, l): of Wᵀ Q
+        basis = torch.linalg.qr(b_fast @ (a_fast @ co_basis))[0]
+    basis = torch.linalg.qr(basis.double())[0]
     u, sigma, vh = torch.linalg.svd((basis.T @ b) @ a, full_matrices=False)  # (l,l),(l,),(l,d_in)
     b_out, a_out, alive = _split_top(basis @ u, sigma, vh, rank, generator)
     return b_out, a_out, sigma[:alive].float()
