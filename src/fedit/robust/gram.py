@@ -42,7 +42,9 @@ def _centred_gram(deltas: Tensor, reference: Tensor | None, count: int) -> tuple
     if reference is None:
         return torch.zeros(total, total, dtype=torch.float64), deltas
     tile = torch.eye(reference.shape[1], dtype=torch.float64).repeat(1, count)  # E (r, R)
-    cross = reference.T @ deltas.to(torch.float64)  # C (r, R)
+    # C in the deltas' dtype: its rounding, ~eps·|ref|·|delta|, meets the other factor's
+    # differences in a distance (≤ eps · the distance², by AM-GM), not the adapter's size.
+    cross = (reference.T.to(deltas.dtype) @ deltas).double()  # C (r, R)
     return tile.T @ (reference.T @ reference @ tile + cross) + cross.T @ tile, deltas
 
 
@@ -60,16 +62,16 @@ def product_gram(
     (P_ii + P_jj − 2 P_ij cancels). Returns P (K, K) in float64.
     """
     count = len(factors)
-    b_cat = torch.cat([b.detach().to("cpu", torch.float64) for b, _ in factors], dim=1)
-    a_cat = torch.cat([a.detach().to("cpu", torch.float64) for _, a in factors], dim=0)
+    b_cat = torch.cat([b.detach().to("cpu") for b, _ in factors], dim=1).to(dtype)  # (d_out, R)
+    a_cat = torch.cat([a.detach().to("cpu") for _, a in factors], dim=0).to(dtype)  # (R, d_in)
     b_ref = a_ref = None
-    if reference is not None:
-        b_ref = reference[0].detach().to("cpu", torch.float64)
-        a_ref = reference[1].detach().to("cpu", torch.float64).T  # columns, like B's
-        b_cat -= b_ref.repeat(1, count)
-        a_cat -= a_ref.T.repeat(count, 1)
-    low_b, b_delta = _centred_gram(b_cat.to(dtype), b_ref, count)
-    low_a, a_delta = _centred_gram(a_cat.T.to(dtype), a_ref, count)
+    if reference is not None:  # every pair has the reference's rank r: subtract it in place
+        b_ref = reference[0].detach().to("cpu", torch.float64)  # (d_out, r)
+        a_ref = reference[1].detach().to("cpu", torch.float64).T  # (d_in, r): columns, as B
+        b_cat.view(b_cat.shape[0], count, -1).sub_(b_ref.to(dtype)[:, None, :])
+        a_cat.view(count, -1, a_cat.shape[1]).sub_(a_ref.T.to(dtype)[None])
+    low_b, b_delta = _centred_gram(b_cat, b_ref, count)
+    low_a, a_delta = _centred_gram(a_cat.T, a_ref, count)  # a view: no copy
     total = b_delta.shape[1]
     blocks = torch.empty(total, total, dtype=torch.float64)  # G_B ⊙ G_A
     # G_B ⊙ G_A is symmetric: compute block rows of its upper triangle only (about half the
