@@ -8,7 +8,7 @@ a small test set) and only the cells named by ``--cells`` (default ``CELLS``); t
 docs/benchmarks.md marks every other cell "not measured". Each run caches its result in
 ``runs/bench_robustness/results.json``, so ``--resume`` only runs what is missing.
 
-    nice -n 10 .venv/bin/python benchmarks/robustness.py [--resume] [--cells clean/none ...]
+    nice -n 10 .venv/bin/python benchmarks/robustness.py [--resume] [--all | --cells none/none/0]
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ from fedit.model.lora import set_adapter_state
 from fedit.reporting.robustness import robustness_summary
 
 OUT = ROOT / "runs" / "bench_robustness"
+CLIENTS = 10
 SCALED = [
-    "federation.num_clients=10",
+    f"federation.num_clients={CLIENTS}",
     "federation.fraction_fit=1.0",
     "federation.rounds=2",
     "train.local_steps=2",
@@ -51,13 +52,28 @@ CELLS = [
 ]
 
 
+def all_cells() -> list[str]:
+    """The whole grid, most telling first: the clean row, then 20%, then 40% attackers."""
+    cells = [f"none/{defence}/0" for defence in DEFENCES]
+    for fraction in ("0.2", "0.4"):
+        cells += [
+            f"{attack}/{d}/{fraction}" for attack in ROWS if attack != "none" for d in DEFENCES
+        ]
+    return cells
+
+
+def krum_f(fraction: str) -> int:
+    """Krum's f: the number of attackers, at most (K − 3) // 2 = 3, as Krum needs K ≥ 2f + 3."""
+    return min(max(1, round(float(fraction) * CLIENTS)), (CLIENTS - 3) // 2)
+
+
 def overrides(cell: str) -> list[str]:
     attack, defence, fraction = cell.split("/")
     items = [*SCALED, f"robust.method={defence}", f"attack.kind={attack}"]
     if attack != "none":
         items.append(f"attack.fraction={fraction}")
     if defence in ("krum", "multi_krum"):
-        items.append(f"robust.num_byzantine={max(1, round(float(fraction) * 10))}")
+        items.append(f"robust.num_byzantine={krum_f(fraction)}")
     return items
 
 
@@ -134,8 +150,9 @@ def write_up(results: dict[str, dict]) -> None:
             "category), answers of at most 12 tokens; the backdoor's ASR is greedy answers (8 "
             "tokens) to the 27 test prompts with the trigger, counted when they contain the "
             "target. Attackers are drawn from the seed (`attack.fraction`); krum and multi_krum "
-            "use f = the number of attackers. With this little training, accuracy stays near "
-            "the base model's 0.000: compare the held-out loss. "
+            f"use f = the number of attackers, at most {krum_f('1')} (Krum needs K ≥ 2f + 3: "
+            f"at 40%, f = {krum_f('0.4')} for 4 attackers). With this little training, "
+            "accuracy stays near the base model's 0.000: compare the held-out loss. "
             f"{len(results)} runs, {minutes:.0f} min in all.",
             "",
             *lines,
@@ -148,12 +165,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cells", nargs="*", default=CELLS)
     parser.add_argument("--resume", action="store_true", help="keep results already cached")
+    parser.add_argument(
+        "--all", action="store_true", help="every cell of the grid (77: the clean row once)"
+    )
+    parser.add_argument(
+        "--write-only", action="store_true", help="write the section from the cache, run nothing"
+    )
     args = parser.parse_args()
     cache = OUT / "results.json"
     results: dict[str, dict] = {}
-    if args.resume and cache.is_file():
+    if (args.resume or args.write_only) and cache.is_file():
         results = json.loads(cache.read_text())
-    for cell in args.cells:
+    cells = all_cells() if args.all else args.cells
+    for cell in [] if args.write_only else cells:
         if cell in results:
             continue
         results[cell] = run_cell(cell)

@@ -114,7 +114,8 @@ class RobustConfig:
     gram_precision: str = option(
         "float32",
         "float32 or float64 for the big Gram products of the factors' differences from the "
-        "global adapter (float32: distances to about 1e-7 relative, in half the time)",
+        "global adapter (float32: distances to about 1e-7 relative, in half the time; mixed "
+        "client ranks always use float64)",
     )
     reject_factor: float = option(
         2.0,

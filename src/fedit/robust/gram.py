@@ -104,8 +104,9 @@ def update_grams(
     x_i − x_g. The global adapter joins the Gram matrix as client K, so ΔW's Gram is
     P[:K, :K] − P[:K, K] − P[K, :K] + P[K, K]. The big products run in ``dtype`` (float32 by
     default) on the factors' differences from the global adapter's (``product_gram``'s
-    reference, when every client has the global rank), the rest in float64, so the subtraction
-    keeps its digits when the updates are small next to the adapter.
+    reference), the rest in float64, so the subtraction keeps its digits when the updates are
+    small next to the adapter. A module whose clients have other ranks than the global's
+    cannot be centred and is computed in float64.
 
     Args:
         global_state: the adapter the clients started from.
@@ -124,7 +125,10 @@ def update_grams(
         factors = [(s[b_key], s[a_key]) for s in (*states, global_state)]
         shape = (factors[-1][0].shape, factors[-1][1].shape)
         same_rank = all((b.shape, a.shape) == shape for b, a in factors)
-        products += product_gram(factors, dtype, factors[-1] if same_rank else None)
+        if same_rank:
+            products += product_gram(factors, dtype, factors[-1])
+        else:  # mixed ranks cannot be centred on the global factors: keep float64's digits
+            products += product_gram(factors, torch.float64)
     gram = (
         products[:count, :count]
         - products[:count, count:]
