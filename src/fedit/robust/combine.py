@@ -90,8 +90,11 @@ def combine_products(
         if abs(global_weight) > _NEGLIGIBLE:
             factors.append((global_state[b_key], global_state[a_key]))
             factor_weights.append(global_weight)
-        b_stack, a_stack = stacked_lora_product(factors, factor_weights, torch.float64)
-        if b_stack.shape[1] > SKETCH_ABOVE * (rank + SKETCH_OVERSAMPLE):
+        sketch = sum(a.shape[0] for _, a in factors) > SKETCH_ABOVE * (rank + SKETCH_OVERSAMPLE)
+        # The sketch iterates in float32 (and casts once for its float64 projection).
+        dtype = torch.float32 if sketch else torch.float64
+        b_stack, a_stack = stacked_lora_product(factors, factor_weights, dtype)
+        if sketch:
             b, a, kept = refactor_sketched(b_stack, a_stack, rank, generator)
             sketched += 1
             if product_gram is None:

@@ -96,18 +96,12 @@ def stacked_lora_product(
                 f"factor pair {index}: product is {b.shape[0]}x{a.shape[1]}, "
                 f"expected {d_out}x{d_in}"
             )
-    total_rank = sum(a.shape[0] for _, a in factors)
-    b_stack = torch.empty(d_out, total_rank, dtype=dtype)  # (d_out, Σr)
-    a_stack = torch.empty(total_rank, d_in, dtype=dtype)  # (Σr, d_in)
-    start = 0
-    for (b, a), weight in zip(factors, weights, strict=True):
-        end = start + a.shape[0]
-        # Filling preallocated slices keeps one copy per factor, however many clients.
-        b_stack[:, start:end] = b.detach()
-        b_stack[:, start:end] *= weight
-        a_stack[start:end] = a.detach()
-        start = end
-    return b_stack, a_stack
+    # Scaled copies concatenated once: at float32 about 2× faster than filling strided column
+    # slices of a preallocated stack (the sketched path's stacks are float32).
+    pairs = zip(factors, weights, strict=True)
+    b_stack = torch.cat([b.detach().to("cpu", dtype) * weight for (b, _), weight in pairs], dim=1)
+    a_stack = torch.cat([a.detach().to("cpu", dtype) for _, a in factors], dim=0)
+    return b_stack, a_stack  # (d_out, Σr), (Σr, d_in)
 
 
 def _lora_a_init(num_rows: int, d_in: int, generator: torch.Generator) -> Tensor:
@@ -207,19 +201,21 @@ def refactor_sketched(
         (a Gram matrix of the products): error² = ‖W‖² − Σ kept σ².
     """
     _check_stacks(B_stack, A_stack, rank)
-    b = B_stack.detach().to("cpu", torch.float64)
-    a = A_stack.detach().to("cpu", torch.float64)
     # The subspace iterations only find the range, so they run in float32 (half the memory
-    # traffic); the final projection onto it is float64 on a re-orthonormalised basis, so the
-    # kept σ, and the error ‖W‖² − Σ kept σ², keep float64's digits.
-    b_fast, a_fast = b.float(), a.float()
-    width = min(rank + oversample, *b.shape, a.shape[1])
-    omega = torch.randn(a.shape[1], width, generator=generator, dtype=torch.float64).float()
+    # traffic; float32 stacks are used as they are); the final projection onto it is float64
+    # on a re-orthonormalised basis, so the kept σ, and the error ‖W‖² − Σ kept σ², keep
+    # float64's digits.
+    b_fast = B_stack.detach().to("cpu", torch.float32)
+    a_fast = A_stack.detach().to("cpu", torch.float32)
+    width = min(rank + oversample, *b_fast.shape, a_fast.shape[1])
+    omega = torch.randn(a_fast.shape[1], width, generator=generator, dtype=torch.float64)
+    omega = omega.float()  # drawn in float64: the same Ω as a float64 sketch
     basis = torch.linalg.qr(b_fast @ (a_fast @ omega))[0]  # (d_out, l): range of W Ω
     for _ in range(power_iterations):
         co_basis = torch.linalg.qr(a_fast.T @ (b_fast.T @ basis))[0]  # (d_in, l): of Wᵀ Q
         basis = torch.linalg.qr(b_fast @ (a_fast @ co_basis))[0]
     basis = torch.linalg.qr(basis.double())[0]
+    b, a = B_stack.detach().to("cpu", torch.float64), A_stack.detach().to("cpu", torch.float64)
     u, sigma, vh = torch.linalg.svd((basis.T @ b) @ a, full_matrices=False)  # (l,l),(l,),(l,d_in)
     b_out, a_out, alive = _split_top(basis @ u, sigma, vh, rank, generator)
     return b_out, a_out, sigma[:alive].float()
