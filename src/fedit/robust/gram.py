@@ -12,7 +12,9 @@ O(R²(d_out + d_in)), not a Python loop over pairs. Then
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import bisect
+import itertools
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -30,22 +32,38 @@ def _segments(ranks: Sequence[int], dtype: torch.dtype) -> Tensor:
     return torch.nn.functional.one_hot(owner, len(ranks)).to(dtype)
 
 
-def _centred_gram(deltas: Tensor, reference: Tensor | None, count: int) -> tuple[Tensor, Tensor]:
-    """Parts of G = X_catᵀ X_cat for X_k = reference + delta_k (float64 reference, columns).
+def _client_blocks(offsets: Sequence[int], blocks: int) -> list[tuple[int, int]]:
+    """Up to ``blocks`` runs of whole clients [first, last) with about equal rank sums."""
+    total = offsets[-1]
+    cuts = {bisect.bisect_left(offsets, total * b / blocks) for b in range(1, blocks)}
+    ends = sorted(cuts | {0, len(offsets) - 1})
+    return [(first, last) for first, last in zip(ends, ends[1:], strict=False) if last > first]
 
-    G = E ᵀ(M E + C) + Cᵀ E + deltasᵀ deltas with M = referenceᵀ reference, C = referenceᵀ deltas
-    and E = [I | … | I]: the first three terms, thin, are returned in float64 (R, R); the last,
-    the big one, is left to the caller in the deltas' dtype, whose rounding is then relative to
-    the deltas, not to the adapter. ``reference`` None: the first part is 0.
+
+def _gram_rows(
+    deltas: Tensor, reference: Tensor | None, count: int
+) -> Callable[[int, int], Tensor]:
+    """Rows [start:stop, start:] of G = X_catᵀ X_cat, float64, for X_k = reference + delta_k.
+
+    ``deltas`` (d, R) are the columns of the X_k minus the reference (d, r), float64, or None
+    for no centring. G = deltasᵀ deltas + Eᵀ(M E + C) + Cᵀ E with M = referenceᵀ reference,
+    C = referenceᵀ deltas and E = [I | … | I] (r, R): the big first term is computed in the
+    deltas' dtype, so its rounding is relative to the deltas, not to the adapter; the thin
+    rest is float64.
     """
-    total = deltas.shape[1]
     if reference is None:
-        return torch.zeros(total, total, dtype=torch.float64), deltas
+        return lambda start, stop: (deltas[:, start:stop].T @ deltas[:, start:]).double()
     tile = torch.eye(reference.shape[1], dtype=torch.float64).repeat(1, count)  # E (r, R)
     # C in the deltas' dtype: its rounding, ~eps·|ref|·|delta|, meets the other factor's
     # differences in a distance (≤ eps · the distance², by AM-GM), not the adapter's size.
     cross = (reference.T.to(deltas.dtype) @ deltas).double()  # C (r, R)
-    return tile.T @ (reference.T @ reference @ tile + cross) + cross.T @ tile, deltas
+    right = reference.T @ reference @ tile + cross  # M E + C (r, R)
+
+    def rows(start: int, stop: int) -> Tensor:
+        thin = tile[:, start:stop].T @ right[:, start:] + cross[:, start:stop].T @ tile[:, start:]
+        return (deltas[:, start:stop].T @ deltas[:, start:]).double() + thin
+
+    return rows
 
 
 def product_gram(
@@ -59,9 +77,12 @@ def product_gram(
     R²(d_out + d_in) Gram products run in ``dtype`` on the factors' differences from it and the
     reference's own terms in float64, so float32 rounds relative to what the clients changed:
     without it, distances between updates that are small next to the adapter lose their digits
-    (P_ii + P_jj − 2 P_ij cancels). Returns P (K, K) in float64.
+    (P_ii + P_jj − 2 P_ij cancels). G_B ⊙ G_A is symmetric, so only block rows of its upper
+    triangle are computed, each a run of whole clients, and summed into P straight away (no
+    R × R matrix is kept). Returns P (K, K) in float64.
     """
     count = len(factors)
+    ranks = [a.shape[0] for _, a in factors]
     b_cat = torch.cat([b.detach().to("cpu") for b, _ in factors], dim=1).to(dtype)  # (d_out, R)
     a_cat = torch.cat([a.detach().to("cpu") for _, a in factors], dim=0).to(dtype)  # (R, d_in)
     b_ref = a_ref = None
@@ -70,22 +91,18 @@ def product_gram(
         a_ref = reference[1].detach().to("cpu", torch.float64).T  # (d_in, r): columns, as B
         b_cat.view(b_cat.shape[0], count, -1).sub_(b_ref.to(dtype)[:, None, :])
         a_cat.view(count, -1, a_cat.shape[1]).sub_(a_ref.T.to(dtype)[None])
-    low_b, b_delta = _centred_gram(b_cat, b_ref, count)
-    low_a, a_delta = _centred_gram(a_cat.T, a_ref, count)  # a view: no copy
-    total = b_delta.shape[1]
-    blocks = torch.empty(total, total, dtype=torch.float64)  # G_B ⊙ G_A
-    # G_B ⊙ G_A is symmetric: compute block rows of its upper triangle only (about half the
-    # flops of the full products), and mirror them.
-    step = max(1, -(-total // _ROW_BLOCKS))
-    for start in range(0, total, step):
-        stop = min(total, start + step)
-        g_b = (b_delta[:, start:stop].T @ b_delta[:, start:]).double() + low_b[start:stop, start:]
-        g_a = (a_delta[:, start:stop].T @ a_delta[:, start:]).double() + low_a[start:stop, start:]
-        row = g_b * g_a  # (rows, R - start)
-        blocks[start:stop, start:] = row
-        blocks[start:, start:stop] = row.T
-    segments = _segments([a.shape[0] for _, a in factors], torch.float64)  # (R, K)
-    return segments.T @ blocks @ segments  # (K, K)
+    b_rows = _gram_rows(b_cat, b_ref, count)
+    a_rows = _gram_rows(a_cat.T, a_ref, count)  # a view: no copy
+    offsets = [0, *itertools.accumulate(ranks)]
+    segments = _segments(ranks, torch.float64)  # (R, K)
+    products = torch.empty(count, count, dtype=torch.float64)
+    for first, last in _client_blocks(offsets, _ROW_BLOCKS):
+        start, stop = offsets[first], offsets[last]
+        row = b_rows(start, stop) * a_rows(start, stop)  # (G_B ⊙ G_A)[start:stop, start:]
+        block = segments[start:stop, first:last].T @ row @ segments[start:, first:]
+        products[first:last, first:] = block  # (last − first, K − first)
+        products[first:, first:last] = block.T
+    return products
 
 
 def update_gram(
