@@ -10,7 +10,8 @@ the best approximation); a wide one, many clients, by a randomized range finder
 (``refactor_sketched``), whose cost grows with Σr instead of Σr², and whose error is within
 0.1% of the best on the spectra tested (tests/robust/test_combine.py). The truncation error
 ‖W − B A‖_F is reported either way; for sketched modules it comes from the judge's Gram matrix of
-the products (``update_grams``), so it costs no extra pass over the factors.
+the products (``update_grams``), so it costs no extra pass over the factors (the sketch runs in
+float32, so it is good to about 1e-3 of ‖W‖).
 """
 
 from __future__ import annotations
