@@ -6,9 +6,13 @@ norm_bound, krum, multi_krum, geometric_median, trimmed_mean, median} × {20%, 4
 scaled-down experiment (``SCALED`` below: 2 rounds of 2 local steps, every client every round,
 a small test set) and only the cells named by ``--cells`` (default ``CELLS``); the write-up in
 docs/benchmarks.md marks every other cell "not measured". Each run caches its result in
-``runs/bench_robustness/results.json``, so ``--resume`` only runs what is missing.
+``runs/bench_robustness/cells/``, so ``--resume`` only runs what is missing, and ``--shard I/N``
+splits what is missing between N workers (2 workers of 1 thread each use 2 cores better than
+one of 2: the clients' steps are small).
 
     nice -n 10 .venv/bin/python benchmarks/robustness.py [--resume] [--all | --cells none/none/0]
+    .venv/bin/python benchmarks/robustness.py --resume --all --shard 0/2 --threads 1 &
+    .venv/bin/python benchmarks/robustness.py --resume --all --shard 1/2 --threads 1
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import argparse
 import json
 import time
 
+import torch
 from common import ROOT, record
 
 from fedit.client.evaluate import answer_examples
@@ -26,6 +31,7 @@ from fedit.model.lora import set_adapter_state
 from fedit.reporting.robustness import robustness_summary
 
 OUT = ROOT / "runs" / "bench_robustness"
+CELL_CACHE = OUT / "cells"
 CLIENTS = 10
 SCALED = [
     f"federation.num_clients={CLIENTS}",
@@ -161,6 +167,24 @@ def write_up(results: dict[str, dict]) -> None:
     record("robustness", "Attacks and defences on the embedded suite (scaled down)", body)
 
 
+def _cached() -> dict[str, dict]:
+    """Every finished cell: one JSON file each, so parallel workers never overwrite each other."""
+    legacy = OUT / "results.json"  # the single cache file of earlier versions
+    results = json.loads(legacy.read_text()) if legacy.is_file() else {}
+    for path in sorted(CELL_CACHE.glob("*.json")):
+        result = json.loads(path.read_text())
+        results[result["cell"]] = result
+    return results
+
+
+def _store(result: dict) -> None:
+    CELL_CACHE.mkdir(parents=True, exist_ok=True)
+    path = CELL_CACHE / f"{result['cell'].replace('/', '_')}.json"
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps(result, indent=1))
+    partial.replace(path)  # atomic: a killed worker leaves no half-written cell
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cells", nargs="*", default=CELLS)
@@ -171,20 +195,24 @@ def main() -> None:
     parser.add_argument(
         "--write-only", action="store_true", help="write the section from the cache, run nothing"
     )
+    parser.add_argument(
+        "--shard",
+        default="0/1",
+        help="I/N: run every N-th missing cell from the I-th, for N parallel workers",
+    )
+    parser.add_argument("--threads", type=int, help="torch threads per worker")
     args = parser.parse_args()
-    cache = OUT / "results.json"
-    results: dict[str, dict] = {}
-    if (args.resume or args.write_only) and cache.is_file():
-        results = json.loads(cache.read_text())
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    index, workers = (int(part) for part in args.shard.split("/"))
+    results = _cached() if args.resume or args.write_only else {}
     cells = all_cells() if args.all else args.cells
-    for cell in [] if args.write_only else cells:
-        if cell in results:
-            continue
+    missing = [cell for cell in cells if cell not in results]
+    for cell in [] if args.write_only else missing[index::workers]:
         results[cell] = run_cell(cell)
-        OUT.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(results, indent=1))
+        _store(results[cell])
         print(cell, _cell_text(results[cell]), f"{results[cell]['seconds']:.0f}s", flush=True)
-    write_up(results)
+    write_up(_cached() if args.resume else results)
 
 
 if __name__ == "__main__":
