@@ -50,7 +50,8 @@ def run_cell(model_dir: Path, out: Path, attack: str, defence: str, fraction: fl
     if attack != "none":
         items.append(f"attack.fraction={fraction}")
     if defence in ("krum", "multi_krum"):
-        items.append(f"robust.num_byzantine={round(fraction * 10) or 1}")
+        # f = the number of attackers, at most 3: Krum needs K ≥ 2f + 3 (10 clients).
+        items.append(f"robust.num_byzantine={min(round(fraction * 10) or 1, 3)}")
     cfg = load_config(ROOT / "configs" / "quickstart.yaml", items)
     history = run_experiment(cfg).history
     return {"loss": history[-1]["eval"]["loss"], **robustness_summary(history)}
@@ -97,7 +98,8 @@ def main() -> None:
         [
             "The tests' 2-layer Llama (random weights), 10 clients of the embedded suite "
             "(2 category shards each), 3 rounds of 2 local steps of 4 examples, every client "
-            "every round; Krum's f = the number of attackers. Each cell: the held-out loss "
+            "every round; Krum's f = the number of attackers, at most 3 (K ≥ 2f + 3: at 40%, "
+            "4 attackers and f = 3). Each cell: the held-out loss "
             f"minus the clean FedAvg run's ({clean:.3f}; lower is better), and, with an attack "
             "and a defence, (detection precision / recall) over all client rounds. The model is "
             "random, so this measures which defence finds which attacker and what it costs, "
