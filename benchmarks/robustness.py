@@ -7,8 +7,8 @@ scaled-down experiment (``SCALED`` below: 2 rounds of 2 local steps, every clien
 a small test set) and only the cells named by ``--cells`` (default ``CELLS``); the write-up in
 docs/benchmarks.md marks every other cell "not measured". Each run caches its result in
 ``runs/bench_robustness/cells/``, so ``--resume`` only runs what is missing, and ``--shard I/N``
-splits what is missing between N workers (2 workers of 1 thread each use 2 cores better than
-one of 2: the clients' steps are small).
+splits what is missing between N workers (on 2 cores, 2 workers of 1 thread each ran nearly
+twice as many cells per hour as one of 2 threads: the clients' steps are small).
 
     nice -n 10 .venv/bin/python benchmarks/robustness.py [--resume] [--all | --cells none/none/0]
     .venv/bin/python benchmarks/robustness.py --resume --all --shard 0/2 --threads 1 &
