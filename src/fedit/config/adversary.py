@@ -114,7 +114,7 @@ class RobustConfig:
     gram_precision: str = option(
         "float32",
         "float32 or float64 for the big Gram products of the factors' differences from the "
-        "global adapter (float32: distances to about 1e-7 relative, in half the time; mixed "
+        "global adapter (float32: distances to about 1e-7 relative, about 1.5x faster; mixed "
         "client ranks always use float64)",
     )
     reject_factor: float = option(

@@ -92,7 +92,7 @@ def combine_products(
             factors.append((global_state[b_key], global_state[a_key]))
             factor_weights.append(global_weight)
         sketch = sum(a.shape[0] for _, a in factors) > SKETCH_ABOVE * (rank + SKETCH_OVERSAMPLE)
-        # The sketch iterates in float32 (and casts once for its float64 projection).
+        # The sketch runs wholly in float32; the exact path's QR and SVD want float64.
         dtype = torch.float32 if sketch else torch.float64
         b_stack, a_stack = stacked_lora_product(factors, factor_weights, dtype)
         if sketch:
