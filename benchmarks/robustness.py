@@ -10,9 +10,15 @@ docs/benchmarks.md marks every other cell "not measured". Each run caches its re
 splits what is missing between N workers (on 2 cores, 2 workers of 1 thread each ran nearly
 twice as many cells per hour as one of 2 threads: the clients' steps are small).
 
+In 2 rounds of 2 steps a backdoor never takes (ASR 0 everywhere, undefended too), so
+``--study backdoor`` runs the backdoor row alone with longer local training (``BACKDOOR``: 3
+rounds of 8 steps, attackers poisoning all their examples) next to a clean control, measures
+every cell's ASR, and writes its own section; its cells are cached apart from the grid's.
+
     nice -n 10 .venv/bin/python benchmarks/robustness.py [--resume] [--all | --cells none/none/0]
     .venv/bin/python benchmarks/robustness.py --resume --all --shard 0/2 --threads 1 &
     .venv/bin/python benchmarks/robustness.py --resume --all --shard 1/2 --threads 1
+    .venv/bin/python benchmarks/robustness.py --study backdoor --resume --shard 0/2 --threads 1
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from common import ROOT, record
@@ -31,7 +39,6 @@ from fedit.model.lora import set_adapter_state
 from fedit.reporting.robustness import robustness_summary
 
 OUT = ROOT / "runs" / "bench_robustness"
-CELL_CACHE = OUT / "cells"
 CLIENTS = 10
 SCALED = [
     f"federation.num_clients={CLIENTS}",
@@ -46,6 +53,13 @@ SCALED = [
     "eval.every=1000",
     "eval.base=false",
     "eval.max_new_tokens=12",
+]
+# Long enough for a trigger to take: in the grid's 2 × 2 steps the backdoor's ASR stayed 0.
+BACKDOOR = [
+    *(item for item in SCALED if not item.startswith(("federation.rounds", "train.local_steps"))),
+    "federation.rounds=3",
+    "train.local_steps=8",
+    "attack.poison_fraction=1.0",
 ]
 # The issue's rows: every attack but gaussian (a random update of an honest norm).
 ROWS = [kind for kind in ATTACKS if kind != "gaussian"]
@@ -68,14 +82,38 @@ def all_cells() -> list[str]:
     return cells
 
 
+def backdoor_cells() -> list[str]:
+    """The clean control, then the backdoor against every defence at 40%, then at 20%."""
+    return ["none/none/0"] + [f"backdoor/{d}/{f}" for f in ("0.4", "0.2") for d in DEFENCES]
+
+
+@dataclass(frozen=True)
+class Study:
+    """One set of cells run at one setting, cached in its own folder, written to one section."""
+
+    settings: list[str]
+    cells: list[str]
+    cache: Path  # one JSON file per finished cell
+    runs: Path  # the cells' run directories
+    every_asr: bool  # measure the trigger's ASR in every cell, not only the backdoor's
+
+
+STUDIES = {
+    "grid": Study(SCALED, all_cells(), OUT / "cells", OUT, every_asr=False),
+    "backdoor": Study(
+        BACKDOOR, backdoor_cells(), OUT / "backdoor", OUT / "backdoor_runs", every_asr=True
+    ),
+}
+
+
 def krum_f(fraction: str) -> int:
     """Krum's f: the number of attackers, at most (K − 3) // 2 = 3, as Krum needs K ≥ 2f + 3."""
     return min(max(1, round(float(fraction) * CLIENTS)), (CLIENTS - 3) // 2)
 
 
-def overrides(cell: str) -> list[str]:
+def overrides(cell: str, settings: list[str]) -> list[str]:
     attack, defence, fraction = cell.split("/")
-    items = [*SCALED, f"robust.method={defence}", f"attack.kind={attack}"]
+    items = [*settings, f"robust.method={defence}", f"attack.kind={attack}"]
     if attack != "none":
         items.append(f"attack.fraction={fraction}")
     if defence in ("krum", "multi_krum"):
@@ -97,9 +135,9 @@ def attack_success_rate(outcome, cfg) -> float:
     return sum(cfg.attack.target in answer for answer in answers) / len(answers)
 
 
-def run_cell(cell: str) -> dict:
-    out = OUT / cell.replace("/", "_")
-    items = [*overrides(cell), f"output_dir={out}", "overwrite=true"]
+def run_cell(cell: str, study: Study) -> dict:
+    out = study.runs / cell.replace("/", "_")
+    items = [*overrides(cell, study.settings), f"output_dir={out}", "overwrite=true"]
     cfg = load_config(ROOT / "configs" / "quickstart.yaml", items)
     started = time.perf_counter()
     outcome = run_experiment(cfg)
@@ -111,7 +149,7 @@ def run_cell(cell: str) -> dict:
         "detection": robustness_summary(outcome.history),
         "seconds": time.perf_counter() - started,
     }
-    if cfg.attack.kind == "backdoor":
+    if study.every_asr or cfg.attack.kind == "backdoor":
         result["asr"] = attack_success_rate(outcome, cfg)
     return result
 
@@ -132,7 +170,7 @@ def _ratio(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
 
 
-def write_up(results: dict[str, dict]) -> None:
+def write_grid(results: dict[str, dict]) -> None:
     lines = []
     for fraction in ("0.2", "0.4"):
         lines += [
@@ -167,19 +205,51 @@ def write_up(results: dict[str, dict]) -> None:
     record("robustness", "Attacks and defences on the embedded suite (scaled down)", body)
 
 
-def _cached() -> dict[str, dict]:
+def write_backdoor(results: dict[str, dict]) -> None:
+    clean = results.get("none/none/0")
+    lines = [
+        "| defence | 40% attackers | 20% attackers |",
+        "|---|---|---|",
+        *(
+            f"| {d} | "
+            + " | ".join(_cell_text(results.get(f"backdoor/{d}/{f}")) for f in ("0.4", "0.2"))
+            + " |"
+            for d in DEFENCES
+        ),
+    ]
+    minutes = sum(r["seconds"] for r in results.values()) / 60
+    body = "\n".join(
+        [
+            "The grid above trains too little for a trigger to take. Here the backdoor row runs "
+            "alone, longer: the grid's setting but **3 rounds of 8 local steps**, and attackers "
+            "poisoning every example they train on (`attack.poison_fraction=1.0`; trigger "
+            '"cf", target "ACCESS GRANTED"). ASR: greedy answers (8 tokens) to the 27 held-out '
+            "prompts with the trigger in front, counted when they contain the target. The "
+            "clean control (no attacker, no defence) answers the same triggered prompts: "
+            + ("not measured." if clean is None else _cell_text(clean) + ".")
+            + f" {len(results)} runs, {minutes:.0f} min in all (a sum of per-run times).",
+            "",
+            "Each cell: held-out loss / accuracy / ASR (detection precision, recall):",
+            "",
+            *lines,
+        ]
+    )
+    record("robustness_backdoor", "Backdoor against each defence (embedded suite, longer)", body)
+
+
+def _cached(study: Study) -> dict[str, dict]:
     """Every finished cell: one JSON file each, so parallel workers never overwrite each other."""
-    legacy = OUT / "results.json"  # the single cache file of earlier versions
-    results = json.loads(legacy.read_text()) if legacy.is_file() else {}
-    for path in sorted(CELL_CACHE.glob("*.json")):
+    legacy = OUT / "results.json"  # the grid's single cache file of earlier versions
+    results = json.loads(legacy.read_text()) if legacy.is_file() and study.runs == OUT else {}
+    for path in sorted(study.cache.glob("*.json")):
         result = json.loads(path.read_text())
         results[result["cell"]] = result
     return results
 
 
-def _store(result: dict) -> None:
-    CELL_CACHE.mkdir(parents=True, exist_ok=True)
-    path = CELL_CACHE / f"{result['cell'].replace('/', '_')}.json"
+def _store(result: dict, study: Study) -> None:
+    study.cache.mkdir(parents=True, exist_ok=True)
+    path = study.cache / f"{result['cell'].replace('/', '_')}.json"
     partial = path.with_suffix(".tmp")
     partial.write_text(json.dumps(result, indent=1))
     partial.replace(path)  # atomic: a killed worker leaves no half-written cell
@@ -187,10 +257,13 @@ def _store(result: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--cells", nargs="*", default=CELLS)
+    parser.add_argument("--study", choices=sorted(STUDIES), default="grid")
+    parser.add_argument(
+        "--cells", nargs="*", help=f"attack/defence/fraction; the grid's default: {CELLS}"
+    )
     parser.add_argument("--resume", action="store_true", help="keep results already cached")
     parser.add_argument(
-        "--all", action="store_true", help="every cell of the grid (77: the clean row once)"
+        "--all", action="store_true", help="every cell of the study (grid: 77, the clean row once)"
     )
     parser.add_argument(
         "--write-only", action="store_true", help="write the section from the cache, run nothing"
@@ -205,14 +278,16 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     index, workers = (int(part) for part in args.shard.split("/"))
-    results = _cached() if args.resume or args.write_only else {}
-    cells = all_cells() if args.all else args.cells
+    study = STUDIES[args.study]
+    results = _cached(study) if args.resume or args.write_only else {}
+    cells = args.cells or (study.cells if args.all or args.study != "grid" else CELLS)
     missing = [cell for cell in cells if cell not in results]
     for cell in [] if args.write_only else missing[index::workers]:
-        results[cell] = run_cell(cell)
-        _store(results[cell])
+        results[cell] = run_cell(cell, study)
+        _store(results[cell], study)
         print(cell, _cell_text(results[cell]), f"{results[cell]['seconds']:.0f}s", flush=True)
-    write_up(_cached() if args.resume else results)
+    write = write_backdoor if args.study == "backdoor" else write_grid
+    write(_cached(study) if args.resume else results)
 
 
 if __name__ == "__main__":
