@@ -83,8 +83,10 @@ def all_cells() -> list[str]:
 
 
 def backdoor_cells() -> list[str]:
-    """The clean control, then the backdoor against every defence at 40%, then at 20%."""
-    return ["none/none/0"] + [f"backdoor/{d}/{f}" for f in ("0.4", "0.2") for d in DEFENCES]
+    """The clean control, the backdoor against every defence at 40% and 20%, then every
+    defence without an attacker (what it costs a clean federation trained this long)."""
+    backdoor = [f"backdoor/{d}/{f}" for f in ("0.4", "0.2") for d in DEFENCES]
+    return ["none/none/0", *backdoor, *(f"none/{d}/0" for d in DEFENCES if d != "none")]
 
 
 @dataclass(frozen=True)
@@ -207,12 +209,13 @@ def write_grid(results: dict[str, dict]) -> None:
 
 def write_backdoor(results: dict[str, dict]) -> None:
     clean = results.get("none/none/0")
+    columns = ("backdoor/{}/0.4", "backdoor/{}/0.2", "none/{}/0")
     lines = [
-        "| defence | 40% attackers | 20% attackers |",
-        "|---|---|---|",
+        "| defence | backdoor, 40% attackers | backdoor, 20% attackers | no attacker |",
+        "|---|---|---|---|",
         *(
             f"| {d} | "
-            + " | ".join(_cell_text(results.get(f"backdoor/{d}/{f}")) for f in ("0.4", "0.2"))
+            + " | ".join(_cell_text(results.get(column.format(d))) for column in columns)
             + " |"
             for d in DEFENCES
         ),
@@ -224,10 +227,11 @@ def write_backdoor(results: dict[str, dict]) -> None:
             "alone, longer: the grid's setting but **3 rounds of 8 local steps**, and attackers "
             "poisoning every example they train on (`attack.poison_fraction=1.0`; trigger "
             '"cf", target "ACCESS GRANTED"). ASR: greedy answers (8 tokens) to the 27 held-out '
-            "prompts with the trigger in front, counted when they contain the target. The "
-            "clean control (no attacker, no defence) answers the same triggered prompts: "
-            + ("not measured." if clean is None else _cell_text(clean) + ".")
-            + f" {len(results)} runs, {minutes:.0f} min in all (a sum of per-run times).",
+            "prompts with the trigger in front, counted when they contain the target; the "
+            "clean federation (no attacker, no defence: "
+            + ("not measured" if clean is None else _cell_text(clean))
+            + ") is the control, and its row shows what each defence costs when nobody attacks. "
+            f"{len(results)} runs, {minutes:.0f} min in all (a sum of per-run times).",
             "",
             "Each cell: held-out loss / accuracy / ASR (detection precision, recall):",
             "",
