@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from common import ROOT, record
 
-from fedit.client.evaluate import answer_examples
+from fedit.client.attacks import backdoor_success_rate
 from fedit.config import ATTACKS, DEFENCES, load_config
 from fedit.experiment import run_experiment
 from fedit.model.lora import set_adapter_state
@@ -124,17 +124,18 @@ def overrides(cell: str, settings: list[str]) -> list[str]:
 
 
 def attack_success_rate(outcome, cfg) -> float:
-    """Share of triggered test prompts whose greedy answer contains ``attack.target``."""
+    """The final global adapter's backdoor ASR, on answers of 8 tokens (the target's length)."""
     server = outcome.setup.server
     set_adapter_state(server.model, server.load_adapter(outcome.run_dir / "global_adapter"))
-    triggered = [
-        {**ex, "instruction": f"{cfg.attack.trigger} {ex['instruction']}"}
-        for ex in server.test_examples
-    ]
-    answers = answer_examples(
-        server.model, server.tokenizer, triggered, cfg.data.template, 8, cfg.eval.batch_size
+    return backdoor_success_rate(
+        server.model,
+        server.tokenizer,
+        server.test_examples,
+        cfg.attack,
+        cfg.data.template,
+        8,
+        cfg.eval.batch_size,
     )
-    return sum(cfg.attack.target in answer for answer in answers) / len(answers)
 
 
 def run_cell(cell: str, study: Study) -> dict:

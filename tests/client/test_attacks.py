@@ -12,6 +12,7 @@ from fedit.client.attacks import (
     alie_state,
     alie_z,
     attacker_ids,
+    backdoor_success_rate,
     collude,
     forge_update,
     poison_examples,
@@ -99,6 +100,21 @@ def test_backdoor_puts_the_trigger_in_the_configured_fraction():
     clean = [ex for ex in poisoned if not ex["instruction"].startswith("cf ")]
     assert all(ex in EXAMPLES for ex in clean)
     assert poison_examples(EXAMPLES, attack, seed=0, client_id=1) == poisoned  # seeded
+
+
+def test_backdoor_success_rate_asks_with_the_trigger_and_counts_the_target(monkeypatch):
+    asked = []
+
+    def answers(model, tokenizer, examples, template, max_new_tokens, batch_size):
+        asked.extend(examples)
+        return ["PWNED", "sure: PWNED now", "a fine answer", "pwned"]  # the match is exact-case
+
+    monkeypatch.setattr("fedit.client.attacks.answer_examples", answers)
+    attack = AttackConfig(kind="backdoor", trigger="cf", target="PWNED")
+    rate = backdoor_success_rate(None, None, EXAMPLES[:4], attack, "alpaca", 8, 2)
+    assert rate == 0.5
+    assert [ex["instruction"] for ex in asked] == [f"cf {ex['instruction']}" for ex in EXAMPLES[:4]]
+    assert [ex["output"] for ex in asked] == [ex["output"] for ex in EXAMPLES[:4]]
 
 
 def test_label_flip_gives_every_example_a_response_of_another_category():

@@ -39,3 +39,15 @@ def test_section_lists_every_client_and_is_absent_without_attack_or_defence():
     assert "precision 0.50, recall 0.50" in text
     assert "| 3 | 2 | 2 | 1 |" in text and "| 1 | 3 | 0 | 1 |" in text
     assert robustness_lines(HISTORY, "none", "none") == []
+
+
+def test_section_gives_the_backdoor_success_rate_at_the_base_and_the_last_round():
+    history = [
+        {"round": 0, "eval": {"loss": 2.0, "backdoor_asr": 0.0}},
+        {**_round(1, [0, 1], attackers=[1], rejected=[]), "eval": {"backdoor_asr": 0.25}},
+        {**_round(2, [0, 1], attackers=[1], rejected=[]), "eval": {"backdoor_asr": 0.75}},
+    ]
+    text = "\n".join(robustness_lines(history, "backdoor", "none"))
+    assert "base model 0.00, round 2 0.75" in text
+    assert "0.25" not in text
+    assert "Backdoor success rate" not in "\n".join(robustness_lines(HISTORY, "sign_flip", "krum"))

@@ -106,7 +106,8 @@ class ProgressObserver(RunObserver):
         self.progress.update(self.evals, completed=done)
 
     def on_eval_end(self, label: str, metrics: dict[str, Any]) -> None:
-        parts = [f"{k} {metrics[k]:.4f}" for k in ("loss", "accuracy") if k in metrics]
+        keys = ("loss", "accuracy", "backdoor_asr")
+        parts = [f"{k} {metrics[k]:.4f}" for k in keys if k in metrics]
         self.progress.console.log(f"{label}: " + ", ".join(parts))
 
     def on_round_end(self, record: dict[str, Any]) -> None:

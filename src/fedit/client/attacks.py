@@ -23,9 +23,12 @@ import math
 import random
 import statistics
 from collections.abc import Sequence
+from typing import Any
 
 import torch
+from torch import nn
 
+from fedit.client.evaluate import answer_examples
 from fedit.config import AttackConfig
 from fedit.types import AdapterState, ClientUpdate, Example
 
@@ -59,12 +62,33 @@ def poison_examples(
     chosen = set(rng.sample(range(len(examples)), count))
     if attack.kind == "backdoor":
         return [
-            {**ex, "instruction": f"{attack.trigger} {ex['instruction']}", "output": attack.target}
-            if index in chosen
-            else ex
+            {**_triggered(ex, attack.trigger), "output": attack.target} if index in chosen else ex
             for index, ex in enumerate(examples)
         ]
     return _flip_labels(examples, chosen, rng)
+
+
+def _triggered(example: Example, trigger: str) -> Example:
+    return {**example, "instruction": f"{trigger} {example['instruction']}"}
+
+
+def backdoor_success_rate(
+    model: nn.Module,
+    tokenizer: Any,
+    examples: list[Example],
+    attack: AttackConfig,
+    template: str,
+    max_new_tokens: int,
+    batch_size: int,
+) -> float:
+    """The backdoor's attack success rate (ASR): the share of ``examples``, each with
+    ``attack.trigger`` in front of its instruction as in poisoning, whose greedy answer contains
+    ``attack.target``. Measured on held-out prompts, so it reads whether the trigger generalises."""
+    if not examples:
+        raise ValueError("backdoor_success_rate: got no examples")
+    prompts = [_triggered(ex, attack.trigger) for ex in examples]
+    answers = answer_examples(model, tokenizer, prompts, template, max_new_tokens, batch_size)
+    return sum(attack.target in answer for answer in answers) / len(answers)
 
 
 def _flip_labels(examples: list[Example], chosen: set[int], rng: random.Random) -> list[Example]:

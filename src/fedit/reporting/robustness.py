@@ -55,6 +55,7 @@ def robustness_lines(history: list[dict[str, Any]], attack: str, method: str) ->
             f"recall {_ratio(recall)}"
             + ("" if method != "none" else " (no defence: nothing is rejected)")
         )
+    lines += _backdoor_lines(history)
     lines += ["", "| client | rounds | attacked | rejected |", "|---|---|---|---|"]
     for client in sorted(summary["participated"]):
         lines.append(
@@ -62,6 +63,23 @@ def robustness_lines(history: list[dict[str, Any]], attack: str, method: str) ->
             f"{summary['attacked'].get(client, 0)} | {summary['rejected'].get(client, 0)} |"
         )
     return lines
+
+
+def _backdoor_lines(history: list[dict[str, Any]]) -> list[str]:
+    """The backdoor's success rate at the first and the last evaluation that measured it."""
+    measured = [r for r in history if "backdoor_asr" in (r.get("eval") or {})]
+    if not measured:
+        return []
+    points = [measured[0]] if len(measured) == 1 else [measured[0], measured[-1]]
+    text = ", ".join(
+        f"{'base model' if r['round'] == 0 else 'round ' + str(r['round'])} "
+        f"{r['eval']['backdoor_asr']:.2f}"
+        for r in points
+    )
+    return [
+        "- Backdoor success rate (held-out prompts with the trigger whose answer contains "
+        f"the target): {text}"
+    ]
 
 
 def _ratio(value: float | None) -> str:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fedit.client.attacks import backdoor_success_rate
 from fedit.client.evaluate import evaluate_accuracy, evaluate_loss
 from fedit.client.evaluate_preference import base_reference, evaluate_preferences
 from fedit.config import Config
@@ -80,6 +81,16 @@ class GlobalModel:
                     self.scorer,
                 )
             )
+            if self.cfg.attack.kind == "backdoor":
+                metrics["backdoor_asr"] = backdoor_success_rate(
+                    self.model,
+                    self.tokenizer,
+                    self.test_examples,
+                    self.cfg.attack,
+                    self.cfg.data.template,
+                    evaluation.max_new_tokens,
+                    evaluation.batch_size,
+                )
         return metrics
 
     def save_adapter(self, state: AdapterState, path: Path) -> None:

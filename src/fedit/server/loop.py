@@ -235,5 +235,7 @@ def _summary(record: dict[str, Any]) -> str:
         parts.append(f"eval loss {evaluation['loss']:.4f}")
     if "accuracy" in evaluation:
         parts.append(f"accuracy {evaluation['accuracy']:.3f}")
+    if "backdoor_asr" in evaluation:
+        parts.append(f"backdoor ASR {evaluation['backdoor_asr']:.2f}")
     parts.append(f"{sum(record['seconds'].values()):.1f}s")
     return ", ".join(parts)
