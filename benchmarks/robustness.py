@@ -188,24 +188,21 @@ def write_grid(results: dict[str, dict]) -> None:
             cells = [_cell_text(results.get(f"{attack}/{d}/{frac}")) for d in DEFENCES]
             lines.append(f"| {attack} | " + " | ".join(cells) + " |")
         lines.append("")
-    minutes = sum(r["seconds"] for r in results.values()) / 60
-    body = "\n".join(
-        [
-            "Scaled down from the issue's grid (84 runs of the quickstart would take hours on 2 "
-            "cores): SmolLM2-135M, 10 clients (2 category shards each), **2 rounds of 2 local "
-            "steps of 4 examples**, every client every round, 27 held-out examples (3 per "
-            "category), answers of at most 12 tokens; the backdoor's ASR is greedy answers (8 "
-            "tokens) to the 27 test prompts with the trigger, counted when they contain the "
-            "target. Attackers are drawn from the seed (`attack.fraction`); krum and multi_krum "
-            f"use f = the number of attackers, at most {krum_f('1')} (Krum needs K ≥ 2f + 3: "
-            f"at 40%, f = {krum_f('0.4')} for 4 attackers). With this little training, "
-            "accuracy stays near the base model's 0.000: compare the held-out loss. "
-            f"{len(results)} runs, {minutes:.0f} min in all.",
-            "",
-            *lines,
-        ]
+    _write(
+        "robustness",
+        "Attacks and defences on the embedded suite (scaled down)",
+        "Scaled down from the issue's grid (84 runs of the quickstart would take hours on 2 "
+        "cores): SmolLM2-135M, 10 clients (2 category shards each), **2 rounds of 2 local "
+        "steps of 4 examples**, every client every round, 27 held-out examples (3 per "
+        "category), answers of at most 12 tokens; the backdoor's ASR is greedy answers (8 "
+        "tokens) to the 27 test prompts with the trigger, counted when they contain the "
+        "target. Attackers are drawn from the seed (`attack.fraction`); krum and multi_krum "
+        f"use f = the number of attackers, at most {krum_f('1')} (Krum needs K ≥ 2f + 3: "
+        f"at 40%, f = {krum_f('0.4')} for 4 attackers). With this little training, "
+        "accuracy stays near the base model's 0.000: compare the held-out loss.",
+        lines,
+        results,
     )
-    record("robustness", "Attacks and defences on the embedded suite (scaled down)", body)
 
 
 def write_backdoor(results: dict[str, dict]) -> None:
@@ -221,25 +218,26 @@ def write_backdoor(results: dict[str, dict]) -> None:
             for d in DEFENCES
         ),
     ]
-    minutes = sum(r["seconds"] for r in results.values()) / 60
-    body = "\n".join(
-        [
-            "The grid above trains too little for a trigger to take. Here the backdoor row runs "
-            "alone, longer: the grid's setting but **3 rounds of 8 local steps**, and attackers "
-            "poisoning every example they train on (`attack.poison_fraction=1.0`; trigger "
-            '"cf", target "ACCESS GRANTED"). ASR: greedy answers (8 tokens) to the 27 held-out '
-            "prompts with the trigger in front, counted when they contain the target; the "
-            "clean federation (no attacker, no defence: "
-            + ("not measured" if clean is None else _cell_text(clean))
-            + ") is the control, and its row shows what each defence costs when nobody attacks. "
-            f"{len(results)} runs, {minutes:.0f} min in all (a sum of per-run times).",
-            "",
-            "Each cell: held-out loss / accuracy / ASR (detection precision, recall):",
-            "",
-            *lines,
-        ]
+    _write(
+        "robustness_backdoor",
+        "Backdoor against each defence (embedded suite, longer)",
+        "The grid above trains too little for a trigger to take. Here the backdoor row runs "
+        "alone, longer: the grid's setting but **3 rounds of 8 local steps**, and attackers "
+        "poisoning every example they train on (`attack.poison_fraction=1.0`; trigger "
+        '"cf", target "ACCESS GRANTED"). ASR: greedy answers (8 tokens) to the 27 held-out '
+        "prompts with the trigger in front, counted when they contain the target; the "
+        "clean federation (no attacker, no defence: "
+        + ("not measured" if clean is None else _cell_text(clean))
+        + ") is the control, and its row shows what each defence costs when nobody attacks.",
+        ["Each cell: held-out loss / accuracy / ASR (detection precision, recall):", "", *lines],
+        results,
     )
-    record("robustness_backdoor", "Backdoor against each defence (embedded suite, longer)", body)
+
+
+def _write(section: str, title: str, intro: str, table: list[str], results: dict) -> None:
+    minutes = sum(r["seconds"] for r in results.values()) / 60
+    runs = f" {len(results)} runs, {minutes:.0f} min in all (a sum of per-run times)."
+    record(section, title, "\n".join([intro + runs, "", *table]))
 
 
 def _cached(study: Study) -> dict[str, dict]:
