@@ -90,7 +90,10 @@ def _print_results(history: list[dict[str, Any]]) -> None:
     for label, _ in rows:
         table.add_column(label, justify="right")
     table.add_row("loss", *[_cell(e.get("loss"), 4) for _, e in rows])
-    table.add_row("accuracy", *[_cell(e.get("accuracy"), 3) for _, e in rows], end_section=True)
+    table.add_row("accuracy", *[_cell(e.get("accuracy"), 3) for _, e in rows])
+    if any("backdoor_asr" in e for _, e in rows):
+        table.add_row("backdoor ASR", *[_cell(e.get("backdoor_asr"), 2) for _, e in rows])
+    table.rows[-1].end_section = True
     categories = sorted({c for _, e in rows for c in e.get("accuracy_by_category", {})})
     for category in categories:
         cells = [_cell(e.get("accuracy_by_category", {}).get(category), 2) for _, e in rows]
