@@ -27,10 +27,10 @@ from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.table import Table
 
 from fedit.cli import evaluate
 from fedit.cli.flower import add_flower_args, cmd_flower
+from fedit.cli.results import communication_line, results_table
 from fedit.config import Config, ConfigError, field_help, load_config, read_yaml
 
 console = Console(stderr=True)
@@ -69,53 +69,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     except RoundFailedError as err:  # clients failed; the finished rounds are checkpointed
         console.print(f"fedit: run failed: {err}; resume with resume=true", markup=False)
         return 1
-    _print_results(outcome.history)
-    _print_communication(outcome.history)
+    if table := results_table(outcome.history):
+        out.print(table)
+    if communication := communication_line(outcome.history):
+        out.print(communication)
     if privacy := final_epsilon_line(outcome.history):  # ε = 3 at δ = 1e-05 (client-level, RDP)
         out.print(privacy, markup=False, highlight=False)
     out.print(f"report: {outcome.report}")
     out.print(f"global adapter: {outcome.run_dir / 'global_adapter'}")
     out.print(f"finished in {outcome.seconds / 60:.1f} min")
     return 0
-
-
-def _print_results(history: list[dict[str, Any]]) -> None:
-    from fedit.reporting.report import summary_rows
-
-    rows = summary_rows(history)
-    if not rows:
-        return
-    table = Table(title="Held-out results")
-    table.add_column("metric")
-    for label, _ in rows:
-        table.add_column(label, justify="right")
-    table.add_row("loss", *[_cell(e.get("loss"), 4) for _, e in rows])
-    table.add_row("accuracy", *[_cell(e.get("accuracy"), 3) for _, e in rows])
-    if any("backdoor_asr" in e for _, e in rows):
-        table.add_row("backdoor ASR", *[_cell(e.get("backdoor_asr"), 2) for _, e in rows])
-    table.rows[-1].end_section = True
-    categories = sorted({c for _, e in rows for c in e.get("accuracy_by_category", {})})
-    for category in categories:
-        cells = [_cell(e.get("accuracy_by_category", {}).get(category), 2) for _, e in rows]
-        table.add_row(f"  {category}", *cells)
-    out.print(table)
-
-
-def _print_communication(history: list[dict[str, Any]]) -> None:
-    from fedit.reporting.report import communication_summary
-
-    totals = communication_summary(history)
-    if totals["client_rounds"]:
-        out.print(
-            f"communication: {totals['bytes_down'] / 1e6:.2f} MB sent to clients, "
-            f"{totals['bytes_up'] / 1e6:.2f} MB received, "
-            f"{totals['bytes_total'] / 1e6:.2f} MB in total over {totals['client_rounds']} "
-            "client rounds"
-        )
-
-
-def _cell(value: float | None, digits: int) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
 
 
 def cmd_partition(args: argparse.Namespace) -> int:
