@@ -124,7 +124,7 @@ def overrides(cell: str, settings: list[str]) -> list[str]:
 
 
 def attack_success_rate(outcome, cfg) -> float:
-    """The final global adapter's backdoor ASR, on answers of 8 tokens (the target's length)."""
+    """The final global adapter's backdoor ASR, on answers of 8 tokens (room for the target)."""
     server = outcome.setup.server
     set_adapter_state(server.model, server.load_adapter(outcome.run_dir / "global_adapter"))
     return backdoor_success_rate(

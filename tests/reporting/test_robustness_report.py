@@ -48,6 +48,6 @@ def test_section_gives_the_backdoor_success_rate_at_the_base_and_the_last_round(
         {**_round(2, [0, 1], attackers=[1], rejected=[]), "eval": {"backdoor_asr": 0.75}},
     ]
     text = "\n".join(robustness_lines(history, "backdoor", "none"))
-    assert "base model 0.00, round 2 0.75" in text
+    assert "base model 0.00, FedIT (round 2) 0.75" in text
     assert "0.25" not in text
     assert "Backdoor success rate" not in "\n".join(robustness_lines(HISTORY, "sign_flip", "krum"))

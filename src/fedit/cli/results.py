@@ -1,7 +1,7 @@
 """What ``fedit run`` prints when a run ends: the held-out results table and the bytes moved.
 
-``fedit.reporting.report`` is imported inside the functions: it pulls in matplotlib, which the
-other subcommands should not pay for at start-up.
+``fedit.reporting.report`` is imported inside ``communication_line``: it pulls in matplotlib,
+which the other subcommands should not pay for at start-up.
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from typing import Any
 
 from rich.table import Table
 
+from fedit.reporting.summary import summary_rows
+
 
 def results_table(history: list[dict[str, Any]]) -> Table | None:
     """Base model against the last round: loss, accuracy (the backdoor's ASR when measured) and
     accuracy per category; None when nothing was evaluated."""
-    from fedit.reporting.report import summary_rows
-
     rows = summary_rows(history)
     if not rows:
         return None

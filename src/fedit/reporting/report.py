@@ -14,7 +14,7 @@ from fedit.reporting import plots
 from fedit.reporting.preference import objective_line, preference_table
 from fedit.reporting.privacy_report import privacy_section
 from fedit.reporting.robustness import robustness_lines
-from fedit.reporting.summary import fmt
+from fedit.reporting.summary import fmt, summary_rows
 
 PLOTS = {
     "loss": "loss.png",
@@ -25,23 +25,6 @@ PLOTS = {
 
 def _fmt(value: Any, digits: int = 4) -> str:
     return fmt(value, digits)
-
-
-def _evals(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in history if r.get("eval")]
-
-
-def summary_rows(history: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
-    """(label, eval metrics) for the base model and the final global adapter, when present."""
-    rows = []
-    base = next((r for r in history if r["round"] == 0 and r.get("eval")), None)
-    if base:
-        rows.append(("starting adapter" if base.get("start") else "base model", base["eval"]))
-    trained = [r for r in _evals(history) if r["round"] > 0]
-    if trained:
-        method = "FedDPO" if "reward_accuracy" in trained[-1]["eval"] else "FedIT"
-        rows.append((f"{method} (round {trained[-1]['round']})", trained[-1]["eval"]))
-    return rows
 
 
 def _summary_table(history: list[dict[str, Any]]) -> list[str]:

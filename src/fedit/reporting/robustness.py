@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from fedit.reporting.summary import summary_rows
+
 
 def robustness_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
     """Attackers and rejections over the run, and the defence's detection precision and recall.
@@ -66,16 +68,11 @@ def robustness_lines(history: list[dict[str, Any]], attack: str, method: str) ->
 
 
 def _backdoor_lines(history: list[dict[str, Any]]) -> list[str]:
-    """The backdoor's success rate at the first and the last evaluation that measured it."""
-    measured = [r for r in history if "backdoor_asr" in (r.get("eval") or {})]
-    if not measured:
+    """The backdoor's success rate for the rows of the report's summary (start and final)."""
+    rows = [(label, e) for label, e in summary_rows(history) if "backdoor_asr" in e]
+    if not rows:
         return []
-    points = [measured[0]] if len(measured) == 1 else [measured[0], measured[-1]]
-    text = ", ".join(
-        f"{'base model' if r['round'] == 0 else 'round ' + str(r['round'])} "
-        f"{r['eval']['backdoor_asr']:.2f}"
-        for r in points
-    )
+    text = ", ".join(f"{label} {e['backdoor_asr']:.2f}" for label, e in rows)
     return [
         "- Backdoor success rate (held-out prompts with the trigger whose answer contains "
         f"the target): {text}"

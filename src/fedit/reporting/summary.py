@@ -104,3 +104,16 @@ def suite_summary(result: dict[str, Any], label: str) -> list[str]:
     if result.get("no_number"):
         lines += [f"- {result['no_number']} answers contained no number", ""]
     return lines
+
+
+def summary_rows(history: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """(label, eval metrics) for the base model and the final global adapter, when present."""
+    rows = []
+    base = next((r for r in history if r["round"] == 0 and r.get("eval")), None)
+    if base:
+        rows.append(("starting adapter" if base.get("start") else "base model", base["eval"]))
+    trained = [r for r in history if r["round"] > 0 and r.get("eval")]
+    if trained:
+        method = "FedDPO" if "reward_accuracy" in trained[-1]["eval"] else "FedIT"
+        rows.append((f"{method} (round {trained[-1]['round']})", trained[-1]["eval"]))
+    return rows
