@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import pytest
@@ -86,15 +87,17 @@ def test_product_defences_reject_both_attackers_with_every_strategy(method, stra
     assert report["path"] == expected_path
 
 
-def test_selection_hands_the_kept_clients_to_the_strategy_unchanged():
+def test_selection_hands_the_kept_clients_to_the_strategy_with_equal_weights():
     cfg = _cfg("robust.method=multi_krum", "robust.num_byzantine=2")
     global_state = _global()
-    updates = _round(global_state)
+    updates = _round(global_state)  # kept clients report 12 to 17 examples
     state, metrics = defend(cfg, build_strategy(cfg)).aggregate_fit(1, global_state, updates)
-    plain, _ = build_strategy(cfg).aggregate_fit(1, global_state, updates[2:])
+    equal = [dataclasses.replace(u, num_examples=1) for u in updates[2:]]
+    plain, _ = build_strategy(cfg).aggregate_fit(1, global_state, equal)
     assert metrics["robust"]["rejected"] == [0, 1]
     for key in state:
         torch.testing.assert_close(state[key], plain[key])
+    assert [u.num_examples for u in updates] == [10 + i for i in range(8)]  # records unchanged
 
 
 def test_combination_reproduces_the_weighted_product():

@@ -63,7 +63,7 @@ def geometric_median_weights(
 
     Args:
         gram: (K, K) Gram matrix of the updates.
-        weights: p, non-negative data weights (normalised here).
+        weights: p, the clients' non-negative weights (normalised here).
         smoothing: ν, RFA's floor on distances (a point at the median would divide by zero).
 
     Returns:

@@ -6,9 +6,15 @@ strategy stay as they are:
 1. ``alie`` replies are forged from the honest ones (``client.attacks.collude``: the
    simulation's omniscient attacker);
 2. the defence (``robust.method``) judges the replies (``verdicts.JUDGES``);
-3. the strategy aggregates what the verdict keeps: the selected whole clients as they are
-   (FedAvg-style strategies then average their factors, ``exact`` their products), or one
-   combined reply, re-factorised on the exact path (``combine``) or coordinate-wise.
+3. the strategy aggregates what the verdict keeps: the selected whole clients (FedAvg-style
+   strategies then average their factors, ``exact`` their products), or one combined reply,
+   re-factorised on the exact path (``combine``) or coordinate-wise.
+
+Under a defence every client weighs the same (``verdicts.client_weights``): the selected
+clients reach the strategy with ``num_examples`` 1, so its FedAvg does not re-weight them by
+counts the server cannot check. ``updates`` themselves are not changed, so metrics.jsonl still
+records what each client reported. With ``robust.method=none`` the strategy weighs by counts,
+as FedIT does.
 
 The round's ``aggregation`` metrics get ``attackers`` (the clients whose reply was marked as an
 attack) and ``robust`` (method, path, every client's score and weight, the rejected clients and,
@@ -17,6 +23,7 @@ with an attack on, the round's detection counts). Each rejected client is logged
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -26,7 +33,7 @@ from fedit.client.attacks import ATTACK_METRIC, collude
 from fedit.config import Config
 from fedit.robust.combine import combine_products
 from fedit.robust.defences import DefenceError
-from fedit.robust.verdicts import JUDGES, Verdict
+from fedit.robust.verdicts import JUDGES, Verdict, Weighting
 from fedit.strategy.base import Strategy, StrategyState
 from fedit.strategy.selection import Selection
 from fedit.types import COMBINED_CLIENT_ID, AdapterState, ClientUpdate, FitInstruction
@@ -35,11 +42,16 @@ log = logging.getLogger(__name__)
 
 
 class Defended(Strategy):
-    """``inner`` with ``robust.method`` applied to its replies (and ALIE's collusion simulated)."""
+    """``inner`` with ``robust.method`` applied to its replies (and ALIE's collusion simulated).
 
-    def __init__(self, cfg: Config, inner: Strategy):
+    ``weighting`` is "uniform" in every run; "counts" restores the weighting by reported counts
+    for benchmarks/inflate_count.py, which measures what that let one client do.
+    """
+
+    def __init__(self, cfg: Config, inner: Strategy, weighting: Weighting = "uniform"):
         super().__init__(cfg)
         self.inner = inner
+        self.weighting = weighting
 
     def configure_fit(
         self, server_round: int, global_state: AdapterState, client_sizes: list[int], lr: float
@@ -62,7 +74,7 @@ class Defended(Strategy):
             state, metrics = self.inner.aggregate_fit(server_round, global_state, updates)
             return state, {**metrics, "attackers": attackers}
         try:
-            verdict = JUDGES[method](self.cfg.robust, global_state, updates)
+            verdict = JUDGES[method](self.cfg.robust, global_state, updates, self.weighting)
         except DefenceError as error:
             log.warning("round %d: %s; global adapter unchanged", server_round, error)
             return global_state, {"skipped": str(error), "attackers": attackers}
@@ -86,8 +98,9 @@ class Defended(Strategy):
         verdict: Verdict,
     ) -> tuple[AdapterState, dict[str, Any], str]:
         """The strategy's aggregation of what the verdict keeps, and which path it took."""
+        weighed = _as_weighed(updates, self.weighting)
         if verdict.selected is not None:
-            kept = [updates[i] for i in verdict.selected]
+            kept = [weighed[i] for i in verdict.selected]
             state, metrics = self.inner.aggregate_fit(server_round, global_state, kept)
             return state, metrics, "selection"
         extra: dict[str, float] = {}
@@ -108,12 +121,20 @@ class Defended(Strategy):
         reply = ClientUpdate(
             client_id=COMBINED_CLIENT_ID,
             state=combined,
-            num_examples=sum(u.num_examples for u in updates),
+            num_examples=sum(u.num_examples for u in weighed),
             train_loss=float("nan"),
             num_steps=0,
         )
         state, metrics = self.inner.aggregate_fit(server_round, global_state, [reply])
         return state, {**metrics, **extra}, path
+
+
+def _as_weighed(updates: list[ClientUpdate], weighting: Weighting) -> list[ClientUpdate]:
+    """The replies as the strategy should weigh them: copies with ``num_examples`` 1 when
+    uniform (the strategy's FedAvg then gives each the same weight); as reported for "counts"."""
+    if weighting == "counts":
+        return updates
+    return [dataclasses.replace(u, num_examples=1) for u in updates]
 
 
 def _report(

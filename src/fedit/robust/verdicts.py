@@ -9,6 +9,10 @@ Which clients count as "rejected" depends on the method: krum / multi_krum, the 
 selected; norm_bound, the ones clipped; geometric_median, the ones farther from the median than
 ``robust.reject_factor`` × the median distance (their Weiszfeld weight is already small);
 trimmed_mean and median reject nobody as a whole, they trim per coordinate.
+
+Every client weighs the same, whatever ``num_examples`` it reports (``client_weights``): the
+server cannot check a count, and one client claiming 10⁹ examples would otherwise carry nearly
+all of norm_bound's mean, the weighted geometric median and the FedAvg over Krum's selection.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal, Protocol
 
 import torch
 from torch import Tensor
@@ -48,12 +53,34 @@ class Verdict:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-Judge = Callable[[RobustConfig, AdapterState, list[ClientUpdate]], Verdict]
+# How the clients weigh in a verdict. "uniform" is the defences' rule; "counts" (n_i / Σ n, the
+# reported counts) is the weighting before issue 28, kept only so benchmarks/inflate_count.py
+# can show what it let one client do. It is not a config option.
+Weighting = Literal["uniform", "counts"]
 
 
-def _data_weights(updates: list[ClientUpdate]) -> Tensor:
-    counts = torch.tensor([float(u.num_examples) for u in updates], dtype=torch.float64)
-    return counts / counts.sum()
+class Judge(Protocol):
+    """A defence: the round's replies, judged against the global adapter."""
+
+    def __call__(
+        self,
+        robust: RobustConfig,
+        global_state: AdapterState,
+        updates: list[ClientUpdate],
+        weighting: Weighting = "uniform",
+    ) -> Verdict: ...
+
+
+def client_weights(updates: list[ClientUpdate], weighting: Weighting = "uniform") -> Tensor:
+    """p (K,), float64, summing to 1: each client's share before the defence acts.
+
+    Uniform, 1/K each: every defence's breakdown point is a number of clients, and only with
+    equal weights is it the same share of the weight (docs/robustness.md, "Reported counts").
+    """
+    if weighting == "counts":
+        counts = torch.tensor([float(u.num_examples) for u in updates], dtype=torch.float64)
+        return counts / counts.sum()
+    return torch.full((len(updates),), 1.0 / len(updates), dtype=torch.float64)
 
 
 def _gram(robust: RobustConfig, global_state: AdapterState, updates: list[ClientUpdate]) -> Tensor:
@@ -68,8 +95,10 @@ def _grams(
     return gram.double(), products.double()
 
 
-def _selection(scores: Tensor, selected: list[int], updates: list[ClientUpdate]) -> Verdict:
-    p = _data_weights(updates)
+def _selection(
+    scores: Tensor, selected: list[int], updates: list[ClientUpdate], weighting: Weighting
+) -> Verdict:
+    p = client_weights(updates, weighting)
     total = float(p[selected].sum())
     weights = [float(p[i]) / total if i in selected else 0.0 for i in range(len(updates))]
     rejected = [i for i in range(len(updates)) if i not in selected]
@@ -77,33 +106,42 @@ def _selection(scores: Tensor, selected: list[int], updates: list[ClientUpdate])
 
 
 def judge_krum(
-    robust: RobustConfig, global_state: AdapterState, updates: list[ClientUpdate]
+    robust: RobustConfig,
+    global_state: AdapterState,
+    updates: list[ClientUpdate],
+    weighting: Weighting = "uniform",
 ) -> Verdict:
     """Krum: the one update closest to its K − f − 2 nearest neighbours."""
     gram = _gram(robust, global_state, updates)
     best = multi_krum_selection(gram, robust.num_byzantine, keep=1).tolist()
-    return _selection(krum_scores(gram, robust.num_byzantine), best, updates)
+    return _selection(krum_scores(gram, robust.num_byzantine), best, updates, weighting)
 
 
 def judge_multi_krum(
-    robust: RobustConfig, global_state: AdapterState, updates: list[ClientUpdate]
+    robust: RobustConfig,
+    global_state: AdapterState,
+    updates: list[ClientUpdate],
+    weighting: Weighting = "uniform",
 ) -> Verdict:
     """Multi-Krum: the K − f updates with the lowest Krum scores."""
     gram = _gram(robust, global_state, updates)
     kept = multi_krum_selection(gram, robust.num_byzantine).tolist()
-    return _selection(krum_scores(gram, robust.num_byzantine), kept, updates)
+    return _selection(krum_scores(gram, robust.num_byzantine), kept, updates, weighting)
 
 
 def judge_norm_bound(
-    robust: RobustConfig, global_state: AdapterState, updates: list[ClientUpdate]
+    robust: RobustConfig,
+    global_state: AdapterState,
+    updates: list[ClientUpdate],
+    weighting: Weighting = "uniform",
 ) -> Verdict:
-    """Clip every ‖ΔW_i‖ to τ; the data-weighted mean of the clipped updates."""
+    """Clip every ‖ΔW_i‖ to τ; the mean of the clipped updates."""
     gram, products = _grams(robust, global_state, updates)
     factors = norm_bound_factors(gram, robust.norm_bound, robust.norm_multiple)
     clipped = [i for i, s in enumerate(factors.tolist()) if s < 1.0]
     if not clipped:  # nobody clipped: the plain mean, whole clients
-        return _selection(norms(gram), list(range(len(updates))), updates)
-    coefficients = _data_weights(updates) * factors
+        return _selection(norms(gram), list(range(len(updates))), updates, weighting)
+    coefficients = client_weights(updates, weighting) * factors
     return Verdict(
         norms(gram).tolist(),
         coefficients.tolist(),
@@ -114,11 +152,14 @@ def judge_norm_bound(
 
 
 def judge_geometric_median(
-    robust: RobustConfig, global_state: AdapterState, updates: list[ClientUpdate]
+    robust: RobustConfig,
+    global_state: AdapterState,
+    updates: list[ClientUpdate],
+    weighting: Weighting = "uniform",
 ) -> Verdict:
-    """RFA: the data-weighted geometric median of the ΔW_i by Weiszfeld's iterations."""
+    """RFA: the geometric median of the ΔW_i by Weiszfeld's iterations."""
     gram, products = _grams(robust, global_state, updates)
-    alpha, iterations = geometric_median_weights(gram, _data_weights(updates))
+    alpha, iterations = geometric_median_weights(gram, client_weights(updates, weighting))
     distances = distances_to_combination(gram, alpha).tolist()
     typical = statistics.median(distances)
     rejected = [i for i, d in enumerate(distances) if d > robust.reject_factor * typical]
@@ -146,19 +187,26 @@ def _coordinate_wise(
 
 
 def judge_trimmed_mean(
-    robust: RobustConfig, global_state: AdapterState, updates: list[ClientUpdate]
+    robust: RobustConfig,
+    global_state: AdapterState,
+    updates: list[ClientUpdate],
+    weighting: Weighting = "uniform",
 ) -> Verdict:
-    """Coordinate-wise β-trimmed mean of the factors (Flower's FedTrimmedAvg)."""
+    """Coordinate-wise β-trimmed mean of the factors (Flower's FedTrimmedAvg); unweighted."""
+    del weighting
     return _coordinate_wise(
         lambda stacked: trimmed_mean(stacked, robust.trim_fraction), global_state, updates
     )
 
 
 def judge_median(
-    robust: RobustConfig, global_state: AdapterState, updates: list[ClientUpdate]
+    robust: RobustConfig,
+    global_state: AdapterState,
+    updates: list[ClientUpdate],
+    weighting: Weighting = "uniform",
 ) -> Verdict:
-    """Coordinate-wise median of the factors (Flower's FedMedian)."""
-    del robust
+    """Coordinate-wise median of the factors (Flower's FedMedian); unweighted."""
+    del robust, weighting
     return _coordinate_wise(coordinate_median, global_state, updates)
 
 
