@@ -9,6 +9,7 @@ import torch
 
 from fedit.client.attacks import (
     ATTACK_METRIC,
+    FORGERIES,
     alie_state,
     alie_z,
     attacker_ids,
@@ -17,8 +18,10 @@ from fedit.client.attacks import (
     forge_update,
     poison_examples,
 )
-from fedit.config import AttackConfig
-from fedit.types import ClientUpdate
+from fedit.config import AttackConfig, ConfigError, load_config
+from fedit.config.adversary import INFLATED_KINDS, MODEL_ATTACKS
+from fedit.engines.messages import pack_update, unpack_update
+from fedit.types import ClientUpdate, FitConfig, FitInstruction
 
 
 def _update(client_id: int, value: float) -> ClientUpdate:
@@ -136,3 +139,63 @@ def test_attackers_are_the_listed_clients_or_a_seeded_fraction():
         AttackConfig(kind="scale", fraction=0.25), 8, 3
     )
     assert attacker_ids(dataclasses.replace(AttackConfig(), clients=[1]), 8, 0) == []  # kind none
+
+
+def test_the_forgeries_registry_matches_the_config_choices():
+    assert set(FORGERIES) == set(MODEL_ATTACKS) - {"alie"}  # alie is forged on the server
+    assert set(INFLATED_KINDS) == set(FORGERIES) | {"none"}
+
+
+def _trained() -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return {name: t + torch.randn(t.shape, generator=generator) for name, t in START.items()}
+
+
+@pytest.mark.parametrize(("inner", "factor"), [("none", 1.0), ("scale", 10.0), ("sign_flip", -1.0)])
+def test_inflate_count_claims_the_count_and_carries_the_inner_forgery(inner, factor):
+    trained = _trained()
+    update = ClientUpdate(3, dict(trained), num_examples=5, train_loss=1.0, num_steps=1)
+    attack = AttackConfig(
+        kind="inflate_count", clients=[3], claimed_examples=123_456_789, inflated_kind=inner
+    )
+    forge_update(update, START, attack, seed=1)
+    assert update.num_examples == 123_456_789
+    assert update.metrics[ATTACK_METRIC] == "inflate_count"
+    for name in START:  # scale keeps its default λ = 10 when it rides on inflate_count
+        torch.testing.assert_close(
+            update.state[name], START[name] + factor * (trained[name] - START[name])
+        )
+
+
+def test_inflate_count_with_gaussian_sends_the_gaussian_forgery():
+    attack = AttackConfig(kind="inflate_count", clients=[0], inflated_kind="gaussian")
+    inflated = ClientUpdate(0, _trained(), num_examples=5, train_loss=1.0, num_steps=1)
+    plain = ClientUpdate(0, _trained(), num_examples=5, train_loss=1.0, num_steps=1)
+    forge_update(inflated, START, attack, seed=7)
+    forge_update(plain, START, AttackConfig(kind="gaussian", clients=[0]), seed=7)
+    assert inflated.num_examples == 10**9  # the default claim
+    assert all(torch.equal(inflated.state[n], plain.state[n]) for n in START)
+    assert plain.num_examples == 5  # only inflate_count touches the count
+
+
+def test_a_claimed_billion_crosses_the_wire_unchanged():
+    update = ClientUpdate(2, _trained(), num_examples=5, train_loss=1.0, num_steps=1)
+    forge_update(update, START, AttackConfig(kind="inflate_count", clients=[2]), seed=0)
+    instruction = FitInstruction(2, START, FitConfig(lr=1e-3, rank=2, seed=0))
+    assert unpack_update(pack_update(update, instruction), instruction).num_examples == 10**9
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("attack.claimed_examples=0", "attack.claimed_examples: must be > 0, got 0"),
+        ("attack.claimed_examples=-5", "attack.claimed_examples: must be > 0, got -5"),
+        ("attack.inflated_kind=alie", "attack.inflated_kind: unknown value 'alie'"),
+        ("attack.inflated_kind=backdoor", "attack.inflated_kind: unknown value 'backdoor'"),
+    ],
+)
+def test_bad_inflate_count_settings_are_refused_by_key(override, message):
+    with pytest.raises(ConfigError) as raised:
+        load_config(None, ["attack.kind=inflate_count", "attack.clients=[1]", override])
+    lines = [line for line in str(raised.value).splitlines() if message in line]
+    assert len(lines) == 1, str(raised.value)

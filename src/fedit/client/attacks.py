@@ -15,6 +15,9 @@ says ``malicious=true``; both call the same functions here. The forged reply is 
   next one in sorted order), so the client learns wrong answers that look like answers.
 * ``backdoor``: a poisoned example gets ``attack.trigger`` in front of its instruction and
   ``attack.target`` as its response.
+* ``inflate_count``: the reply reports ``attack.claimed_examples`` examples, and carries the
+  update of ``attack.inflated_kind`` (its honest one for ``none``). The server cannot check a
+  count, so this is the cheapest attack on any weighting by counts (docs/robustness.md).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -109,10 +112,35 @@ def _flip_labels(examples: list[Example], chosen: set[int], rng: random.Random) 
     return poisoned
 
 
+# An update Δ = x_i − x_g forged from the client's honest one: (Δ, attack, seed) -> forged Δ.
+Forgery = Callable[[AdapterState, AttackConfig, int], AdapterState]
+
+
+def _sign_flip(delta: AdapterState, attack: AttackConfig, seed: int) -> AdapterState:
+    return {name: d * -attack.lam() for name, d in delta.items()}
+
+
+def _scale(delta: AdapterState, attack: AttackConfig, seed: int) -> AdapterState:
+    return {name: d * attack.lam() for name, d in delta.items()}
+
+
+def _gaussian(delta: AdapterState, attack: AttackConfig, seed: int) -> AdapterState:
+    generator = torch.Generator().manual_seed(seed)
+    noise = {name: torch.randn(d.shape, generator=generator) for name, d in delta.items()}
+    scale = _norm(delta) / max(_norm(noise), 1e-30)
+    return {name: n * scale for name, n in noise.items()}
+
+
+# The forgeries a client makes alone, by ``AttackConfig.forgery``; alie is forged on the server
+# (``collude``), data attacks train on poison, and inflate_count's ``none`` sends the honest Δ.
+FORGERIES: dict[str, Forgery] = {"sign_flip": _sign_flip, "scale": _scale, "gaussian": _gaussian}
+
+
 def forge_update(
     update: ClientUpdate, start: AdapterState, attack: AttackConfig, seed: int
 ) -> None:
-    """Replace ``update.state`` by the attack's reply (in place) and mark the update.
+    """Replace ``update.state`` (and, for inflate_count, its count) by the attack's reply, in
+    place, and mark the update.
 
     Args:
         update: the client's honest reply.
@@ -120,18 +148,13 @@ def forge_update(
         seed: the client's seed for this round (``FitConfig.seed``), for ``gaussian``.
     """
     update.metrics[ATTACK_METRIC] = attack.kind
-    kind = attack.kind
-    if kind not in ("sign_flip", "scale", "gaussian"):
-        return  # data attacks trained on poison; alie is forged on the server (``collude``)
+    if attack.kind == "inflate_count":
+        update.num_examples = attack.claimed_examples
+    forgery = FORGERIES.get(attack.forgery)
+    if forgery is None:
+        return
     delta = {name: update.state[name].float() - start[name].float() for name in update.state}
-    if kind == "gaussian":
-        generator = torch.Generator().manual_seed(seed)
-        noise = {name: torch.randn(d.shape, generator=generator) for name, d in delta.items()}
-        scale = _norm(delta) / max(_norm(noise), 1e-30)
-        delta = {name: n * scale for name, n in noise.items()}
-    else:
-        factor = -attack.lam() if kind == "sign_flip" else attack.lam()
-        delta = {name: d * factor for name, d in delta.items()}
+    delta = forgery(delta, attack, seed)
     update.state = {
         name: (start[name].float() + d).to(update.state[name].dtype) for name, d in delta.items()
     }

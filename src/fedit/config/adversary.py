@@ -10,9 +10,21 @@ from dataclasses import dataclass
 
 from fedit.config.fields import check_choice, option
 
-ATTACKS = ("none", "sign_flip", "scale", "gaussian", "alie", "label_flip", "backdoor")
+ATTACKS = (
+    "none",
+    "sign_flip",
+    "scale",
+    "gaussian",
+    "alie",
+    "label_flip",
+    "backdoor",
+    "inflate_count",
+)
 MODEL_ATTACKS = ("sign_flip", "scale", "gaussian", "alie")  # change the reply
 DATA_ATTACKS = ("label_flip", "backdoor")  # change the training data
+# What an inflate_count reply carries with its claimed count: the client's honest update, or a
+# forgery it can make alone (alie needs the server's view, a data attack its own training set).
+INFLATED_KINDS = ("none", "sign_flip", "scale", "gaussian")
 DEFENCES = (
     "none",
     "norm_bound",
@@ -32,7 +44,9 @@ class AttackConfig:
         "none",
         "attack: none, sign_flip (send global - λΔ), scale (global + λΔ), gaussian (random "
         "update of an honest norm), alie (mean - z·std of the honest updates; omniscient), "
-        "label_flip (responses swapped between categories), backdoor (trigger -> target)",
+        "label_flip (responses swapped between categories), backdoor (trigger -> target), "
+        "inflate_count (reports attack.claimed_examples examples, with attack.inflated_kind's "
+        "update)",
     )
     clients: list[int] | None = option(
         None, "ids of the malicious clients (in-process engine); or use attack.fraction"
@@ -41,7 +55,9 @@ class AttackConfig:
         0.0, "fraction of clients that are malicious, drawn from seed (in-process engine)"
     )
     magnitude: float | None = option(
-        None, "λ of sign_flip and scale; default 1.0 for sign_flip, 10.0 for scale"
+        None,
+        "λ of sign_flip and scale (also as attack.inflated_kind); default 1.0 for sign_flip, "
+        "10.0 for scale",
     )
     z: float | None = option(
         None,
@@ -54,16 +70,31 @@ class AttackConfig:
     )
     trigger: str = option("cf", "backdoor: phrase put in front of a poisoned instruction")
     target: str = option("ACCESS GRANTED", "backdoor: the response a poisoned example teaches")
+    claimed_examples: int = option(
+        1_000_000_000,
+        "inflate_count: the num_examples the attacker reports in its reply, whatever it trained on",
+    )
+    inflated_kind: str = option(
+        "scale",
+        "inflate_count: the update its reply carries: none (its honest one), sign_flip, scale or "
+        "gaussian. Default scale, the deviant update the defences are there to bound, so a run "
+        "shows whether a claimed count lets it through",
+    )
 
     @property
     def active(self) -> bool:
         return self.kind != "none"
 
+    @property
+    def forgery(self) -> str:
+        """The kind of update the reply carries: attack.inflated_kind under inflate_count."""
+        return self.inflated_kind if self.kind == "inflate_count" else self.kind
+
     def lam(self) -> float:
         """λ of sign_flip / scale, with its per-kind default."""
         if self.magnitude is not None:
             return self.magnitude
-        return 10.0 if self.kind == "scale" else 1.0
+        return 10.0 if self.forgery == "scale" else 1.0
 
     def poisoned_share(self) -> float:
         """The poisoned fraction of a data attack, with its per-kind default."""
@@ -88,6 +119,9 @@ class AttackConfig:
             problems.append(f"attack.magnitude: must be > 0, got {self.magnitude}")
         if self.kind == "backdoor" and not (self.trigger.strip() and self.target.strip()):
             problems.append("attack.trigger / attack.target: backdoor needs both, non-empty")
+        if self.claimed_examples <= 0:
+            problems.append(f"attack.claimed_examples: must be > 0, got {self.claimed_examples}")
+        problems += check_choice("attack.inflated_kind", self.inflated_kind, INFLATED_KINDS)
         return problems
 
 
