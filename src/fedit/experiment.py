@@ -27,7 +27,8 @@ from fedit.server.checkpoint import RunDir
 from fedit.server.global_model import GlobalModel
 from fedit.server.loop import run_rounds
 from fedit.server.observer import RunObserver
-from fedit.server.privacy import PrivacyRun, resumed_plan
+from fedit.server.privacy import PrivacyRun
+from fedit.server.privacy_budget import resumed_plan
 from fedit.server.protocols import Transport
 from fedit.strategy import build_strategy
 

@@ -142,7 +142,8 @@ def run_flower_simulation(
         cfg: The experiment, ``engine: flower-simulation``.
         observer: Progress hooks (the ServerApp runs in a thread of this process).
         node_extras: Node config entries per client id added to the virtual SuperNode's own
-            (``partition-id``, ``num-partitions``); ``malicious`` comes from ``attack.*``.
+            (``partition-id``, ``num-partitions``); ``malicious`` comes from ``attack.*``, the
+            privacy policy from ``privacy.site_*`` and ``privacy.reproducible_noise``.
 
     Returns:
         The run's outcome, as ``run_experiment`` gives it.
@@ -165,10 +166,16 @@ def run_flower_simulation(
 
 
 def _attackers(cfg: Config, extras: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
-    """``attack.clients`` / ``attack.fraction`` as the node config ``malicious=true``."""
+    """``attack.clients`` / ``attack.fraction`` as the node config ``malicious=true``, and the
+    in-process sites' privacy policy (``privacy.site_*``, ``reproducible_noise``) as every
+    virtual site's own node config, as a deployment's SuperNodes would set it."""
     from fedit.client.attacks import attacker_ids
+    from fedit.client.site_policy import SitePolicy
 
+    policy = SitePolicy.from_config(cfg.privacy).to_node_config()
     merged = {client: dict(entries) for client, entries in extras.items()}
+    for client in range(cfg.federation.num_clients):
+        merged[client] = {**policy, **merged.get(client, {})}
     if cfg.attack.active:
         for client in attacker_ids(cfg.attack, cfg.federation.num_clients, cfg.seed):
             merged.setdefault(client, {})["malicious"] = True

@@ -47,11 +47,14 @@ class FitConfig:
     scaffold: bool = False  # SCAFFOLD: correct every step by c − c_i and reply with Δc_i
     # Differential privacy (fedit.privacy): "none", "client" (clip the update, optionally add
     # noise) or "example" (DP-SGD with per-example clipping at dp_clip_norm, noise z per step).
+    # The client draws all of its noise and batches itself; nothing here seeds them.
     dp_level: str = "none"
     dp_clip_norm: float = 0.0  # C: the update's L2 clip (client) or each example's (example)
-    dp_update_noise_std: float = 0.0  # client level, noise_at=clients: std added per coordinate
-    dp_count_noise_std: float = 0.0  # adaptive clip, noise_at=clients: std added to the bit
-    dp_noise_multiplier: float = 0.0  # example level: z, noise std z·C on each step's sum
+    # z: example level, noise std z·C on each step's sum; client level with noise_at=clients,
+    # the update's z_Δ, of which each client adds the share N(0, z²C²/D)
+    dp_noise_multiplier: float = 0.0
+    dp_noise_shares: float = 0.0  # D, the plan's expected clients per round; 0: server adds noise
+    dp_count_noise_std: float = 0.0  # adaptive clip, noise_at=clients: σ_b, of which √(1/D) each
 
     def to_header(self) -> dict[str, Any]:
         """The JSON-ready form that goes on the wire."""

@@ -18,8 +18,8 @@ def _poisoning(bad_clients: set[int]):
     """fit_client, except that ``bad_clients`` reply with a NaN in their adapter."""
     real = fit_module.fit_client
 
-    def fit_client(model, examples, cfg, instruction, progress=None, attack=None):
-        update = real(model, examples, cfg, instruction, progress, attack=attack)
+    def fit_client(model, examples, cfg, instruction, progress=None, attack=None, policy=None):
+        update = real(model, examples, cfg, instruction, progress, attack=attack, policy=policy)
         if instruction.client_id in bad_clients:
             name = sorted(update.state)[0]
             update.state[name] = update.state[name].clone().fill_(math.nan)
@@ -53,3 +53,36 @@ def test_too_few_usable_replies_stop_the_run_with_one_line(
     assert "fedit: run failed: round 1: 0 valid replies" in printed
     assert "resume with resume=true" in printed
     assert not (out / "global_adapter").exists()
+
+
+def test_a_site_floor_refuses_a_weaker_instruction_naming_the_client(
+    tiny_model_dir, tmp_path, caplog, capsys
+):
+    # Every simulated site demands z >= 2; the server asks z = 1 with the noise at the clients.
+    out = tmp_path / "run"
+    args = tiny_args(
+        tiny_model_dir,
+        out,
+        "federation.rounds=1",
+        "eval.generate=false",
+        "privacy.level=client",
+        "privacy.noise_at=clients",
+        "privacy.noise_multiplier=1.0",
+        "privacy.site_min_noise_multiplier=2",
+    )
+    assert main(["run", QUICKSTART, *args]) == 1  # no site trains: the round fails
+    assert "refused the instruction: its noise multiplier z=1 is below 2" in caplog.text
+    assert "fedit: run failed: round 1: 0 valid replies" in capsys.readouterr().err
+    # A floor the instruction meets: the same run trains.
+    ok = tiny_args(
+        tiny_model_dir,
+        tmp_path / "ok",
+        "federation.rounds=1",
+        "eval.generate=false",
+        "privacy.level=client",
+        "privacy.noise_at=clients",
+        "privacy.noise_multiplier=2.0",
+        "privacy.site_min_noise_multiplier=2",
+        "privacy.site_max_clip_norm=1.0",
+    )
+    assert main(["run", QUICKSTART, *ok]) == 0

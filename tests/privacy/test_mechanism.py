@@ -1,4 +1,5 @@
-"""The mechanism: clipping, noise scale for both noise_at settings, uniform weights, seeding."""
+"""The mechanism: clipping, noise scale for both noise_at settings, dropouts and empty rounds
+topped up, uniform weights, and noise that no seed reproduces."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import pytest
 import torch
 
 from fedit.config import load_config
+from fedit.privacy import randomness
 from fedit.privacy.mechanism import clip, global_norm, privatize_update
-from fedit.server.privacy import PrivacyRun, make_plan
+from fedit.privacy.randomness import NoiseSource
+from fedit.server.privacy import PrivacyRun
+from fedit.server.privacy_budget import make_plan
 from fedit.strategy import build_strategy
 from fedit.types import ClientUpdate, FitConfig, FitInstruction
 
@@ -54,11 +58,13 @@ def _instructions(run: PrivacyRun, state, clients, trainable="all"):
     )
 
 
-def _reply(instruction, delta, num_examples):
+def _reply(instruction, delta, num_examples, noise=None):
     state = {n: instruction.state[n] + delta.get(n, 0) for n in instruction.state}
     update = ClientUpdate(instruction.client_id, state, num_examples, train_loss=1.0, num_steps=1)
     if instruction.config.dp_level == "client":  # what client.fit.fit_client does
-        update = privatize_update(update, instruction.state, instruction.config)
+        update = privatize_update(
+            update, instruction.state, instruction.config, noise or NoiseSource()
+        )
     return update
 
 
@@ -69,12 +75,36 @@ def test_noise_std_is_z_c_over_m(noise_at):
     state = {B: torch.zeros(400, 300)}  # 120,000 coordinates
     instructions = _instructions(run, state, list(range(10)))
     updates = [_reply(i, {}, 10) for i in instructions]
-    if noise_at == "clients":  # every reply already carries its share: N(0, z²C²/m)
+    if noise_at == "clients":  # every reply already carries its share: N(0, z²C²/D)
         share = updates[0].state[B].std().item()
         assert share == pytest.approx(2.0 / 10**0.5, rel=0.02)
     (mean,) = run.aggregation_input(1, state, updates)
     assert mean.state[B].mean().item() == pytest.approx(0.0, abs=0.002)
     assert mean.state[B].std().item() == pytest.approx(1.0 * 2.0 / 10, rel=0.02)
+
+
+def test_dropouts_leave_the_accounted_noise_in_the_released_sum():
+    # Every one of 4 clients each round (D = 4), noise at the clients: 2 drop, so their replies
+    # carry half the accounted variance; the server must add the other half. z = 1, C = 2:
+    # the released sum's noise has std z·C = 2, i.e. 0.5 on the mean over D = 4.
+    cfg, run = _run("privacy.noise_at=clients", "federation.fraction_fit=1.0", sizes=[5] * 4)
+    state = {B: torch.zeros(400, 300)}  # 120,000 coordinates
+    instructions = _instructions(run, state, [0, 1, 2, 3])
+    survivors = [_reply(i, {}, 5) for i in instructions[:2]]
+    (mean,) = run.aggregation_input(1, state, survivors)
+    released_sum = mean.state[B] * 4
+    assert released_sum.std().item() == pytest.approx(2.0, rel=0.02)
+    # without the server's top-up it would have been 2/√2 = 1.41: the test can tell them apart
+    assert abs(released_sum.std().item() - 2.0 / 2**0.5) > 0.5
+
+
+def test_an_empty_round_releases_the_noise():
+    # Poisson selection drew nobody: the server still releases x + N(0, z²C²)/D, never skips.
+    cfg, run = _run("federation.selection=poisson", "federation.sample_rate=0.5", sizes=[5] * 4)
+    state = {B: torch.zeros(300, 200)}
+    run.instruct([])
+    (mean,) = run.aggregation_input(1, state, [])
+    assert mean.state[B].std().item() == pytest.approx(1.0 * 2.0 / 2, rel=0.02)  # D = qN = 2
 
 
 def test_unweighted_mean_whatever_the_example_counts():
@@ -95,17 +125,25 @@ def test_unweighted_mean_whatever_the_example_counts():
     torch.testing.assert_close(new_state[B], torch.tensor([0.5, 0.5]))
 
 
-def test_server_clips_again_and_counts_clipped_fraction():
-    cfg, run = _run("federation.fraction_fit=0.5")
-    run.plan.update_noise_multiplier = 1e-9  # isolate the arithmetic from the noise
+def test_server_clips_again_and_reads_the_clip_bits_itself():
+    cfg, run = _run(
+        "federation.fraction_fit=0.5",
+        "privacy.adaptive_clip=true",
+        "privacy.count_noise_std=1e-4",
+        "privacy.noise_multiplier=1e-6",
+    )
     state = {B: torch.zeros(2)}
     instructions = _instructions(run, state, [0, 1])
     # client 1 ignores its instruction and sends an unclipped update of norm 10
     honest = _reply(instructions[0], {B: torch.tensor([0.0, 1.0])}, 1)
-    rogue = ClientUpdate(1, {B: torch.tensor([10.0, 0.0])}, 1, 1.0, 1, {"dp_unclipped": 0.0})
+    rogue = ClientUpdate(1, {B: torch.tensor([10.0, 0.0])}, 1, 1.0, 1)
+    assert "dp_unclipped" not in honest.metrics  # the server needs no bit from the client
     (mean,) = run.aggregation_input(1, state, [honest, rogue])
     torch.testing.assert_close(mean.state[B], torch.tensor([1.0, 0.5]))  # (2, 0) and (0, 1) / 2
-    assert run.round_metrics([honest, rogue])["clipped_fraction"] == 0.5
+    record = run.round_metrics()
+    # one of two within C: Σ(b − ½) = 0, so the noised estimate is ½ (count noise std 1e-4 / 2)
+    assert record["unclipped_estimate"] == pytest.approx(0.5, abs=1e-3)
+    assert "clipped_fraction" not in record
 
 
 def test_ffa_lora_noise_on_b_only():
@@ -117,16 +155,35 @@ def test_ffa_lora_noise_on_b_only():
     assert mean.state[B].abs().sum() > 0
 
 
-def test_noise_is_seeded_by_seed_and_round():
-    def noised(server_round, seed_extra=()):
-        _, run = _run("federation.fraction_fit=0.5", *seed_extra)
-        state = {B: torch.zeros(50)}
-        updates = [_reply(i, {}, 1) for i in _instructions(run, state, [0, 1])]
-        return run.aggregation_input(server_round, state, updates)[0].state[B]
+def _server_noise(*extra):
+    _, run = _run("federation.fraction_fit=0.5", *extra)
+    state = {B: torch.zeros(50)}
+    run.instruct([])
+    return run.aggregation_input(1, state, [])[0].state[B]
 
-    assert torch.equal(noised(1), noised(1))
-    assert not torch.equal(noised(1), noised(2))
-    assert not torch.equal(noised(1), noised(1, ("seed=8",)))
+
+def test_server_noise_is_secret_unless_reproducible():
+    # Same config, same seed: different noise, so nobody holding config.yaml can subtract it.
+    assert not torch.equal(_server_noise(), _server_noise())
+    # privacy.reproducible_noise restores seeded noise: same seed, same noise; another seed not
+    reproducible = ("privacy.reproducible_noise=true",)
+    assert torch.equal(_server_noise(*reproducible), _server_noise(*reproducible))
+    assert not torch.equal(_server_noise(*reproducible), _server_noise(*reproducible, "seed=8"))
+
+
+def test_a_clients_noise_does_not_depend_on_the_seed_the_server_sends(monkeypatch):
+    _, run = _run("privacy.noise_at=clients", "federation.fraction_fit=0.5")
+    state = {B: torch.zeros(1000)}
+    (instruction,) = _instructions(run, state, [0])
+
+    def noised(server_seed):
+        config = dataclasses.replace(instruction.config, seed=server_seed)
+        return _reply(FitInstruction(0, state, config), {}, 1).state[B]
+
+    assert not torch.equal(noised(1), noised(1))  # fresh secret entropy every round
+    # With the site's entropy held fixed, the server's seed changes nothing of the noise.
+    monkeypatch.setattr(randomness.secrets, "randbits", lambda bits: 12345)
+    assert torch.equal(noised(1), noised(2))
 
 
 def test_adaptive_clip_moves_c_towards_the_quantile():
@@ -143,7 +200,7 @@ def test_adaptive_clip_moves_c_towards_the_quantile():
         for i in _instructions(run, state, [0, 1, 2, 3])
     ]
     run.aggregation_input(1, state, updates)
-    record = run.round_metrics(updates)
+    record = run.round_metrics()
     assert record["clip_norm"] == 2.0
     assert record["next_clip_norm"] < 2.0
     assert record["next_clip_norm"] == pytest.approx(2.0 * 2.718281828 ** (-0.1), rel=0.05)

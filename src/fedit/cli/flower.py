@@ -45,6 +45,7 @@ def cmd_superlink(args: argparse.Namespace) -> int:
 
 
 def cmd_supernode(args: argparse.Namespace) -> int:
+    from fedit.client.site_policy import MAX_CLIP_KEY, MIN_NOISE_KEY
     from fedit.engines.flower_launch import (
         SUPERNODE_POLL_SECONDS,
         require_flower,
@@ -70,6 +71,10 @@ def cmd_supernode(args: argparse.Namespace) -> int:
         node_config["num-threads"] = args.threads
     if args.malicious:  # a simulated attacker: the run's attack.* (docs/robustness.md)
         node_config["malicious"] = True
+    if args.min_noise_multiplier is not None:  # the site's own privacy floor
+        node_config[MIN_NOISE_KEY] = args.min_noise_multiplier
+    if args.max_clip_norm is not None:
+        node_config[MAX_CLIP_KEY] = args.max_clip_norm
     command = supernode_command(
         args.superlink,
         node_config,
@@ -149,6 +154,19 @@ def _add_supernode_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="simulate an attacker on this site: it runs the run's attack.* settings",
     )
+    parser.add_argument(
+        "--min-noise-multiplier",
+        type=_positive,
+        metavar="Z",
+        help="this site's privacy floor: refuse any instruction whose noise multiplier z is "
+        "below Z, asks for no DP, or leaves the noise to the server (docs/privacy.md)",
+    )
+    parser.add_argument(
+        "--max-clip-norm",
+        type=_positive,
+        metavar="C",
+        help="this site's privacy floor: refuse any instruction whose clip norm exceeds C",
+    )
     parser.add_argument("--auth-key", help="ECDSA private key registered with the SuperLink")
     parser.add_argument(
         "--poll",
@@ -163,6 +181,16 @@ def _add_supernode_args(parser: argparse.ArgumentParser) -> None:
         help="load the base model in every message's ClientApp instead of keeping it loaded "
         "in a site worker (docs/deploy.md)",
     )
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return value
 
 
 def _non_negative(text: str) -> float:

@@ -74,7 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if communication := communication_line(outcome.history):
         out.print(communication)
     if privacy := final_epsilon_line(outcome.history):  # ε = 3 at δ = 1e-05 (client-level, RDP)
-        out.print(privacy, markup=False, highlight=False)
+        out.print(privacy, markup=False, highlight=False, soft_wrap=True)  # one line, unbroken
     out.print(f"report: {outcome.report}")
     out.print(f"global adapter: {outcome.run_dir / 'global_adapter'}")
     out.print(f"finished in {outcome.seconds / 60:.1f} min")

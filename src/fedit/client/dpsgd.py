@@ -12,7 +12,7 @@ which is post-processing. Per-example gradients come from opacus
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,8 +33,8 @@ from fedit.client.train import (
 from fedit.config import TrainConfig
 from fedit.data.preference import TokenizedPair
 from fedit.data.templates import TokenizedExample
-from fedit.privacy.mechanism import EXAMPLE_NOISE, noise_generator
 from fedit.privacy.per_example import clip_and_sum, per_example_gradients
+from fedit.privacy.randomness import EXAMPLE_NOISE, NoiseSource
 from fedit.types import AdapterState
 
 
@@ -44,7 +44,10 @@ class ExamplePrivacy:
 
     clip_norm: float  # C, per example
     noise_multiplier: float  # z: noise std z·C on each step's clipped sum
-    examples: int = 0  # examples drawn into batches over the run (the run counts them)
+    # The site's own randomness for the Poisson batches and the noise: the instruction's seed
+    # (which the server chose) decides neither.
+    noise: NoiseSource = field(default_factory=NoiseSource)
+    examples: int = 0  # examples drawn into batches over the run (the site's own diagnostics)
     clipped: int = 0  # of those, how many had their gradient clipped
 
 
@@ -123,8 +126,8 @@ def private_steps(privacy: ExamplePrivacy) -> Callable[..., StepStats]:
         optimizer = local_optimizer(params, named, objective, anchor, cfg, lr, device, scaled=False)
         rate = sample_rate(cfg, len(examples))
         expected_batch = rate * len(examples)
-        draws = np.random.default_rng([seed, EXAMPLE_NOISE])
-        noise = noise_generator(seed, EXAMPLE_NOISE)
+        del seed  # train_local seeded dropout with it; the private draws are the site's own
+        draws = privacy.noise.generator(EXAMPLE_NOISE)  # one generator: batches, then noise
         std = privacy.noise_multiplier * privacy.clip_norm
         total_steps = num_local_steps(cfg, len(examples))
         stats = StepStats([], 0, 0, 0.0)
@@ -142,7 +145,8 @@ def private_steps(privacy: ExamplePrivacy) -> Callable[..., StepStats]:
                     model, batch, cfg.micro_batch_size, trainable, privacy.clip_norm, step_loss
                 )
                 for name, param in sorted(trainable.items()):
-                    draw = torch.randn(param.shape, generator=noise, dtype=torch.float32) * std
+                    normal = draws.standard_normal(tuple(param.shape), np.float32)
+                    draw = torch.from_numpy(normal) * std
                     noised = result.gradients[name] + draw.to(param.device)
                     param.grad = (noised / expected_batch).to(param.dtype)
                 optimizer.step(step_lr)

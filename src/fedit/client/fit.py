@@ -16,8 +16,9 @@ from peft import PeftModel
 
 from fedit.client.attacks import forge_update
 from fedit.client.dpo import DPOLoss
-from fedit.client.dpsgd import ExamplePrivacy, private_steps, sample_rate
+from fedit.client.dpsgd import ExamplePrivacy, private_steps
 from fedit.client.loss import StepLoss
+from fedit.client.site_policy import SitePolicy, public_reply
 from fedit.client.train import LocalObjective, model_pad_token_id, train_local
 from fedit.config import AttackConfig, Config
 from fedit.model.lora import add_rank_adapter
@@ -47,6 +48,7 @@ def fit_client(
     instruction: FitInstruction,
     progress: Callable[[int, int, float], None] | None = None,
     attack: AttackConfig | None = None,
+    policy: SitePolicy | None = None,
 ) -> ClientUpdate:
     """Train from ``instruction.state`` as ``instruction.config`` says.
 
@@ -57,16 +59,25 @@ def fit_client(
         instruction: Adapter, ``FitConfig`` and tensor extras from the server.
         progress: Step callback, as for ``train_local``.
         attack: set on a malicious site (``client.attacks``): the reply is forged and marked.
+        policy: the site's own privacy floor and noise source (``client.site_policy``).
 
     Under ``dp_level=client`` the reply is the clipped (and, if told, noised) update
     (``privacy.mechanism.privatize_update``); under ``example`` the local run is DP-SGD
-    (``client.dpsgd``) and the metrics say how many examples it drew and clipped.
+    (``client.dpsgd``). Either way the site draws every noise and batch from its own
+    ``NoiseSource``, and the reply carries nothing per-client but the update
+    (``site_policy.public_reply``).
+
+    Raises:
+        InstructionRefusedError: the instruction's privacy is weaker than the site's floor.
 
     Returns:
         The update; with SCAFFOLD its ``extras["control_delta"]`` is
         ``Δc_i = (x − y_i) / Σ_t η_t − c`` (Karimireddy et al. 2020, option II).
     """
     config = instruction.config
+    policy = policy or SitePolicy()
+    policy.check(config, instruction.client_id)
+    noise = policy.noise_source(config.seed)
     objective = LocalObjective(proximal_mu=config.proximal_mu, trainable=config.trainable)
     server_control: AdapterState = {}
     if config.scaffold:
@@ -77,7 +88,7 @@ def fit_client(
         }
     example_privacy = None
     if config.dp_level == "example":
-        example_privacy = ExamplePrivacy(config.dp_clip_norm, config.dp_noise_multiplier)
+        example_privacy = ExamplePrivacy(config.dp_clip_norm, config.dp_noise_multiplier, noise)
     with _adapter_of_rank(model, cfg, config.rank):
         update = train_local(
             model,
@@ -99,12 +110,8 @@ def fit_client(
             for name in server_control
         }
     if config.dp_level == "client":
-        update = privatize_update(update, instruction.state, config)
-    if example_privacy is not None:
-        update.metrics["dp_examples"] = example_privacy.examples
-        update.metrics["dp_examples_clipped"] = example_privacy.clipped
-        update.metrics["dp_sample_rate"] = sample_rate(cfg.train, len(examples))
-        update.metrics["dp_steps"] = update.num_steps
+        update = privatize_update(update, instruction.state, config, noise)
+    update = public_reply(update, config)
     if attack is not None:  # after the honest privatisation: an attacker sends what it likes
         forge_update(update, instruction.state, attack, config.seed)
     return update

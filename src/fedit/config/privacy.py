@@ -44,7 +44,8 @@ class PrivacyConfig:
         None, "ε to spend over federation.rounds; z is calibrated before round 1"
     )
     delta: float | None = option(
-        None, "δ; default 1/N^1.1 with N the clients (client level) or training examples"
+        None,
+        "δ; default min(1e-5, 1/N^1.1) with N the clients (client level) or training examples",
     )
     accountant: str = option("rdp", "rdp or pld (dp-accounting); pld is tighter, slower")
     adaptive_clip: bool = option(
@@ -57,11 +58,30 @@ class PrivacyConfig:
     count_noise_std: float | None = option(
         None, "adaptive_clip: std of the noise on the unclipped count; default clients/round / 20"
     )
+    reproducible_noise: bool = option(
+        False,
+        "tests and debugging only: draw the noise, DP-SGD's batches and private selection from "
+        "seed instead of secret entropy; every ε of the run is then reported void",
+    )
+    site_min_noise_multiplier: float | None = option(
+        None,
+        "in-process engine: every simulated site refuses an instruction with a lower z (a "
+        "Flower site: fedit flower supernode --min-noise-multiplier)",
+    )
+    site_max_clip_norm: float | None = option(
+        None,
+        "in-process engine: every simulated site refuses an instruction with a larger C (a "
+        "Flower site: fedit flower supernode --max-clip-norm)",
+    )
 
     def validate(self) -> list[str]:
         problems = check_choice("privacy.level", self.level, PRIVACY_LEVELS)
         problems += check_choice("privacy.noise_at", self.noise_at, NOISE_AT)
         problems += check_choice("privacy.accountant", self.accountant, ACCOUNTANTS)
+        for key in ("site_min_noise_multiplier", "site_max_clip_norm"):
+            value = getattr(self, key)
+            if value is not None and not value > 0:
+                problems.append(f"privacy.{key}: must be > 0, got {value}")
         if self.level == "none":
             return problems
         if not self.clip_norm > 0:

@@ -96,17 +96,16 @@ class Config:
 
     def _privacy_combinations(self) -> list[str]:
         """What DP does not compose with that the other sections add (issues 13 and 14)."""
-        level = self.privacy.level
-        if level == "none":
+        # Example level: each reply is a client's own DP-SGD output, so a defence judging it is
+        # post-processing and composes; only client level turns the replies into one mean.
+        if self.privacy.level != "client" or self.robust.method == "none":
             return []
-        problems = []
-        if self.robust.method != "none":
-            problems.append(
-                f"robust.method: {self.robust.method} judges each client's update, but under "
-                f"privacy.level={level} the strategy sees only the noised mean; use "
-                "robust.method=none with DP (clipping already bounds every client's influence)"
-            )
-        return problems
+        return [
+            f"robust.method: {self.robust.method} judges each client's update, but under "
+            "privacy.level=client the strategy sees only the noised mean of the clipped "
+            "updates; use robust.method=none (clipping already bounds every client's "
+            "influence), or privacy.level=example, where each update is judged as sent"
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

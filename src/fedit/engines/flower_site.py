@@ -11,6 +11,11 @@ A site names its data in its node config:
 ``malicious=true`` makes the site an attacker: it runs the run's ``attack`` section (poisoned
 data, forged replies; ``client.attacks``), as ``attack.clients`` does in-process.
 
+``min-noise-multiplier=Z`` and ``max-clip-norm=C`` are the site's privacy floor: it refuses an
+instruction with weaker DP (``client.site_policy``); ``reproducible-noise=true`` is the site's
+own opt-in to seeded noise (tests only). The run config, which the server writes, sets none of
+them.
+
 ``num-threads=T`` sets torch's threads for training. SuperNodes that share one machine train at
 once; each with torch's default (every core) makes them fight over the cores, which on 2 cores
 made one training step several times slower.
@@ -42,6 +47,7 @@ import torch
 
 from fedit.client.attacks import poison_examples, site_attack
 from fedit.client.fit import fit_client
+from fedit.client.site_policy import SitePolicy
 from fedit.config import Config, ConfigError, ModelConfig, save_config
 from fedit.data.prepare import prepare_data, tokenize_training
 from fedit.data.sources import load_examples
@@ -258,9 +264,12 @@ def train_site(
             f"instruction for client {instruction.client_id} reached client {site.client_id}"
         )
     attack = site_attack(cfg.attack, is_malicious(node_config))
-    update = fit_client(site.model, site.examples, cfg, instruction, attack=attack)
-    update.metrics["load_seconds"] = site.load_seconds
-    update.metrics["model_loaded"] = float(site.model_loaded)
+    # The site's privacy floor and noise are its own node config's, never the run config's.
+    policy = SitePolicy.from_node_config(node_config)
+    update = fit_client(site.model, site.examples, cfg, instruction, attack=attack, policy=policy)
+    if instruction.config.dp_level == "none":  # timings say nothing to add under DP either
+        update.metrics["load_seconds"] = site.load_seconds
+        update.metrics["model_loaded"] = float(site.model_loaded)
     if node_config.get(TEST_FAULT_KEY) == "nan":
         name = sorted(update.state)[0]
         log.warning("test-fault nan: replying with NaN in %s", name)

@@ -134,7 +134,7 @@ def _encode_upload(update: ClientUpdate, instruction: FitInstruction) -> bytes:
     else:
         payload = {name: update.state[name] - received[name] for name in keys}
     encoded = encode_state(payload, config.compression)
-    if config.compression != "none":
+    if config.compression != "none" and config.dp_level == "none":  # data-dependent under DP
         update.metrics["compression_error"] = reconstruction_error(payload, decode_state(encoded))
     return encoded
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from fedit.client.attacks import attacker_ids, site_attack
 from fedit.client.fit import fit_client
+from fedit.client.site_policy import InstructionRefusedError, SitePolicy
 from fedit.client.train import num_local_steps
 from fedit.config import Config
 from fedit.engines.messages import (
@@ -45,6 +46,8 @@ class SimulationTransport:
         self.observer = observer or RunObserver()
         # The malicious sites (attack.clients / attack.fraction); they run client.attacks.
         self.attackers = set(attacker_ids(cfg.attack, len(client_data), cfg.seed))
+        # Every simulated site's privacy floor and noise source (privacy.site_*).
+        self.policy = SitePolicy.from_config(cfg.privacy)
 
     @property
     def client_sizes(self) -> list[int]:
@@ -57,8 +60,8 @@ class SimulationTransport:
         for instruction in instructions:
             try:
                 updates.append(self._fit_one(instruction))
-            except MalformedReplyError as err:
-                log.warning("%s", err)
+            except (MalformedReplyError, InstructionRefusedError) as err:
+                log.warning("%s", err)  # the round goes on without it, as over Flower
         return updates
 
     def _fit_one(self, instruction: FitInstruction) -> ClientUpdate:
@@ -70,7 +73,13 @@ class SimulationTransport:
         self.observer.on_client_start(client_id, num_local_steps(self.cfg.train, len(examples)))
         attack = site_attack(self.cfg.attack, client_id in self.attackers)
         update = fit_client(
-            self.model, examples, self.cfg, received, self.observer.on_step, attack=attack
+            self.model,
+            examples,
+            self.cfg,
+            received,
+            self.observer.on_step,
+            attack=attack,
+            policy=self.policy,
         )
         upload = pack_update(update, received)
         reply = unpack_update(upload, instruction)  # what the server sees

@@ -37,7 +37,13 @@ from dp_accounting import dp_event
 from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
 
+from fedit.config import ConfigError
+
 SAMPLINGS = ("poisson", "fixed", "all")
+
+
+class AccountingError(ConfigError):
+    """The accountant gave no valid ε (NaN or negative): the run stops rather than report one."""
 
 
 @dataclass(frozen=True)
@@ -156,10 +162,11 @@ def make_accountant(kind: str, relation: Relation) -> dp_accounting.PrivacyAccou
 
 
 def epsilon(event: dp_event.DpEvent, delta: float, kind: str, relation: Relation) -> float:
-    """ε at ``delta`` of ``event`` (0 for a count of zero).
+    """ε at ``delta`` of ``event``, never a made-up value: this fails closed.
 
     Raises:
         ValueError: the accountant cannot analyse the event (dp-accounting's reason).
+        AccountingError: the accountant returned NaN or a negative ε.
     """
     accountant = make_accountant(kind, relation)
     try:
@@ -168,7 +175,12 @@ def epsilon(event: dp_event.DpEvent, delta: float, kind: str, relation: Relation
         raise ValueError(f"privacy.accountant={kind}: {err}") from None
     with _quiet_absl():
         value = float(accountant.get_epsilon(delta))
-    return 0.0 if value < 0 or math.isnan(value) else value
+    if math.isnan(value) or value < 0:
+        raise AccountingError(
+            f"privacy.accountant={kind}: dp-accounting returned ε={value} at δ={delta:g}; "
+            "the run stops rather than report a guarantee it cannot state"
+        )
+    return value
 
 
 def calibrate_noise(

@@ -1,9 +1,10 @@
-"""The Gaussian mechanism on LoRA updates: L2 clipping, seeded noise, the private mean.
+"""The Gaussian mechanism on LoRA updates: L2 clipping, a client's noise share, the private mean.
 
 An update Δ_i is the change of the LoRA tensors a client trains, taken as one vector (keys in
 sorted order). DP-FedAvg (McMahan et al. 2018) clips each Δ_i to norm C, sums, adds
-N(0, z²C²) per coordinate (at the server, or as N(0, z²C²/m) from each of m clients), and
-divides by a fixed denominator D (the expected number of clients), so the global step is
+N(0, z²C²) per coordinate (at the server, or as N(0, z²C²/D) from each client, the server
+adding what missing replies took with them), and divides by a fixed denominator D (the
+expected number of clients), so the global step is
 x + (Σ clip(Δ_i) + noise) / D. The weights are uniform whatever the data sizes: with
 example-weighted means the sensitivity would be C·max w_i, not C/D.
 """
@@ -12,20 +13,16 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
+from fedit.privacy.randomness import (
+    CLIENT_COUNT_NOISE,
+    CLIENT_UPDATE_NOISE,
+    NoiseSource,
+    gaussian_noise,
+    gaussian_scalar,
+)
 from fedit.types import AdapterState, ClientUpdate, FitConfig
-
-# Tags that keep each noise stream apart from the others drawn from the same seed.
-SERVER_UPDATE_NOISE, SERVER_COUNT_NOISE, CLIENT_UPDATE_NOISE, CLIENT_COUNT_NOISE = 1, 2, 3, 4
-EXAMPLE_NOISE = 5
-
-
-def noise_generator(*seed_parts: int) -> torch.Generator:
-    """A CPU generator seeded from ``seed_parts``, e.g. (seed, round, tag) or (client seed, tag)."""
-    seed = int(np.random.SeedSequence([int(p) for p in seed_parts]).generate_state(1)[0])
-    return torch.Generator().manual_seed(seed)
 
 
 def trained_names(state: AdapterState, trainable: str) -> list[str]:
@@ -54,37 +51,48 @@ def clip(delta: AdapterState, clip_norm: float) -> tuple[AdapterState, float]:
     return {n: t * scale for n, t in delta.items()}, norm
 
 
-def gaussian_noise(like: AdapterState, std: float, generator: torch.Generator) -> AdapterState:
-    """N(0, std²) per coordinate, shaped like ``like``, drawn in sorted key order."""
-    return {
-        n: torch.randn(like[n].shape, generator=generator, dtype=torch.float32) * std
-        for n in sorted(like)
-    }
+def client_noise_std(config: FitConfig) -> float:
+    """A client's share of the update noise: z·C/√D (0 when the server adds the noise).
+
+    D (``dp_noise_shares``) is the plan's expected number of clients per round, never the
+    round's actual count, which would tell a client how many others were drawn.
+    """
+    if config.dp_noise_shares <= 0:
+        return 0.0
+    return config.dp_noise_multiplier * config.dp_clip_norm / math.sqrt(config.dp_noise_shares)
 
 
-def privatize_update(update: ClientUpdate, start: AdapterState, config: FitConfig) -> ClientUpdate:
+def unclipped_bit(norm: float, clip_norm: float) -> float:
+    """b = 1[‖Δ‖ ≤ C], the bit adaptive clipping counts."""
+    return 1.0 if norm <= clip_norm else 0.0
+
+
+def privatize_update(
+    update: ClientUpdate, start: AdapterState, config: FitConfig, noise: NoiseSource
+) -> ClientUpdate:
     """A client's side of DP-FedAvg: clip its update to C and, if told, add its noise share.
 
-    The reply's state becomes start + clip(Δ) (+ N(0, dp_update_noise_std²)). Its metrics
-    carry ``dp_unclipped``, 1 if ‖Δ‖ ≤ C (adaptive clipping counts these), plus the count
-    noise share when the clients add the noise.
+    The reply's state becomes start + clip(Δ) (+ N(0, z²C²/D) drawn from the client's own
+    ``noise``). With the clients adding the noise and adaptive clipping on, its metrics carry
+    ``dp_unclipped``: the bit b plus the client's share of the count noise, σ_b/√D; with the
+    server adding the noise, the server reads b off the clipped update itself, so nothing
+    else leaves the client.
     """
     names = trained_names(start, config.trainable)
     clipped, norm = clip(update_delta(update.state, start, names), config.dp_clip_norm)
-    if config.dp_update_noise_std > 0:
-        noise = gaussian_noise(
-            clipped, config.dp_update_noise_std, noise_generator(config.seed, CLIENT_UPDATE_NOISE)
-        )
-        clipped = {n: t + noise[n] for n, t in clipped.items()}
-    unclipped = 1.0 if norm <= config.dp_clip_norm else 0.0
-    if config.dp_count_noise_std > 0:
-        generator = noise_generator(config.seed, CLIENT_COUNT_NOISE)
-        unclipped += float(torch.randn((), generator=generator)) * config.dp_count_noise_std
+    std = client_noise_std(config)
+    if std > 0:
+        shares = gaussian_noise(clipped, std, noise.generator(CLIENT_UPDATE_NOISE))
+        clipped = {n: t + shares[n] for n, t in clipped.items()}
+    if std > 0 and config.dp_count_noise_std > 0:
+        count_std = config.dp_count_noise_std / math.sqrt(config.dp_noise_shares)
+        generator = noise.generator(CLIENT_COUNT_NOISE)
+        bit = unclipped_bit(norm, config.dp_clip_norm) + gaussian_scalar(count_std, generator)
+        update.metrics["dp_unclipped"] = bit
     state = dict(update.state)
     for name in names:
         state[name] = start[name].detach().float().cpu() + clipped[name]
     update.state = state
-    update.metrics["dp_unclipped"] = unclipped
     return update
 
 
@@ -95,7 +103,7 @@ def private_mean(
     denominator: float,
     clip_norm: float | None,
     noise: AdapterState | None,
-) -> tuple[AdapterState, int]:
+) -> tuple[AdapterState, list[float]]:
     """x + (Σ_i clip(Δ_i) + noise) / D over ``names``; other tensors stay as in x.
 
     Args:
@@ -105,18 +113,19 @@ def private_mean(
         denominator: D, fixed by the sampling, never the number of replies.
         clip_norm: Clip each Δ_i again (a trusted server enforces C itself); None when the
             replies carry the clients' noise, which must not be clipped away.
-        noise: The server's N(0, z²C²) per coordinate, or None.
+        noise: The noise the server adds per coordinate (all of N(0, z²C²), or what the
+            replies lack of it), or None.
 
     Returns:
-        The noised mean state and how many replies the server had to clip.
+        The noised mean state, and each reply's ‖Δ_i‖ as received (before the server's clip).
     """
     total = {n: torch.zeros(global_state[n].shape, dtype=torch.float32) for n in names}
-    clipped_count = 0
+    received_norms = []
     for update in updates:
         delta = update_delta(update.state, global_state, names)
+        received_norms.append(global_norm(delta))
         if clip_norm is not None:
-            delta, norm = clip(delta, clip_norm)
-            clipped_count += norm > clip_norm * (1 + 1e-6)
+            delta, _ = clip(delta, clip_norm)
         for n in names:
             total[n].add_(delta[n])
     mean = {n: t.detach().float().cpu().clone() for n, t in global_state.items()}
@@ -124,4 +133,4 @@ def private_mean(
         if noise is not None:
             total[n].add_(noise[n])
         mean[n].add_(total[n] / denominator)
-    return mean, clipped_count
+    return mean, received_norms

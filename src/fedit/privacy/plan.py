@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dp_accounting import dp_event
 from dp_accounting.dp_event import DpEvent
 
 from fedit.config import Config, ConfigError
@@ -29,6 +30,7 @@ from fedit.privacy.accountant import (
     round_event,
     update_multiplier,
 )
+from fedit.privacy.threats import guarantee_clause, threat_model
 
 PLAN_FILE = "privacy.json"
 
@@ -42,7 +44,7 @@ class PrivacyPlan:
     noise_multiplier: float  # z: total (update and count) noise std / C on the sum
     clip_norm: float  # C before round 1 (adaptive clipping moves it)
     delta: float
-    delta_is_default: bool  # δ = 1/N^1.1
+    delta_is_default: bool  # δ = min(1e-5, 1/N^1.1)
     population: int  # N: clients (client level) or training examples (example level)
     rounds: int  # the rounds a target ε was calibrated for (the budget)
     target_epsilon: float | None = None
@@ -55,6 +57,10 @@ class PrivacyPlan:
     target_quantile: float = 0.5
     clip_lr: float = 0.2
     client_sizes: list[int] = dataclasses.field(default_factory=list)  # what it was made for
+    reproducible_noise: bool = False  # the noise follows from the seed: every ε is void
+    upload_epsilon: float | None = None  # noise_at=clients: ε₁ of one upload against the server
+    # Against whom ε holds (privacy.threats): party -> {"learns", "guarantee"}, saved with it.
+    threat_model: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
 
     @property
     def client_sampling(self) -> Sampling:
@@ -65,6 +71,25 @@ class PrivacyPlan:
         if self.level == "example":
             return Relation.ADD_OR_REMOVE_ONE
         return self.client_sampling.relation
+
+    @property
+    def selection_is_private(self) -> bool:
+        """Whether the accountant counts on the round's clients being secret (amplification by
+        sampling): client level with Poisson or fixed-size sampling of some of the clients."""
+        return self.level == "client" and self.sampling in ("poisson", "fixed")
+
+    def describe_threats(self) -> None:
+        """Fill ``threat_model`` and ``upload_epsilon`` for this plan's level and noise_at."""
+        model = threat_model(self.level, self.noise_at)
+        self.threat_model = {p: dataclasses.asdict(e) for p, e in model.items()}
+        if self.level == "client" and self.noise_at == "clients":
+            # One upload, seen by the server: clip(Δ) + N(0, z²C²/D). Swapping the client's
+            # data moves it by up to 2C (replace-one), so its multiplier is z/(2√D).
+            shares = max(self.client_sampling.expected_size, 1.0)
+            event = dp_event.GaussianDpEvent(self.update_noise_multiplier / (2 * shares**0.5))
+            self.upload_epsilon = epsilon(
+                event, self.delta, self.accountant, Relation.ADD_OR_REMOVE_ONE
+            )
 
     def client_epsilon(self, rounds: int) -> float:
         """ε after ``rounds`` client-level rounds."""
@@ -101,18 +126,37 @@ class PrivacyPlan:
             ) from None
 
 
+RELATIONS = {"add_or_remove_one": "add/remove", "replace_one": "replace-one"}
+
+VOID_REASON = (
+    "privacy.reproducible_noise=true: the noise follows from the config's seed, so anyone "
+    "holding config.yaml can remove it"
+)
+
+
 def epsilon_line(record: dict[str, Any]) -> str:
-    """A round's ``privacy`` record as one line: ``ε = 3.2 at δ = 1e-05 (client-level, RDP)``."""
+    """A round's ``privacy`` record as one line, naming the neighbouring relation and against
+    whom it holds, e.g. ``ε = 3 at δ = 1e-05 (client-level, add/remove, RDP) against: another
+    client and the public; not against the server (noise added at the server)``."""
+    if record.get("void"):
+        return f"ε void: reproducible noise ({record['void']})"
     largest = " (largest over clients)" if record["level"] == "example" else ""
-    return (
+    relation = RELATIONS.get(str(record.get("relation")), "")
+    details = ", ".join(p for p in (f"{record['level']}-level", relation) if p)
+    line = (
         f"ε = {record['epsilon']:.3g}{largest} at δ = {record['delta']:.3g} "
-        f"({record['level']}-level, {str(record['accountant']).upper()})"
+        f"({details}, {str(record['accountant']).upper()})"
     )
+    if "noise_at" in record or record["level"] == "example":
+        noise_at = record.get("noise_at", "server")
+        line += " " + guarantee_clause(record["level"], noise_at, record.get("upload_epsilon"))
+    return line
 
 
 def default_delta(population: int) -> float:
-    """1/N^1.1: smaller than 1/N, as a δ must be to mean anything."""
-    return float(max(population, 2) ** -1.1)
+    """min(1e-5, 1/N^1.1): smaller than 1/N, as a δ must be to mean anything, and no larger
+    than the customary 1e-5, so that N·δ stays far below one whole leaked record."""
+    return float(min(1e-5, max(population, 2) ** -1.1))
 
 
 def client_sampling(cfg: Config, num_clients: int, fixed_size: int) -> Sampling:
@@ -134,6 +178,7 @@ def _base_plan(cfg: Config, population: int) -> PrivacyPlan:
         clip_norm=privacy.clip_norm,
         delta=privacy.delta if privacy.delta is not None else default_delta(population),
         delta_is_default=privacy.delta is None,
+        reproducible_noise=privacy.reproducible_noise,
         population=population,
         rounds=cfg.federation.rounds,
         target_epsilon=privacy.target_epsilon,

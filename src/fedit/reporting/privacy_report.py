@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fedit.privacy.plan import PLAN_FILE, epsilon_line
+from fedit.privacy.plan import PLAN_FILE, VOID_REASON, epsilon_line
+from fedit.privacy.threats import PARTIES
 from fedit.reporting.summary import fmt
 
 
@@ -23,7 +24,7 @@ def final_epsilon_line(history: list[dict[str, Any]]) -> str | None:
 
 
 def _plan_lines(plan: dict[str, Any]) -> list[str]:
-    delta_note = " (default 1/N^1.1)" if plan.get("delta_is_default") else ""
+    delta_note = " (default min(1e-5, 1/N^1.1))" if plan.get("delta_is_default") else ""
     noun = "clients" if plan["level"] == "client" else "training examples"
     lines = [
         f"- Level: **{plan['level']}**, accountant {plan['accountant'].upper()} (dp-accounting)",
@@ -53,21 +54,40 @@ def _plan_lines(plan: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _threat_lines(plan: dict[str, Any]) -> list[str]:
+    """Against whom the guarantee holds, as the plan states it (``privacy.threats``)."""
+    model = plan.get("threat_model") or {}
+    if not model:
+        return []
+    lines = ["| who | learns | guarantee |", "|---|---|---|"]
+    for party, name in PARTIES.items():
+        if party in model:
+            lines.append(f"| {name} | {model[party]['learns']} | {model[party]['guarantee']} |")
+    if plan.get("upload_epsilon") is not None:
+        lines += ["", f"ε₁ of one upload against the server: {plan['upload_epsilon']:.3g}."]
+    if plan.get("reproducible_noise"):
+        lines += ["", f"**ε void: {VOID_REASON}.**"]
+    return lines
+
+
 def privacy_section(run_dir: Path, history: list[dict[str, Any]]) -> list[str]:
     """Markdown lines of the section, or [] for a run without differential privacy."""
     path = run_dir / PLAN_FILE
     if not path.is_file():
         return []
     plan = json.loads(path.read_text(encoding="utf-8"))
-    lines = ["## Privacy", "", *_plan_lines(plan), ""]
+    lines = ["## Privacy", "", *_plan_lines(plan), "", *_threat_lines(plan), ""]
     rounds = [r for r in history if r.get("privacy")]
     if rounds:
-        lines += ["| round | ε so far | clip C | clipped fraction |", "|---|---|---|---|"]
+        lines += [
+            "| round | ε so far | clip C | unclipped fraction (noised) |",
+            "|---|---|---|---|",
+        ]
         for record in rounds:
             privacy = record["privacy"]
             lines.append(
                 f"| {record['round']} | {fmt(privacy['epsilon'], 3)} | "
-                f"{fmt(privacy['clip_norm'], 4)} | {fmt(privacy.get('clipped_fraction'), 3)} |"
+                f"{fmt(privacy['clip_norm'], 4)} | {fmt(privacy.get('unclipped_estimate'), 3)} |"
             )
         spent = sorted((rounds[-1]["privacy"].get("epsilon_per_client") or {}).values())
         if spent:

@@ -105,7 +105,8 @@ def _round_table(history: list[dict[str, Any]]) -> list[str]:
         evaluation = record.get("eval") or {}
         comm = record.get("communication") or {}
         moved = f"{_mb(comm['bytes_down'])} / {_mb(comm['bytes_up'])}" if comm else "–"
-        clients = ", ".join(map(str, record["selected_clients"]))
+        # A private run with secret selection records no clients (docs/privacy.md).
+        clients = ", ".join(map(str, record.get("selected_clients", []))) or "secret"
         if record.get("dropped_clients"):
             clients += f" (dropped {', '.join(map(str, record['dropped_clients']))})"
         lines.append(

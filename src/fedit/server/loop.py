@@ -57,6 +57,7 @@ def enough_replies(
     selection: Selection,
     instructions: list[FitInstruction],
     updates: list[ClientUpdate],
+    always_release: bool = False,
 ) -> bool:
     """Whether a round aggregates: the one place that judges how many clients replied.
 
@@ -64,7 +65,10 @@ def enough_replies(
     replied malformed) are logged; if they leave fewer than ``federation.min_fit_clients``
     replies, the run stops naming them. A shortfall caused only by selected clients that
     went offline (``federation.selection=availability``: never asked) skips the round and
-    keeps the global adapter, as a server does when devices go away.
+    keeps the global adapter, as a server does when devices go away. With
+    ``always_release`` (client-level DP) no round is skipped: a skip would tell who reads the
+    checkpoints that the secret sample was small, and the accountant assumed a release every
+    round; the server's noise makes up for the missing replies.
 
     Raises:
         RoundFailedError: too few replies because clients failed.
@@ -72,7 +76,7 @@ def enough_replies(
     needed = max(1, cfg.federation.min_fit_clients)
     answered = {update.client_id for update in updates}
     failed = sorted(i.client_id for i in instructions if i.client_id not in answered)
-    if len(updates) >= needed:
+    if len(updates) >= needed or (always_release and not failed):
         if failed:
             log.warning("round %d: going on without clients %s", server_round, failed)
         return True
@@ -157,8 +161,9 @@ def run_rounds(
     for server_round in range(first_round, cfg.federation.rounds + 1):
         started = time.perf_counter()
         lr = round_lr(cfg, server_round)
+        selection_seed = privacy.selection_seed(server_round) if privacy is not None else None
         selection, instructions = strategy.configure_fit(
-            server_round, state, transport.client_sizes, lr
+            server_round, state, transport.client_sizes, lr, selection_seed
         )
         if privacy is not None:
             instructions = privacy.instruct(instructions)
@@ -166,7 +171,8 @@ def run_rounds(
         updates = transport.fit(instructions, server_round)
         fit_done = time.perf_counter()
         aggregation: dict[str, Any] = {}
-        if enough_replies(cfg, server_round, selection, instructions, updates):
+        release = privacy is not None and privacy.plan.level == "client"
+        if enough_replies(cfg, server_round, selection, instructions, updates, release):
             replies = updates
             if privacy is not None:
                 replies = privacy.aggregation_input(server_round, state, updates)
@@ -201,7 +207,8 @@ def run_rounds(
             aggregation=aggregation,
         ).to_json()
         if privacy is not None:
-            record["privacy"] = privacy.round_metrics(updates)
+            record = privacy.public_record(record)
+            record["privacy"] = privacy.round_metrics()
         server.save_adapter(state, run_dir.round_dir(server_round))
         history.append(record)
         run_dir.write_metrics(history)
@@ -227,7 +234,7 @@ def _since(started: float) -> float:
 
 def _summary(record: dict[str, Any]) -> str:
     losses = list(record["train_loss"].values())
-    parts = [f"clients {record['selected_clients']}"]
+    parts = [f"clients {record['selected_clients']}"] if "selected_clients" in record else []
     if losses:
         parts.append(f"train loss {sum(losses) / len(losses):.4f}")
     evaluation = record.get("eval") or {}

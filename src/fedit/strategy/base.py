@@ -32,7 +32,12 @@ class Strategy(ABC):
         self.num_clients = federation.num_clients
 
     def configure_fit(
-        self, server_round: int, global_state: AdapterState, client_sizes: list[int], lr: float
+        self,
+        server_round: int,
+        global_state: AdapterState,
+        client_sizes: list[int],
+        lr: float,
+        selection_seed: int | None = None,
     ) -> tuple[Selection, list[FitInstruction]]:
         """Select this round's clients (seeded per round) and build one instruction each.
 
@@ -41,6 +46,8 @@ class Strategy(ABC):
             global_state: The current global adapter.
             client_sizes: Training examples per client (weighted selection uses them).
             lr: The round's client learning rate.
+            selection_seed: Draw the selection from this seed instead of the run's (DP's
+                secret selection, ``server.privacy.PrivacyRun.selection_seed``).
 
         Returns:
             The selection (with dropouts, if any) and instructions for the clients that answer.
@@ -48,7 +55,8 @@ class Strategy(ABC):
         self.num_clients = len(client_sizes)
         federation = self.cfg.federation
         count = num_selected(len(client_sizes), federation.fraction_fit, federation.min_fit_clients)
-        selection = self.selector(server_round, client_sizes, count, self.cfg.seed)
+        seed = self.cfg.seed if selection_seed is None else selection_seed
+        selection = self.selector(server_round, client_sizes, count, seed)
         instructions = [
             FitInstruction(
                 client_id=client_id,
