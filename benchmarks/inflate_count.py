@@ -24,7 +24,7 @@ import time
 import torch
 from common import record
 
-from fedit.config import load_config
+from fedit.config import DEFENCES, load_config
 from fedit.robust.defended import Defended
 from fedit.robust.verdicts import Weighting
 from fedit.strategy import build_strategy
@@ -35,15 +35,6 @@ MODULES = ("q_proj", "v_proj")
 NUM_HONEST, CLAIMED = 9, 10**9
 ATTACKER = NUM_HONEST  # the attacker's client id
 STEP = 0.02  # the shared direction's and each client's noise scale, per factor entry
-DEFENCES = (
-    "none",
-    "norm_bound",
-    "krum",
-    "multi_krum",
-    "geometric_median",
-    "trimmed_mean",
-    "median",
-)
 # attack.inflated_kind and λ: scale ×10 (model replacement), sign_flip ×1, an honest update.
 ATTACKS = {"scale ×10": ("scale", 10.0), "sign_flip ×1": ("sign_flip", -1.0), "none": ("none", 1.0)}
 
