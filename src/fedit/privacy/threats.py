@@ -79,7 +79,8 @@ def _client_level(noise_at: str) -> dict[str, Exposure]:
             ),
             "client": others,
             "eavesdropper": Exposure(
-                f"{TLS_ONLY}; without TLS, the clipped updates", "with TLS, nothing of the data"
+                f"{TLS_ONLY}; without TLS, the clipped updates",
+                "with TLS, nothing of the data; without, no guarantee",
             ),
             "public": published,
         }

@@ -54,9 +54,16 @@ class Defended(Strategy):
         self.weighting = weighting
 
     def configure_fit(
-        self, server_round: int, global_state: AdapterState, client_sizes: list[int], lr: float
+        self,
+        server_round: int,
+        global_state: AdapterState,
+        client_sizes: list[int],
+        lr: float,
+        selection_seed: int | None = None,
     ) -> tuple[Selection, list[FitInstruction]]:
-        return self.inner.configure_fit(server_round, global_state, client_sizes, lr)
+        return self.inner.configure_fit(
+            server_round, global_state, client_sizes, lr, selection_seed
+        )
 
     def state_dict(self) -> StrategyState:
         return self.inner.state_dict()
