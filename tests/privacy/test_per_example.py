@@ -12,8 +12,8 @@ from fedit.client.batching import collate
 from fedit.client.dpo import DPOLoss
 from fedit.client.dpsgd import clipped_gradient_sum
 from fedit.client.fit import fit_client
-from fedit.client.site_policy import SitePolicy
 from fedit.client.loss import TokenLoss
+from fedit.client.site_policy import SitePolicy
 from fedit.client.train import model_pad_token_id, token_loss_sum
 from fedit.config import Config, DPOConfig, LoraConfig, ModelConfig, TrainConfig
 from fedit.data.preference import tokenize_pairs
