@@ -224,3 +224,20 @@ def test_an_empty_poisson_round_releases_noise_instead_of_skipping(tiny_model_di
     # LoRA's B starts at zero; with nobody drawn only the server's noise can have moved it.
     b_tensors = [t for name, t in released.items() if "lora_B" in name]
     assert b_tensors and all(t.abs().sum() > 0 for t in b_tensors)
+
+
+def test_example_level_composes_with_a_defence(tiny_model_dir, tmp_path):
+    # Each reply is the client's own DP-SGD output, so a defence judging it is post-processing:
+    # allowed at example level (client level is refused above, where only the noised mean exists).
+    run = tmp_path / "run"
+    args = [
+        "federation.rounds=1",
+        "privacy.level=example",
+        "privacy.noise_multiplier=1.0",
+        "robust.method=median",
+        "eval.generate=false",
+    ]
+    run_experiment(load_config(QUICKSTART, tiny_args(tiny_model_dir, run, *args)))
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["aggregation"]["robust"]["method"] == "median"
+    assert record["privacy"]["epsilon"] > 0
