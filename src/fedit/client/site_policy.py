@@ -99,7 +99,7 @@ class SitePolicy:
         return cls(
             min_noise_multiplier=minimum or 0.0,
             max_clip_norm=_positive(node_config, MAX_CLIP_KEY),
-            reproducible_noise=_boolean(node_config, REPRODUCIBLE_KEY),
+            reproducible_noise=node_flag(node_config, REPRODUCIBLE_KEY),
         )
 
     @classmethod
@@ -134,7 +134,12 @@ def _positive(node_config: dict[str, Any], key: str) -> float | None:
     return value
 
 
-def _boolean(node_config: dict[str, Any], key: str) -> bool:
+def node_flag(node_config: dict[str, Any], key: str) -> bool:
+    """A boolean node-config entry (Flower passes ``true`` as a string or a bool); absent: False.
+
+    Raises:
+        ConfigError: a value that is not a boolean, naming the key.
+    """
     value = node_config.get(key, False)
     if isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"

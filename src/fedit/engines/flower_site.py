@@ -47,7 +47,7 @@ import torch
 
 from fedit.client.attacks import poison_examples, site_attack
 from fedit.client.fit import fit_client
-from fedit.client.site_policy import SitePolicy
+from fedit.client.site_policy import SitePolicy, node_flag
 from fedit.config import Config, ConfigError, ModelConfig, save_config
 from fedit.data.prepare import prepare_data, tokenize_training
 from fedit.data.sources import load_examples
@@ -165,12 +165,7 @@ def is_malicious(node_config: dict[str, Any]) -> bool:
     Raises:
         ConfigError: a value that is not a boolean.
     """
-    value = node_config.get(MALICIOUS_KEY, False)
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    if isinstance(value, bool):
-        return value
-    raise ConfigError(f"node config {MALICIOUS_KEY}: expected true or false, got {value!r}")
+    return node_flag(node_config, MALICIOUS_KEY)
 
 
 def _tokenize(cfg: Config, raw: list[Example], tokenizer: Any) -> list[Any]:
