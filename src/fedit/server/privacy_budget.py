@@ -72,7 +72,7 @@ def planned_epsilon(cfg: Config, plan: PrivacyPlan, client_sizes: list[int], rou
     """ε that ``plan``'s z spends over ``rounds`` planned rounds (the largest client's)."""
     if plan.level == "client":
         return plan.client_epsilon(rounds)
-    return max(plan.example_epsilon(q, t) for q, t in exposure(cfg, client_sizes, rounds))
+    return max(plan.example_epsilon(q, t) for q, t in set(exposure(cfg, client_sizes, rounds)))
 
 
 def resumed_plan(cfg: Config, run_dir: Path) -> PrivacyPlan | None:
