@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -80,3 +82,47 @@ def tiny_lora(
     rows = [{"instruction": i, "input": x, "output": o} for i, x, o in INSTRUCTION_ROWS]
     examples, _ = tokenize_examples(rows, tokenizer, "alpaca", 256, train_on_inputs)
     return model, tokenizer, examples
+
+
+# What a private run's metrics.jsonl may hold per round, and per client (an allow-list: a field
+# added later fails here until someone decides it is not private).
+ROUND_KEYS = {"round", "train_loss", "num_examples", "lr", "eval", "seconds", "aggregation"}
+ROUND_KEYS |= {"privacy"}
+PUBLIC_SELECTION_KEYS = {"selected_clients", "dropped_clients", "client_metrics", "communication"}
+CLIENT_METRIC_KEYS = {"bytes_down", "bytes_up"}
+REPLY_METRIC_KEYS = {"dp_unclipped"}
+
+
+def record_replies(monkeypatch: pytest.MonkeyPatch, module: Any) -> list:
+    """Every reply as the server decoded it: wraps ``module.unpack_update`` (``module`` is the
+    one whose name the server calls: ``engines.simulation``, or ``engines.messages``, which
+    ``engines.flower`` imports from at each call)."""
+    replies = []
+    original = module.unpack_update
+
+    def recording(message, instruction):
+        reply = original(message, instruction)
+        replies.append(reply)
+        return reply
+
+    monkeypatch.setattr(module, "unpack_update", recording)
+    return replies
+
+
+def check_nothing_per_client_in_the_clear(run: Path, replies: list, selection_private: bool):
+    """A private run's replies (as the server decoded them) and metrics.jsonl hold nothing
+    per-client but the update and the allow-listed fields."""
+    assert replies
+    for reply in replies:
+        assert (reply.num_examples, reply.train_loss, reply.num_steps) == (0, 0.0, 0)
+        assert set(reply.metrics) - {"bytes_down", "bytes_up"} <= REPLY_METRIC_KEYS
+    allowed = ROUND_KEYS | (set() if selection_private else PUBLIC_SELECTION_KEYS)
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record["round"] == 0:
+            continue
+        assert set(record) <= allowed, set(record) - allowed
+        assert record["train_loss"] == {} and record["num_examples"] == {}
+        for metrics in record.get("client_metrics", {}).values():
+            assert set(metrics) <= CLIENT_METRIC_KEYS, metrics
+        assert "clipped_fraction" not in record["privacy"]

@@ -414,9 +414,11 @@ def _check_same_as_in_process(
     *extra: str,
     config: Path = QUICKSTART,
     worker: bool = False,
+    node: dict[str, object] | None = None,
 ):
     for client in range(2):
-        federation.add_node({"partition-id": client, "num-partitions": 2}, worker=worker)
+        node_config = {**(node or {}), "partition-id": client, "num-partitions": 2}
+        federation.add_node(node_config, worker=worker)
     result = federation.run(str(config), *tiny_args(model_dir, tmp / "flower", *FAST, *extra))
     assert (tmp / "flower" / "global_adapter").is_dir(), result.stdout + federation.logs()
     expected = _in_process(model_dir, tmp / "local", *extra, config=config)
@@ -450,14 +452,19 @@ def test_flower_insecure_matches_in_process(tiny_model_dir, tmp_path):
 
 @pytest.mark.slow  # two more SuperNode runs (~3 min on 2 busy cores); the TLS test covers the path
 def test_flower_private_run_matches_in_process_adapter_and_epsilon(tiny_model_dir, tmp_path):
-    # Client-level DP with the noise added by the clients: each share is seeded from the
-    # client's seed, so the SuperNodes draw exactly what the in-process clients draw.
+    # Client-level DP with the noise added by the clients. A site's noise is secret unless the
+    # site itself opts into seeding it (its node config's reproducible-noise, which the run
+    # config cannot set): then each share is seeded from the client's seed, so the SuperNodes
+    # draw exactly what the in-process clients draw with privacy.reproducible_noise=true.
     dp = ("privacy.level=client", "privacy.noise_at=clients", "privacy.noise_multiplier=0.7")
+    dp += ("privacy.reproducible_noise=true",)
     with Federation(tmp_path) as federation:
-        _check_same_as_in_process(federation, tiny_model_dir, tmp_path, *dp)
+        node = {"reproducible-noise": True}
+        _check_same_as_in_process(federation, tiny_model_dir, tmp_path, *dp, node=node)
     remote = _last_round(tmp_path / "flower")["privacy"]
     local = _last_round(tmp_path / "local")["privacy"]
-    assert remote == local and remote["epsilon"] > 0
+    assert remote == local and remote["epsilon"] > 0  # the same ε, reported void by both
+    assert "reproducible_noise" in remote["void"]
 
 
 @pytest.mark.slow  # real SuperLink and SuperNodes; train_site's DPO path runs in the default suite

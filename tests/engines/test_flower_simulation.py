@@ -26,7 +26,11 @@ from fedit.flower_simulation import (  # noqa: E402
     run_flower_simulation,
 )
 from fedit.server.loop import RoundFailedError  # noqa: E402
-from helpers import tiny_args  # noqa: E402
+from helpers import (  # noqa: E402
+    check_nothing_per_client_in_the_clear,
+    record_replies,
+    tiny_args,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
@@ -113,6 +117,44 @@ def test_crashing_virtual_client_fails_the_round_naming_it(tiny_model_dir, tmp_p
     assert not ray.is_initialized() and _ray_children() == []
 
 
+PRIVATE = ("privacy.level=client", "privacy.noise_at=clients", "privacy.noise_multiplier=1.0")
+
+
+@pytest.mark.slow  # one more Ray run; the in-process engine's replies are checked by default
+def test_private_simulation_sends_and_writes_nothing_per_client(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    from fedit.engines import messages
+
+    local = run_experiment(_config(tiny_model_dir, tmp_path / "local", *PRIVATE)).run_dir
+    # The ServerApp runs in a thread of this process; engines.flower imports unpack_update from
+    # engines.messages at each reply, so this records every reply as the server decoded it.
+    replies = record_replies(monkeypatch, messages)
+    run = run_flower_simulation(_config(tiny_model_dir, tmp_path / "sim", SIM, *PRIVATE)).run_dir
+    assert not ray.is_initialized() and _ray_children() == []
+    assert len(replies) == 4  # two clients, two rounds
+    # Both clients every round: the selection is no secret, so who answered may be recorded.
+    assert json.loads((run / "privacy.json").read_text())["sampling"] == "all"
+    check_nothing_per_client_in_the_clear(run, replies, selection_private=False)
+    # ε comes from the plan and the rounds done: the same as in-process, round by round.
+    privacy = [row["privacy"] for row in _rounds(run)]
+    assert privacy == [row["privacy"] for row in _rounds(local)] and privacy[-1]["epsilon"] > 0
+    assert not any("void" in record for record in privacy)
+
+
+@pytest.mark.slow  # one more Ray run
+def test_private_simulation_with_reproducible_noise_matches_in_process(tiny_model_dir, tmp_path):
+    # privacy.reproducible_noise reaches each virtual site as its node config's
+    # reproducible-noise, so the sites seed their noise shares as the in-process clients do.
+    dp = (*PRIVATE, "privacy.reproducible_noise=true")
+    local = run_experiment(_config(tiny_model_dir, tmp_path / "local", *dp)).run_dir
+    outcome = run_flower_simulation(_config(tiny_model_dir, tmp_path / "sim", SIM, *dp))
+    _assert_same(local, outcome.run_dir)
+    privacy = [row["privacy"] for row in _rounds(outcome.run_dir)]
+    assert privacy == [row["privacy"] for row in _rounds(local)]
+    assert all("reproducible_noise" in record["void"] for record in privacy)
+
+
 def test_too_many_gpus_is_one_line_before_ray_starts(tiny_model_dir, tmp_path):
     cfg = _config(tiny_model_dir, tmp_path / "sim", SIM, "flower.simulation.client_gpus=0.5")
     with pytest.raises(ConfigError, match="client_gpus: each client asks for 0.5 GPUs"):
@@ -184,12 +226,33 @@ def test_simulation_keys_are_checked(tiny_model_dir, tmp_path, override, message
         _config(tiny_model_dir, tmp_path, SIM, override)
 
 
-def test_attack_clients_become_malicious_virtual_supernodes(tiny_model_dir, tmp_path):
+def test_attackers_and_site_policy_become_the_virtual_supernodes_node_config(
+    tiny_model_dir, tmp_path
+):
+    from fedit.client.site_policy import SitePolicy
     from fedit.flower_simulation import _attackers
 
+    # Every virtual site states its noise policy (secret noise by default), as a SuperNode's
+    # node config would; the attackers are marked on top.
     cfg = _config(tiny_model_dir, tmp_path, SIM, "attack.kind=sign_flip", "attack.clients=[1]")
+    secret = {"reproducible-noise": False}
     assert _attackers(cfg, {0: {"test-fault": "nan"}}) == {
-        0: {"test-fault": "nan"},
-        1: {"malicious": True},
+        0: {**secret, "test-fault": "nan"},
+        1: {**secret, "malicious": True},
     }
-    assert _attackers(_config(tiny_model_dir, tmp_path, SIM), {}) == {}
+    assert _attackers(_config(tiny_model_dir, tmp_path, SIM), {}) == {0: secret, 1: secret}
+    # The in-process sites' floor and reproducible noise reach each virtual site, which reads
+    # back the very policy the in-process engine gives its sites.
+    policy = (
+        "privacy.site_min_noise_multiplier=2",
+        "privacy.site_max_clip_norm=1",
+        "privacy.reproducible_noise=true",
+    )
+    cfg = _config(tiny_model_dir, tmp_path, SIM, *policy)
+    node = {"reproducible-noise": True, "min-noise-multiplier": 2.0, "max-clip-norm": 1.0}
+    assert _attackers(cfg, {1: {"test-fault": "nan"}}) == {
+        0: node,
+        1: {**node, "test-fault": "nan"},
+    }
+    assert SitePolicy.from_node_config(node) == SitePolicy.from_config(cfg.privacy)
+    assert SitePolicy.from_config(cfg.privacy) == SitePolicy(2.0, 1.0, reproducible_noise=True)

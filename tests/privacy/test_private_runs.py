@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from fedit.cli.main import main
 from fedit.config import load_config
 from fedit.experiment import run_experiment
-from helpers import CrashInRound, tiny_args
+from helpers import CrashInRound, check_nothing_per_client_in_the_clear, record_replies, tiny_args
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
@@ -120,47 +120,6 @@ def test_same_seed_gives_other_noise_and_resume_recomputes_the_same_epsilon(
     ) in printed
 
 
-# What a private run's metrics.jsonl may hold per round, and per client (an allow-list: a field
-# added later fails here until someone decides it is not private).
-ROUND_KEYS = {"round", "train_loss", "num_examples", "lr", "eval", "seconds", "aggregation"}
-ROUND_KEYS |= {"privacy"}
-PUBLIC_SELECTION_KEYS = {"selected_clients", "dropped_clients", "client_metrics", "communication"}
-CLIENT_METRIC_KEYS = {"bytes_down", "bytes_up"}
-REPLY_METRIC_KEYS = {"dp_unclipped"}
-
-
-def _record_replies(monkeypatch, module) -> list:
-    replies = []
-    original = module.unpack_update
-
-    def recording(message, instruction):
-        reply = original(message, instruction)
-        replies.append(reply)
-        return reply
-
-    monkeypatch.setattr(module, "unpack_update", recording)
-    return replies
-
-
-def check_nothing_per_client_in_the_clear(run: Path, replies: list, selection_private: bool):
-    """A private run's replies (as the server decoded them) and metrics.jsonl hold nothing
-    per-client but the update and the allow-listed fields."""
-    assert replies
-    for reply in replies:
-        assert (reply.num_examples, reply.train_loss, reply.num_steps) == (0, 0.0, 0)
-        assert set(reply.metrics) - {"bytes_down", "bytes_up"} <= REPLY_METRIC_KEYS
-    allowed = ROUND_KEYS | (set() if selection_private else PUBLIC_SELECTION_KEYS)
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if record["round"] == 0:
-            continue
-        assert set(record) <= allowed, set(record) - allowed
-        assert record["train_loss"] == {} and record["num_examples"] == {}
-        for metrics in record.get("client_metrics", {}).values():
-            assert set(metrics) <= CLIENT_METRIC_KEYS, metrics
-        assert "clipped_fraction" not in record["privacy"]
-
-
 @pytest.mark.parametrize(
     ("level", "selection_private"),
     [
@@ -174,7 +133,7 @@ def test_private_run_sends_and_writes_nothing_per_client(
 ):
     from fedit.engines import simulation
 
-    replies = _record_replies(monkeypatch, simulation)
+    replies = record_replies(monkeypatch, simulation)
     args = [
         *level,
         "privacy.noise_multiplier=1.0",
