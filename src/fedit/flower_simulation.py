@@ -155,7 +155,7 @@ def run_flower_simulation(
     require_simulation()
     cfg = _absolute(cfg)
     gpus = check_gpus(cfg, visible_gpus())  # before Ray starts
-    extras = _attackers(cfg, node_extras or {})
+    extras = _site_node_configs(cfg, node_extras or {})
     start_ray(cfg, gpus)
     try:
         return _simulate(cfg, observer, extras)
@@ -165,7 +165,7 @@ def run_flower_simulation(
         ray.shutdown()
 
 
-def _attackers(cfg: Config, extras: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+def _site_node_configs(cfg: Config, extras: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
     """``attack.clients`` / ``attack.fraction`` as the node config ``malicious=true``, and the
     in-process sites' privacy policy (``privacy.site_*``, ``reproducible_noise``) as every
     virtual site's own node config, as a deployment's SuperNodes would set it."""

@@ -226,21 +226,21 @@ def test_simulation_keys_are_checked(tiny_model_dir, tmp_path, override, message
         _config(tiny_model_dir, tmp_path, SIM, override)
 
 
-def test_attackers_and_site_policy_become_the_virtual_supernodes_node_config(
+def test_site_node_configs_and_site_policy_become_the_virtual_supernodes_node_config(
     tiny_model_dir, tmp_path
 ):
     from fedit.client.site_policy import SitePolicy
-    from fedit.flower_simulation import _attackers
+    from fedit.flower_simulation import _site_node_configs
 
     # Every virtual site states its noise policy (secret noise by default), as a SuperNode's
     # node config would; the attackers are marked on top.
     cfg = _config(tiny_model_dir, tmp_path, SIM, "attack.kind=sign_flip", "attack.clients=[1]")
     secret = {"reproducible-noise": False}
-    assert _attackers(cfg, {0: {"test-fault": "nan"}}) == {
+    assert _site_node_configs(cfg, {0: {"test-fault": "nan"}}) == {
         0: {**secret, "test-fault": "nan"},
         1: {**secret, "malicious": True},
     }
-    assert _attackers(_config(tiny_model_dir, tmp_path, SIM), {}) == {0: secret, 1: secret}
+    assert _site_node_configs(_config(tiny_model_dir, tmp_path, SIM), {}) == {0: secret, 1: secret}
     # The in-process sites' floor and reproducible noise reach each virtual site, which reads
     # back the very policy the in-process engine gives its sites.
     policy = (
@@ -250,7 +250,7 @@ def test_attackers_and_site_policy_become_the_virtual_supernodes_node_config(
     )
     cfg = _config(tiny_model_dir, tmp_path, SIM, *policy)
     node = {"reproducible-noise": True, "min-noise-multiplier": 2.0, "max-clip-norm": 1.0}
-    assert _attackers(cfg, {1: {"test-fault": "nan"}}) == {
+    assert _site_node_configs(cfg, {1: {"test-fault": "nan"}}) == {
         0: node,
         1: {**node, "test-fault": "nan"},
     }

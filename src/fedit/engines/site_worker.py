@@ -96,6 +96,7 @@ def _exit_with_parent(folder: Path) -> None:
 def serve(folder: Path) -> None:
     """Answer training messages on ``folder``'s socket until killed."""
     import fedit.engines.flower_site  # noqa: F401  the heavy imports, before the first message
+    from fedit.client.site_policy import InstructionRefusedError
 
     _exit_with_parent(folder)
     authkey = (folder / AUTHKEY).read_bytes()
@@ -111,6 +112,9 @@ def serve(folder: Path) -> None:
             with conn:
                 try:
                     reply: tuple[str, Any] = ("ok", _train(*conn.recv()))
+                except InstructionRefusedError as err:  # the site's own floor: expected
+                    log.warning("site worker: %s", err)
+                    reply = ("error", f"{type(err).__name__}: {err}")
                 except Exception as err:  # the ClientApp reports it as the client's failure
                     log.exception("site worker: training failed")
                     reply = ("error", f"{type(err).__name__}: {err}")
