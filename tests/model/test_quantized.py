@@ -187,3 +187,22 @@ def test_merged_export_of_a_4bit_run_loads_with_plain_transformers(
     # CPU: fp32 both ways, so only rounding; CUDA: the 4-bit reference computes in bf16.
     assert merged_gap <= (1e-4 if device == "cpu" else 2e-2)
     assert merged_gap < naive_gap / 4
+
+
+def test_4bit_weights_keep_the_training_layout_on_a_cpu_with_native_bf16(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On an AVX512-BF16 CPU bitsandbytes repacks a 4-bit weight for its bf16 kernel at the first
+    eval-mode forward and keeps it packed, so training after an evaluation computed otherwise
+    than training before one (a resumed run skips the base evaluation). The capability check
+    bitsandbytes consults is forced here, so an AVX2 machine exercises that path too."""
+    import bitsandbytes.nn.modules as bnb_modules
+
+    monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: True)
+    model, _ = load_model(ModelConfig(name=str(tiny_model_dir), device="cpu", quantization="4bit"))
+    layers = [m for m in model.modules() if isinstance(m, bnb_modules.Linear4bit)]
+    assert layers and all(layer.support_avx512bf16_for_cpu is False for layer in layers)
+    with torch.no_grad():
+        model(torch.tensor([[1, 40, 41, 42]]))  # an evaluation: eval mode, no gradients
+    packed = [getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers]
+    assert not any(packed)
