@@ -11,6 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+REPOSITORY_DATA = Path(__file__).resolve().parents[1] / "data"
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 CHAT_TEMPLATE = (
@@ -83,7 +84,18 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def repository_data() -> Path:
+    """The third-party data shipped in the repository's ``data/`` (each folder's README: source)."""
+    return REPOSITORY_DATA
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
+    """The machine's shared data folder, beside the repository; the tests that use it skip without.
+
+    Only the judge tests (Vicuna-bench, MT-Bench, judge prompts) still read it: that data is not
+    shipped yet. What a config or test needs belongs in ``data/``, which a clone has.
+    """
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA

@@ -173,21 +173,11 @@ def test_script_exit_code_and_no_traceback(tmp_path):
     )
 
 
-def test_validate_and_partition_commands(capsys, shared_data):
+def test_validate_and_partition_commands(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the configs name their data relative to the repository root
     assert main(["validate", "configs/shepherd_dolly.yaml"]) == 0
     assert "valid" in capsys.readouterr().out
-    shakespeare = ROOT / "configs" / "shakespeare.yaml"
-    assert (
-        main(
-            [
-                "partition",
-                str(shakespeare),
-                f"data.source={shared_data}/shakespeare/train.json",
-                f"data.test_source={shared_data}/shakespeare/test.json",
-            ]
-        )
-        == 0
-    )
+    assert main(["partition", "configs/shakespeare.yaml"]) == 0  # its data ships in data/
     printed = capsys.readouterr().out
     assert "THE_WINTER_S_TALE_THIRD_GENTLEMAN" in printed and "total" in printed
 
@@ -215,16 +205,15 @@ def test_generate_command(tiny_model_dir, tmp_path, capsys):
     assert "is not a PEFT adapter" in capsys.readouterr().err
 
 
-def test_shakespeare_config_runs_with_natural_partition(tiny_model_dir, tmp_path, shared_data):
+def test_shakespeare_config_runs_with_natural_partition(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the config's data/shakespeare paths, as the README runs it
     out = tmp_path / "shakespeare"
     code = main(
         [
             "run",
-            str(ROOT / "configs" / "shakespeare.yaml"),
+            "configs/shakespeare.yaml",
             f"model.name={tiny_model_dir}",
             f"output_dir={out}",
-            f"data.source={shared_data}/shakespeare/train.json",
-            f"data.test_source={shared_data}/shakespeare/test.json",
             "data.max_examples=40",
             "federation.rounds=1",
             "train.local_steps=1",

@@ -188,7 +188,7 @@ def test_parse_suite_rejects(spec):
         parse_suite(spec)
 
 
-def test_eval_offline_suites_from_files(tiny_model_dir, tmp_path, shared_data, capsys):
+def test_eval_offline_suites_from_files(tiny_model_dir, tmp_path, repository_data, capsys):
     """mc, gsm8k and instructions suites side by side, from files in their documented formats."""
     out = tmp_path / "run"
     assert main(["run", "configs/quickstart.yaml", *tiny_args(tiny_model_dir, out)]) == 0
@@ -203,7 +203,7 @@ def test_eval_offline_suites_from_files(tiny_model_dir, tmp_path, shared_data, c
     )
     gsm = tmp_path / "gsm8k.jsonl"
     gsm.write_text(json.dumps({"question": "1 + 1?", "answer": "1 + 1 = 2\n#### 2"}) + "\n")
-    shakespeare = shared_data / "shakespeare" / "test.json"
+    shakespeare = repository_data / "shakespeare" / "test.json"
     code = main(
         [
             "eval",
