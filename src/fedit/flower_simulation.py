@@ -197,7 +197,7 @@ def _simulate(
             server_app=server_app,
             client_app=make_client_app(cfg, extras),
             num_supernodes=cfg.federation.num_clients,
-            backend_config=backend_config(cfg),  # type: ignore[arg-type]
+            backend_config=backend_config(cfg),
         )
     if not outcomes:
         raise RuntimeError("Flower's simulation ended without the ServerApp finishing")

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from peft import PeftModel
 from torch import nn
 
 from fedit.client.batching import split_micro_batches
@@ -107,7 +108,7 @@ def private_steps(privacy: ExamplePrivacy) -> Callable[..., StepStats]:
     """A step loop for ``train_local`` that runs DP-SGD instead of plain accumulated AdamW."""
 
     def run(
-        model: nn.Module,
+        model: PeftModel,
         examples: list[TokenizedExample] | list[TokenizedPair],
         cfg: TrainConfig,
         lr: float,

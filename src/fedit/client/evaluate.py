@@ -223,7 +223,7 @@ def generate_token_ids(
             rows = [encoded[i] for i in indices]
             input_ids, attention_mask = _left_pad(rows, tokenizer.pad_token_id)
             with autocast_context(device, autocast):
-                output = model.generate(
+                output = model.generate(  # type: ignore[operator]  # every causal LM has generate
                     input_ids=input_ids.to(device),
                     attention_mask=attention_mask.to(device),
                     generation_config=generation_config,

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from peft import PeftModel
 from torch import nn
 
 from fedit.client.batching import iterate_batches, split_micro_batches
@@ -49,7 +50,7 @@ def num_local_steps(cfg: TrainConfig, num_examples: int) -> int:
 
 
 @contextlib.contextmanager
-def _training_mode(model: nn.Module, gradient_checkpointing: bool) -> Iterator[None]:
+def _training_mode(model: PeftModel, gradient_checkpointing: bool) -> Iterator[None]:
     """``model.train()`` (and checkpointing) for the block; ``model.eval()`` afterwards."""
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -177,7 +178,7 @@ def local_optimizer(
 
 
 def _train_steps(
-    model: nn.Module,
+    model: PeftModel,
     examples: Sequence[Any],
     cfg: TrainConfig,
     lr: float,
@@ -225,7 +226,7 @@ def _train_steps(
 
 
 def train_local(
-    model: nn.Module,
+    model: PeftModel,
     examples: Sequence[Any],
     cfg: TrainConfig,
     *,

@@ -247,7 +247,9 @@ def _from_pretrained(cfg: ModelConfig, path: str, device: torch.device) -> tuple
         kwargs["device_map"] = {"": target}
     tokenizer = _tokenizer(cfg, path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        # Typed as a Module: transformers declares its ``to`` with functools.wraps(Module.to),
+        # which mypy reads as taking the module as its first argument.
+        model: torch.nn.Module = AutoModelForCausalLM.from_pretrained(
             path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, **kwargs
         )
     except (OSError, ValueError) as err:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import peft
 import torch
@@ -19,6 +20,9 @@ from torch import nn
 from fedit.config import LoraConfig
 from fedit.io import atomic_directory
 from fedit.types import AdapterState
+
+if TYPE_CHECKING:
+    from torch.nn.modules.module import _IncompatibleKeys
 
 logger = logging.getLogger(__name__)
 
@@ -107,10 +111,13 @@ def add_rank_adapter(model: PeftModel, cfg: LoraConfig, rank: int) -> str:
     name = f"rank_{rank}"
     if name not in model.peft_config:
         default = model.peft_config["default"]
+        if not isinstance(default, peft.LoraConfig):
+            raise TypeError(f"the default adapter is {type(default).__name__}, not LoRA")
         config = peft.LoraConfig(
             task_type=TaskType.CAUSAL_LM,
             r=rank,
-            lora_alpha=cfg.alpha * rank / cfg.r,
+            # alpha·rank/r need not be whole, and peft only ever divides lora_alpha by r.
+            lora_alpha=cfg.alpha * rank / cfg.r,  # type: ignore[arg-type]  # peft types it int
             lora_dropout=cfg.dropout,
             target_modules=default.target_modules,
             bias="none",
@@ -136,7 +143,8 @@ def set_adapter_state(model: PeftModel, state: AdapterState) -> None:
     """
     adapter = model.active_adapter
     _check_keys(set(get_peft_model_state_dict(model, adapter_name=adapter)), set(state))
-    result = set_peft_model_state_dict(model, state, adapter_name=adapter)
+    # peft annotates the result as ``namedtuple``; it is torch's load_state_dict result.
+    result: _IncompatibleKeys = set_peft_model_state_dict(model, state, adapter_name=adapter)
     unexpected = [key for key in result.unexpected_keys if "lora_" in key]
     if unexpected:
         raise ValueError(f"adapter state has keys the model did not take: {unexpected[:3]}")

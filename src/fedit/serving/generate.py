@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from fedit.config import ConfigError, ModelConfig
 from fedit.integrity import check_adapter_folder
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedTokenizerBase
 
 
 def _run_config(adapter: Path) -> dict | None:
@@ -40,7 +45,9 @@ def run_quantization(adapter: Path) -> str:
     return str(cfg.get("model", {}).get("quantization") or "none")
 
 
-def load_adapter_model(adapter: Path, model_name: str | None = None) -> tuple[object, object, str]:
+def load_adapter_model(
+    adapter: Path, model_name: str | None = None
+) -> tuple[PeftModel, PreTrainedTokenizerBase, str]:
     """Load the base model once and attach the adapter. Returns (model, tokenizer, template)."""
     from peft import PeftModel
 
@@ -51,8 +58,8 @@ def load_adapter_model(adapter: Path, model_name: str | None = None) -> tuple[ob
     name = model_name or recorded_model
     if not name:
         raise ConfigError("--model: the adapter does not record its base model; pass --model")
-    model, tokenizer = load_model(ModelConfig(name=name))
-    model = PeftModel.from_pretrained(model, str(adapter))
+    base, tokenizer = load_model(ModelConfig(name=name))
+    model = PeftModel.from_pretrained(base, str(adapter))
     model.eval()
     return model, tokenizer, template or "alpaca"
 
