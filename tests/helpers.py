@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,8 @@ import pytest
 import torch
 
 from fedit.server.observer import RunObserver
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # The device the gpu-marked tests run on. FEDIT_GPU_TEST_DEVICE=cpu runs them on the CPU instead,
 # which checks the tests themselves on a machine without a GPU (`pytest -m gpu`); the tests that
@@ -27,6 +30,17 @@ CPU_AND_GPU = [
     pytest.param("cpu", id="cpu"),
     pytest.param(GPU_TEST_DEVICE, id="gpu", marks=GPU),
 ]
+
+
+def tracked_files() -> list[str]:
+    """The repository's tracked files (``git ls-files``), as paths relative to its root."""
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError) as err:
+        pytest.skip(f"not a git checkout, so no list of tracked files: {err}")
+    return [name for name in listed.decode("utf-8").split("\0") if name]
 
 
 def tiny_args(model_dir: Path, out: Path, *extra: str) -> list[str]:

@@ -3,29 +3,18 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from fedit.cli.main import main
 from fedit.config import load_config
+from helpers import tracked_files
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTSIDE = "../" + "shared"  # written in two parts so that this file does not match itself
 DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
 CONFIGS = sorted(path.name for path in (ROOT / "configs").glob("*.yaml"))
-
-
-def tracked_files() -> list[str]:
-    """The repository's tracked files (``git ls-files``), as paths relative to its root."""
-    try:
-        listed = subprocess.run(
-            ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
-        ).stdout
-    except (OSError, subprocess.CalledProcessError) as err:
-        pytest.skip(f"not a git checkout, so no list of tracked files: {err}")
-    return [name for name in listed.decode("utf-8").split("\0") if name]
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM
 
 from fedit.cli.main import main
 from fedit.config import load_config
+from fedit.config.builtin import quickstart_path
 from fedit.experiment import run_experiment
 from helpers import CrashInRound, tiny_args
 
@@ -180,6 +181,25 @@ def test_validate_and_partition_commands(capsys, monkeypatch):
     assert main(["partition", "configs/shakespeare.yaml"]) == 0  # its data ships in data/
     printed = capsys.readouterr().out
     assert "THE_WINTER_S_TALE_THIRD_GENTLEMAN" in printed and "total" in printed
+
+
+def test_quickstart_names_the_built_in_config_unless_a_file_has_that_name(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here, as for an installed wheel
+    assert main(["validate", "quickstart"]) == 0
+    packaged = quickstart_path()  # the package's own copy, wherever fedit is installed
+    assert packaged.parts[-3:] == ("fedit", "configs", "quickstart.yaml")
+    assert capsys.readouterr().out.startswith(f"{packaged}: valid")
+
+    assert main(["run", "configs/quickstart.yaml"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("write quickstart instead (fedit run quickstart)"), err
+
+    (tmp_path / "quickstart").write_text("federation:\n  num_clients: 3\n")
+    assert main(["validate", "quickstart"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("quickstart: valid") and "3 clients" in printed
 
 
 def test_generate_command(tiny_model_dir, tmp_path, capsys):

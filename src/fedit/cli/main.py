@@ -2,6 +2,7 @@
 
 Usage:
     fedit run [CONFIG.yaml] [key=value ...]       # no CONFIG: the built-in quickstart
+    fedit run quickstart [key=value ...]          # the same, by name (any CONFIG may be one)
     fedit run CONFIG engine=flower-simulation     # on Flower's simulation runtime (Ray)
     fedit partition CONFIG [key=value ...]        # preview the client split
     fedit validate CONFIG [key=value ...]         # check a configuration
@@ -21,7 +22,6 @@ import os
 import sys
 import warnings
 from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +32,10 @@ from fedit.cli import evaluate
 from fedit.cli.flower import add_flower_args, cmd_flower
 from fedit.cli.results import communication_line, results_table
 from fedit.config import Config, ConfigError, field_help, load_config, read_yaml
+from fedit.config.builtin import quickstart_path, resolve_config
 
 console = Console(stderr=True)
 out = Console()
-
-
-def quickstart_path() -> Path:
-    """The built-in quickstart config shipped inside the package."""
-    return Path(str(resources.files("fedit") / "configs" / "quickstart.yaml"))
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -94,7 +90,8 @@ def cmd_partition(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    out.print(f"{args.config or quickstart_path()}: valid")
+    path = args.config or quickstart_path()  # printed whole: a long path is not wrapped
+    out.print(f"{path}: valid", markup=False, highlight=False, soft_wrap=True)
     out.print(
         f"model {cfg.model.name}, data {cfg.data.source}, "
         f"{cfg.federation.num_clients} clients x {cfg.federation.rounds} rounds"
@@ -188,8 +185,8 @@ def _add_config_args(parser: argparse.ArgumentParser, optional: bool) -> None:
         "items",
         nargs="*",
         metavar=f"{config} key=value",
-        help="YAML config"
-        + (" (default: built-in quickstart)" if optional else "")
+        help="YAML config or the name of a built-in one (quickstart)"
+        + (" (default: quickstart)" if optional else "")
         + ", then dotted overrides such as train.lr=1e-3",
     )
 
@@ -320,7 +317,7 @@ def _split_config_and_overrides(args: argparse.Namespace) -> None:
         return
     positional = list(args.items)
     if positional and "=" not in positional[0]:
-        args.config, args.overrides = positional[0], positional[1:]
+        args.config, args.overrides = resolve_config(positional[0]), positional[1:]
     else:
         args.config, args.overrides = None, positional
     if args.command != "run" and args.config is None:
