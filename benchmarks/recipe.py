@@ -36,10 +36,12 @@ VARIANTS: dict[str, list[str]] = {
     "local lr cosine": ["train.local_lr_schedule=cosine"],
     "autocast bf16": ["train.autocast=bf16"],
     "autocast off": ["train.autocast=none"],
+    # The quickstart pins model.dtype=fp32; auto stores the frozen base in bf16 where it is native.
+    "base dtype auto": ["model.dtype=auto"],
 }
 # Without native bf16, autocast=auto is already off (so "autocast off" repeats "current") and
 # bf16 runs about 19x slower: these run only where bf16 is native, unless named explicitly.
-BF16_VARIANTS = ("autocast bf16", "autocast off")
+BF16_VARIANTS = ("autocast bf16", "autocast off", "base dtype auto")
 # Only the final round's evaluation is read, and the base model is the same for every variant.
 FIXED = ["eval.base=false", "eval.every=1000"]
 # Makes one run take seconds: the pipeline is checked end to end, the numbers mean nothing.
@@ -112,6 +114,11 @@ def main() -> None:
     parser.add_argument("--output-dir", default="runs/bench_recipe")
     parser.add_argument("--smoke", action="store_true", help="tiny runs, 2 seeds, print only")
     parser.add_argument("--fresh", action="store_true", help="rerun finished runs too")
+    parser.add_argument(
+        "--section",
+        help="write to its own section of docs/benchmarks.md (a study of a few variants), "
+        "leaving the full recipe table as it is",
+    )
     args = parser.parse_args()
     native = native_bf16(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     skipped = [] if native or args.variants else list(BF16_VARIANTS)
@@ -148,7 +155,13 @@ def main() -> None:
     if args.smoke:
         print(body)
         return
-    record("recipe", "Training recipe over seeds", body)
+    body += "\n\nSeconds per run: " + ", ".join(
+        f"{name} " + " / ".join(f"{t:.0f}" for t in times) for name, times in seconds.items()
+    )
+    if args.section:
+        record(f"recipe-{args.section}", f"Training recipe over seeds: {args.section}", body)
+    else:
+        record("recipe", "Training recipe over seeds", body)
 
 
 if __name__ == "__main__":
