@@ -146,6 +146,7 @@ def test_private_run_sends_and_writes_nothing_per_client(
     check_nothing_per_client_in_the_clear(run, replies, selection_private)
     report = (run / "report.md").read_text()
     assert "| secret |" in report if selection_private else "| secret |" not in report
+    assert ("byte counts would tell how many replied" in report) == selection_private
 
 
 def test_nan_from_the_accountant_stops_the_run_before_anything_is_written(

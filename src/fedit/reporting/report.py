@@ -71,6 +71,17 @@ def _mb(num_bytes: float) -> str:
     return f"{num_bytes / 1e6:.2f}"
 
 
+def _unrecorded(history: list[dict[str, Any]]) -> str:
+    """Why a run has no byte counts: a secret DP selection (they would count the replies)."""
+    secret = any("privacy" in r and "selected_clients" not in r for r in history)
+    if secret:
+        return (
+            "Not recorded: the clients of each round are secret under this run's differential "
+            "privacy, and byte counts would tell how many replied (docs/privacy.md)."
+        )
+    return "Not recorded."
+
+
 def _communication(history: list[dict[str, Any]], compression: str) -> list[str]:
     totals = communication_summary(history)
     if not totals["client_rounds"]:
@@ -202,7 +213,7 @@ def write_report(run_dir: Path) -> Path:
         *_robustness(history, cfg),
         "## Communication",
         "",
-        *(_communication(history, fed.get("upload_compression", "none")) or ["Not recorded."]),
+        *(_communication(history, fed.get("upload_compression", "none")) or [_unrecorded(history)]),
         "",
         "## Plots",
         "",
