@@ -48,8 +48,6 @@ class ExamplePrivacy:
     # The site's own randomness for the Poisson batches and the noise: the instruction's seed
     # (which the server chose) decides neither.
     noise: NoiseSource = field(default_factory=NoiseSource)
-    examples: int = 0  # examples drawn into batches over the run (the site's own diagnostics)
-    clipped: int = 0  # of those, how many had their gradient clipped
 
 
 def sample_rate(cfg: TrainConfig, num_examples: int) -> float:
@@ -156,8 +154,6 @@ def private_steps(privacy: ExamplePrivacy) -> Callable[..., StepStats]:
                 stats.real_tokens += tokens
                 stats.padded_slots += tokens
                 stats.lr_sum += step_lr
-                privacy.examples += result.examples
-                privacy.clipped += result.clipped
                 if progress is not None:
                     progress(step, total_steps, result.loss)
         return stats

@@ -199,29 +199,35 @@ class PrivacyRun:
         clip_used = self._round.get("clip_norm_used", self.clip_norm)
         self.rounds_done += 1
         plan = self.plan
-        record: dict[str, Any] = {
-            "level": plan.level,
-            "accountant": plan.accountant,
-            "epsilon": self.epsilon(),
-            "delta": plan.delta,
-            "relation": plan.relation.name.lower(),
-            "noise_multiplier": plan.noise_multiplier,
-            "clip_norm": clip_used,
-        }
+        record = self._guarantee()
+        record |= {"noise_multiplier": plan.noise_multiplier, "clip_norm": clip_used}
         if plan.level == "client":
-            record["noise_at"] = plan.noise_at
             record["update_noise_multiplier"] = plan.update_noise_multiplier
             record["denominator"] = plan.client_sampling.expected_size
-            if plan.upload_epsilon is not None:
-                record["upload_epsilon"] = plan.upload_epsilon
         if plan.count_noise_std is not None:
             record["next_clip_norm"] = self.clip_norm
             record["unclipped_estimate"] = self._round.get("unclipped_estimate")
         if plan.level == "example":
             record["epsilon_per_client"] = {str(c): e for c, e in self.epsilon_per_client().items()}
-        if plan.reproducible_noise:
-            record["void"] = VOID_REASON
         return record
+
+    def _guarantee(self) -> dict[str, Any]:
+        """What ``epsilon_line`` reads: ε so far, δ, the relation and against whom it holds."""
+        plan = self.plan
+        guarantee: dict[str, Any] = {
+            "level": plan.level,
+            "accountant": plan.accountant,
+            "epsilon": self.epsilon(),
+            "delta": plan.delta,
+            "relation": plan.relation.name.lower(),
+        }
+        if plan.level == "client":
+            guarantee["noise_at"] = plan.noise_at
+        if plan.upload_epsilon is not None:
+            guarantee["upload_epsilon"] = plan.upload_epsilon
+        if plan.reproducible_noise:
+            guarantee["void"] = VOID_REASON
+        return guarantee
 
     def public_record(self, record: dict[str, Any]) -> dict[str, Any]:
         """The round's metrics.jsonl record with nothing per-client left in the clear.
@@ -244,15 +250,4 @@ class PrivacyRun:
 
     def final_line(self) -> str:
         """e.g. ``ε = 3.2 at δ = 1e-05 (client-level, add/remove, RDP) against: …``."""
-        return epsilon_line(
-            {
-                "epsilon": self.epsilon(),
-                "delta": self.plan.delta,
-                "level": self.plan.level,
-                "accountant": self.plan.accountant,
-                "relation": self.plan.relation.name.lower(),
-                "upload_epsilon": self.plan.upload_epsilon,
-                **({"noise_at": self.plan.noise_at} if self.plan.level == "client" else {}),
-                **({"void": VOID_REASON} if self.plan.reproducible_noise else {}),
-            }
-        )
+        return epsilon_line(self._guarantee())
