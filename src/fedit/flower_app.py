@@ -33,6 +33,13 @@ from fedit.engines.flower import (
     site_content,
     to_content,
 )
+from fedit.engines.flower_secagg_client import (
+    SECAGG_KEY,
+    client_stage,
+    masked_content,
+    masking_spec,
+)
+from fedit.engines.secagg import masked_upload
 from fedit.engines.site_worker import SITE_WORKER_KEY
 
 if TYPE_CHECKING:
@@ -99,6 +106,9 @@ def make_client_app(cfg: Config | None = None, node_extras: NodeExtras | None = 
 
     @app.query()
     def _client_query(message: Message, context: Context) -> Message:
+        if SECAGG_KEY in message.content.config_records:  # a secure round's keys or shares
+            reply = client_stage(message.content, context.state)
+            return Message(content=reply, reply_to=message)
         from fedit.engines.flower_site import count_site_examples
 
         client_id, num_examples = count_site_examples(*_site(context))
@@ -107,20 +117,30 @@ def make_client_app(cfg: Config | None = None, node_extras: NodeExtras | None = 
     @app.train()
     def _client_train(message: Message, context: Context) -> Message:
         node_config = dict(context.node_config)
+        masking = None  # under SecAgg: what masking the upload needs (its shares are kept)
+        if SECAGG_KEY in message.content.config_records:
+            masking = masking_spec(message.content, context.state)
         if cfg is None and SITE_WORKER_KEY in node_config:  # the site keeps its model there
             from fedit.engines.site_worker import train_remotely
 
             folder = str(node_config.pop(SITE_WORKER_KEY))
             run_config = str(context.run_config[RUN_CONFIG_KEY])
-            reply = train_remotely(folder, run_config, node_config, from_content(message.content))
-            return Message(content=to_content(reply), reply_to=message)
-        from fedit.engines.flower_site import train_site
-        from fedit.engines.messages import pack_update, unpack_instruction
+            reply = train_remotely(
+                folder, run_config, node_config, from_content(message.content), masking
+            )
+        else:
+            from fedit.engines.flower_site import train_site
+            from fedit.engines.messages import pack_update, unpack_instruction
 
-        run_cfg, node_config = _site(context)
-        instruction = unpack_instruction(from_content(message.content))
-        update = train_site(run_cfg, node_config, instruction)
-        return Message(content=to_content(pack_update(update, instruction)), reply_to=message)
+            run_cfg, node_config = _site(context)
+            instruction = unpack_instruction(from_content(message.content))
+            update = train_site(run_cfg, node_config, instruction)
+            if masking is None:
+                reply = pack_update(update, instruction)
+            else:
+                reply = masked_upload(update, instruction, masking)
+        content = to_content(reply) if masking is None else masked_content(reply)
+        return Message(content=content, reply_to=message)
 
     return app
 

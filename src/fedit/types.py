@@ -132,6 +132,17 @@ class ClientUpdate:
 
 
 @dataclass
+class SecureSum:
+    """What a secure-aggregation round gives the server: one sum, nothing per client."""
+
+    clients: list[int]  # whose updates are in the sum (SecAgg does not hide who answered)
+    delta_sum: AdapterState  # Σ w_i·Δ_i over the trained tensors, dequantized
+    weight_sum: float  # Σ w_i (the number of clients under DP's uniform weights)
+    unclipped_bits: float  # Σ of the clients' noised clip bits (adaptive clipping), else 0
+    metrics: dict[str, Any] = field(default_factory=dict)  # bytes, quantization, dropouts
+
+
+@dataclass
 class RoundResult:
     """One completed communication round, as written to metrics.jsonl."""
 

@@ -256,7 +256,7 @@ def _round_of(cfg, transport) -> bool:
     """One round's replies judged by the round loop's rule."""
     instructions = _instructions()
     updates = transport.fit(instructions, 1)
-    return enough_replies(cfg, 1, Selection([0, 1]), instructions, updates)
+    return enough_replies(cfg, 1, Selection([0, 1]), instructions, [u.client_id for u in updates])
 
 
 def test_run_fails_naming_missing_clients_below_min_fit(tmp_path, run_identity):

@@ -190,19 +190,19 @@ def _round(selected, dropped, answered, min_fit=2):
 
 def test_enough_replies_aggregates_and_names_clients_that_failed(caplog):
     cfg, selection, instructions, updates = _round([0, 1, 2], [], [0, 2])
-    assert enough_replies(cfg, 4, selection, instructions, updates)
+    assert enough_replies(cfg, 4, selection, instructions, [u.client_id for u in updates])
     assert "round 4: going on without clients [1]" in caplog.text
 
 
 def test_too_few_replies_because_clients_failed_stops_the_run():
     cfg, selection, instructions, updates = _round([0, 1, 2], [], [0], min_fit=2)
     with pytest.raises(RoundFailedError, match=r"no usable reply from clients \[1, 2\]"):
-        enough_replies(cfg, 4, selection, instructions, updates)
+        enough_replies(cfg, 4, selection, instructions, [u.client_id for u in updates])
 
 
 def test_too_few_replies_because_clients_went_offline_skips_the_round(caplog):
     cfg, selection, instructions, updates = _round([0, 1, 2], [1, 2], [0], min_fit=2)
-    assert not enough_replies(cfg, 4, selection, instructions, updates)
+    assert not enough_replies(cfg, 4, selection, instructions, [u.client_id for u in updates])
     assert "global adapter unchanged" in caplog.text
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fedit.config.fields import check_choice, option
+from fedit.config.secagg import SecAggConfig
 
 if TYPE_CHECKING:
     from fedit.config.federation import FederationConfig, StrategyConfig
@@ -74,8 +75,16 @@ class PrivacyConfig:
         "Flower site: fedit flower supernode --max-clip-norm)",
     )
 
+    secure_aggregation: bool = option(
+        False,
+        "SecAgg+ on the Flower engines: clients mask their updates so the server learns only "
+        "their sum (with noise_at: clients, distributed DP)",
+    )
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
+
     def validate(self) -> list[str]:
         problems = check_choice("privacy.level", self.level, PRIVACY_LEVELS)
+        problems += self.secagg.validate()
         problems += check_choice("privacy.noise_at", self.noise_at, NOISE_AT)
         problems += check_choice("privacy.accountant", self.accountant, ACCOUNTANTS)
         for key in ("site_min_noise_multiplier", "site_max_clip_norm"):

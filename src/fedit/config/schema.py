@@ -11,6 +11,7 @@ from fedit.config.evaluation import CompareConfig, EvalConfig
 from fedit.config.federation import FederationConfig, FlowerConfig, StrategyConfig
 from fedit.config.fields import check_choice, option
 from fedit.config.privacy import PrivacyConfig
+from fedit.config.secagg import secagg_problems
 from fedit.config.training import DataConfig, DPOConfig, LoraConfig, ModelConfig, TrainConfig
 
 ENGINES = ("simulation", "flower", "flower-simulation")
@@ -71,7 +72,7 @@ class Config:
             )
         ranks = {self.lora.r, *(self.lora.client_ranks or [])}
         problems += self._adversary_problems(len(ranks) > 1)
-        problems += self._privacy_combinations()
+        problems += self._privacy_combinations() + secagg_problems(self)
         if len(ranks) > 1 and self.strategy.name != "exact" and self.privacy.level == "none":
             problems.append(
                 f"lora.client_ranks: client ranks other than lora.r={self.lora.r} need "

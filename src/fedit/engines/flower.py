@@ -29,7 +29,7 @@ from flwr.serverapp import Grid
 from fedit.config import Config, ConfigError, config_from_dict, save_config
 
 if TYPE_CHECKING:
-    from fedit.types import ClientUpdate, FitInstruction
+    from fedit.types import ClientUpdate, FitInstruction, SecureSum
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +164,23 @@ class FlowerTransport:
         for update in updates:
             update.metrics["bytes_down"] = len(downloads[update.client_id])
         return sorted(updates, key=lambda u: u.client_id)
+
+    def fit_secure(self, instructions: list[FitInstruction], server_round: int) -> SecureSum:
+        """A SecAgg+ round (``engines/flower_secagg.py``): the sum of the clients' updates.
+
+        Raises:
+            RoundFailedError: the sum cannot be unmasked; the message names the clients.
+        """
+        from fedit.engines.flower_secagg import round_params, secure_fit
+        from fedit.engines.secagg import SecureAggregationError
+        from fedit.server.loop import RoundFailedError
+
+        self._connect()
+        params = round_params(self.cfg, instructions, self.client_sizes)
+        try:
+            return secure_fit(self.grid, self._nodes, instructions, params, self.cfg, server_round)
+        except SecureAggregationError as err:  # the run stops as for too few replies
+            raise RoundFailedError(str(err)) from None
 
 
 def exchange(grid: Grid, messages: Iterable[Message], timeout: float) -> list[Message]:

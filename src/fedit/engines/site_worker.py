@@ -42,9 +42,16 @@ class SiteWorkerError(RuntimeError):
 
 
 def train_remotely(
-    folder: str, run_config: str, node_config: dict[str, Any], message: bytes
+    folder: str,
+    run_config: str,
+    node_config: dict[str, Any],
+    message: bytes,
+    masking: dict[str, Any] | None = None,
 ) -> bytes:
     """Hand one training message (``engines.messages`` bytes) to the worker; its reply bytes.
+
+    With ``masking`` (a secure round's ``flower_secagg.masking_spec``) the reply is the
+    masked vector (``secagg.masked_upload``) instead of the update.
 
     Raises:
         SiteWorkerError: no worker at ``folder``, or training failed there.
@@ -54,7 +61,7 @@ def train_remotely(
         with Client(
             str(path / SOCKET), family="AF_UNIX", authkey=(path / AUTHKEY).read_bytes()
         ) as conn:
-            conn.send((run_config, node_config, message))
+            conn.send((run_config, node_config, message, masking))
             status, payload = conn.recv()
     except (OSError, EOFError) as err:
         raise SiteWorkerError(f"site worker at {folder} unreachable: {err}") from None
@@ -63,7 +70,9 @@ def train_remotely(
     return bytes(payload)
 
 
-def _train(run_config: str, node_config: dict[str, Any], message: bytes) -> bytes:
+def _train(
+    run_config: str, node_config: dict[str, Any], message: bytes, masking: dict[str, Any] | None
+) -> bytes:
     import yaml
 
     from fedit.config import config_from_dict
@@ -72,7 +81,12 @@ def _train(run_config: str, node_config: dict[str, Any], message: bytes) -> byte
 
     cfg = config_from_dict(yaml.safe_load(run_config))
     instruction = unpack_instruction(message)
-    return pack_update(train_site(cfg, node_config, instruction), instruction)
+    update = train_site(cfg, node_config, instruction)
+    if masking is not None:
+        from fedit.engines.secagg import masked_upload
+
+        return masked_upload(update, instruction, masking)
+    return pack_update(update, instruction)
 
 
 def _exit_with_parent(folder: Path) -> None:

@@ -12,6 +12,7 @@ from fedit.server.checkpoint import RunDir
 from fedit.server.observer import RunObserver
 from fedit.server.privacy import PrivacyRun
 from fedit.server.protocols import ServerModel, Transport
+from fedit.server.secure import fit_secure, public_metrics, weighted_mean
 from fedit.strategy.base import Strategy
 from fedit.strategy.selection import Selection
 from fedit.types import AdapterState, ClientUpdate, FitInstruction, RoundResult
@@ -56,7 +57,7 @@ def enough_replies(
     server_round: int,
     selection: Selection,
     instructions: list[FitInstruction],
-    updates: list[ClientUpdate],
+    answered: list[int],
     always_release: bool = False,
 ) -> bool:
     """Whether a round aggregates: the one place that judges how many clients replied.
@@ -74,22 +75,21 @@ def enough_replies(
         RoundFailedError: too few replies because clients failed.
     """
     needed = max(1, cfg.federation.min_fit_clients)
-    answered = {update.client_id for update in updates}
-    failed = sorted(i.client_id for i in instructions if i.client_id not in answered)
-    if len(updates) >= needed or (always_release and not failed):
+    failed = sorted(i.client_id for i in instructions if i.client_id not in set(answered))
+    if len(answered) >= needed or (always_release and not failed):
         if failed:
             log.warning("round %d: going on without clients %s", server_round, failed)
         return True
     if failed:
         raise RoundFailedError(
-            f"round {server_round}: {len(updates)} valid replies, "
+            f"round {server_round}: {len(answered)} valid replies, "
             f"federation.min_fit_clients={needed}; no usable reply from clients {failed}"
         )
     log.warning(
         "round %d: %d of federation.min_fit_clients=%d clients replied (offline: %s); "
         "global adapter unchanged",
         server_round,
-        len(updates),
+        len(answered),
         needed,
         selection.dropped,
     )
@@ -168,15 +168,28 @@ def run_rounds(
         if privacy is not None:
             instructions = privacy.instruct(instructions)
         observer.on_round_start(server_round, selection.participants)
-        updates = transport.fit(instructions, server_round)
+        secure = None  # under secure aggregation: the sum, and no update per client
+        if cfg.privacy.secure_aggregation:
+            secure = fit_secure(cfg, transport, instructions, server_round)
+            updates, answered = [], secure.clients
+        else:
+            updates = transport.fit(instructions, server_round)
+            answered = [update.client_id for update in updates]
         fit_done = time.perf_counter()
         aggregation: dict[str, Any] = {}
         release = privacy is not None and privacy.plan.level == "client"
-        if enough_replies(cfg, server_round, selection, instructions, updates, release):
+        if enough_replies(cfg, server_round, selection, instructions, answered, release):
             replies = updates
-            if privacy is not None:
+            if secure is not None:
+                replies = [weighted_mean(state, secure)]
+                if privacy is not None:
+                    replies = privacy.secure_input(server_round, state, secure)
+            elif privacy is not None:
                 replies = privacy.aggregation_input(server_round, state, updates)
-            state, aggregation = strategy.aggregate_fit(server_round, state, replies)
+            state, aggregated = strategy.aggregate_fit(server_round, state, replies)
+            aggregation.update(aggregated)
+            if secure is not None:
+                aggregation["secure_aggregation"] = public_metrics(secure, privacy is not None)
         else:
             aggregation["skipped"] = (
                 f"{len(updates)} of federation.min_fit_clients="
@@ -203,7 +216,12 @@ def run_rounds(
             lr=lr,
             dropped_clients=selection.dropped,
             client_metrics={u.client_id: u.metrics for u in updates},
-            communication=communication_totals(updates),
+            communication=communication_totals(updates)
+            if secure is None
+            else {
+                "bytes_down": int(secure.metrics["bytes_down"]),
+                "bytes_up": int(secure.metrics["bytes_up"]),
+            },
             aggregation=aggregation,
         ).to_json()
         if privacy is not None:

@@ -32,7 +32,7 @@ from fedit.privacy.randomness import (
     gaussian_scalar,
 )
 from fedit.server.privacy_budget import exposure, make_plan
-from fedit.types import AdapterState, ClientUpdate, FitInstruction
+from fedit.types import AdapterState, ClientUpdate, FitInstruction, SecureSum
 
 log = logging.getLogger(__name__)
 
@@ -128,48 +128,73 @@ class PrivacyRun:
         if self.plan.level == "example":
             return [dataclasses.replace(u, num_examples=1) for u in updates]
         plan, clip_norm = self.plan, self.clip_norm
-        names = trained_names(global_state, self._round.get("trainable", "all"))
-        missing = 1.0  # the fraction of the accounted variance the server must add
-        if plan.noise_at == "clients":
-            missing = max(0.0, 1.0 - len(updates) / self._shares)
-        noise = None
-        if missing > 0:
-            std = plan.update_noise_multiplier * clip_norm * math.sqrt(missing)
-            generator = self.noise.generator(server_round, SERVER_UPDATE_NOISE)
-            noise = gaussian_noise({n: global_state[n] for n in names}, std, generator)
-        denominator = plan.client_sampling.expected_size
+        names = self._names(global_state)
+        missing, noise = self._top_up(server_round, global_state, names, len(updates))
         reclip = clip_norm if plan.noise_at == "server" else None
-        mean, norms = private_mean(global_state, updates, names, denominator, reclip, noise)
+        mean, norms = private_mean(
+            global_state, updates, names, plan.client_sampling.expected_size, reclip, noise
+        )
         if plan.count_noise_std is not None:
-            self._adapt_clip(server_round, updates, norms, missing, denominator)
+            if plan.noise_at == "clients":
+                bits = [float(u.metrics.get("dp_unclipped", 0.0)) for u in updates]
+            else:  # the server reads the bits off the clipped updates it holds
+                threshold = self.clip_norm * (1 - _CLIPPED_SLACK)
+                bits = [1.0 if norm <= threshold else 0.0 for norm in norms]
+            self._adapt_clip(server_round, sum(b - 0.5 for b in bits), missing)
         return [ClientUpdate(-1, mean, num_examples=1, train_loss=0.0, num_steps=0)]
 
-    def _adapt_clip(
-        self,
-        server_round: int,
-        updates: list[ClientUpdate],
-        norms: list[float],
-        missing: float,
-        denominator: float,
-    ) -> None:
+    def secure_input(
+        self, server_round: int, global_state: AdapterState, secure: SecureSum
+    ) -> list[ClientUpdate]:
+        """``aggregation_input`` from secure aggregation's sum instead of the replies.
+
+        The sum already carries the clients' noise shares (``noise_at: clients``: distributed
+        DP); the server adds what missing shares lack, or all of it, and divides by D. At
+        example level each summand is a client's own DP-SGD output: the uniform mean.
+        """
+        names = self._names(global_state)
+        if self.plan.level == "example":
+            count = max(secure.weight_sum, 1.0)
+            return [_mean_reply(global_state, secure.delta_sum, names, count, None)]
+        plan, count = self.plan, len(secure.clients)
+        missing, noise = self._top_up(server_round, global_state, names, count)
+        denominator = plan.client_sampling.expected_size
+        reply = _mean_reply(global_state, secure.delta_sum, names, denominator, noise)
+        if plan.count_noise_std is not None:  # noised bits, summed under the masks
+            self._adapt_clip(server_round, secure.unclipped_bits - 0.5 * count, missing)
+        return [reply]
+
+    def _names(self, global_state: AdapterState) -> list[str]:
+        return trained_names(global_state, self._round.get("trainable", "all"))
+
+    def _top_up(
+        self, server_round: int, global_state: AdapterState, names: list[str], replies: int
+    ) -> tuple[float, AdapterState | None]:
+        """The fraction of the accounted variance the server must add, and that noise."""
+        plan = self.plan
+        missing = 1.0
+        if plan.noise_at == "clients":
+            missing = max(0.0, 1.0 - replies / self._shares)
+        if missing == 0:
+            return missing, None
+        std = plan.update_noise_multiplier * self.clip_norm * math.sqrt(missing)
+        generator = self.noise.generator(server_round, SERVER_UPDATE_NOISE)
+        return missing, gaussian_noise({n: global_state[n] for n in names}, std, generator)
+
+    def _adapt_clip(self, server_round: int, centred: float, missing: float) -> None:
         """Andrew et al. 2021: C ← C · exp(−η_C (b̃ − γ)) from the noised unclipped fraction b̃.
 
-        The bits b_i = 1[‖Δ_i‖ ≤ C] come noised from the clients (``noise_at: clients``), or
-        the server reads them off the clipped updates it holds; either way the released count
-        Σ(b_i − ½) carries N(0, σ_b²), the server adding the part that missing replies lack.
+        ``centred`` is Σ(b_i − ½) over the replies (sensitivity ½): bits noised by the clients
+        (``noise_at: clients``), or read by the server off the clipped updates it holds; the
+        server adds the part of N(0, σ_b²) that missing replies lack.
         """
         plan = self.plan
-        count_std = plan.count_noise_std or 0.0
-        if plan.noise_at == "clients":
-            bits = [float(u.metrics.get("dp_unclipped", 0.0)) for u in updates]
-        else:
-            threshold = self.clip_norm * (1 - _CLIPPED_SLACK)
-            bits = [1.0 if norm <= threshold else 0.0 for norm in norms]
-        centred = sum(b - 0.5 for b in bits)  # Σ(b_i − ½): sensitivity ½
         if missing > 0:
             generator = self.noise.generator(server_round, SERVER_COUNT_NOISE)
-            centred += gaussian_scalar(count_std * math.sqrt(missing), generator)
-        estimate = centred / denominator + 0.5
+            centred += gaussian_scalar(
+                (plan.count_noise_std or 0.0) * math.sqrt(missing), generator
+            )
+        estimate = centred / plan.client_sampling.expected_size + 0.5
         self._round["unclipped_estimate"] = estimate
         self.clip_norm *= math.exp(-plan.clip_lr * (estimate - plan.target_quantile))
 
@@ -251,3 +276,18 @@ class PrivacyRun:
     def final_line(self) -> str:
         """e.g. ``ε = 3.2 at δ = 1e-05 (client-level, add/remove, RDP) against: …``."""
         return epsilon_line(self._guarantee())
+
+
+def _mean_reply(
+    global_state: AdapterState,
+    delta_sum: AdapterState,
+    names: list[str],
+    denominator: float,
+    noise: AdapterState | None,
+) -> ClientUpdate:
+    """x + (Σ Δ_i + noise) / D over ``names``, as the one reply the strategy averages."""
+    mean = {n: t.detach().float().cpu().clone() for n, t in global_state.items()}
+    for n in names:
+        total = delta_sum[n].float() + (noise[n] if noise is not None else 0.0)
+        mean[n] += total / denominator
+    return ClientUpdate(-1, mean, num_examples=1, train_loss=0.0, num_steps=0)
