@@ -58,7 +58,10 @@ class PrivacyPlan:
     clip_lr: float = 0.2
     client_sizes: list[int] = dataclasses.field(default_factory=list)  # what it was made for
     reproducible_noise: bool = False  # the noise follows from the seed: every ε is void
-    upload_epsilon: float | None = None  # noise_at=clients: ε₁ of one upload against the server
+    # noise_at=clients: ε₁ of one upload, what the server sees of it without secure
+    # aggregation (with it, only of an upload that t colluding clients help it unmask).
+    upload_epsilon: float | None = None
+    secure_aggregation: bool = False  # SecAgg+: the server sees only the sum (False in old plans)
     # Against whom ε holds (privacy.threats): party -> {"learns", "guarantee"}, saved with it.
     threat_model: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
 
@@ -79,12 +82,14 @@ class PrivacyPlan:
         return self.level == "client" and self.sampling in ("poisson", "fixed")
 
     def describe_threats(self) -> None:
-        """Fill ``threat_model`` and ``upload_epsilon`` for this plan's level and noise_at."""
-        model = threat_model(self.level, self.noise_at)
+        """Fill ``threat_model`` and ``upload_epsilon`` for this plan's level, noise_at and
+        secure aggregation."""
+        model = threat_model(self.level, self.noise_at, self.secure_aggregation)
         self.threat_model = {p: dataclasses.asdict(e) for p, e in model.items()}
         if self.level == "client" and self.noise_at == "clients":
             # One upload, seen by the server: clip(Δ) + N(0, z²C²/D). Swapping the client's
-            # data moves it by up to 2C (replace-one), so its multiplier is z/(2√D).
+            # data moves it by up to 2C (replace-one), so its multiplier is z/(2√D). Under
+            # secure aggregation the server sees an upload alone only if t clients collude.
             shares = max(self.client_sampling.expected_size, 1.0)
             event = dp_event.GaussianDpEvent(self.update_noise_multiplier / (2 * shares**0.5))
             self.upload_epsilon = epsilon(
@@ -115,7 +120,11 @@ class PrivacyPlan:
 
     @classmethod
     def load(cls, run_dir: Path) -> PrivacyPlan:
-        """The plan a run saved; a ConfigError names the file if it is missing or damaged."""
+        """The plan a run saved; a ConfigError names the file if it is missing or damaged.
+
+        A plan saved before a field existed takes the field's default (``secure_aggregation``
+        False: no run could have used it then).
+        """
         path = run_dir / PLAN_FILE
         try:
             return cls(**json.loads(path.read_text(encoding="utf-8")))
@@ -137,7 +146,8 @@ VOID_REASON = (
 def epsilon_line(record: dict[str, Any]) -> str:
     """A round's ``privacy`` record as one line, naming the neighbouring relation and against
     whom it holds, e.g. ``ε = 3 at δ = 1e-05 (client-level, add/remove, RDP) against: another
-    client and the public; not against the server (noise added at the server)``."""
+    client and the public; not against the server (noise added at the server)``. The record's
+    ``secure_aggregation`` (absent: False) names the server under distributed DP."""
     if record.get("void"):
         return f"ε void: reproducible noise ({record['void']})"
     largest = " (largest over clients)" if record["level"] == "example" else ""
@@ -149,7 +159,12 @@ def epsilon_line(record: dict[str, Any]) -> str:
     )
     if "noise_at" in record or record["level"] == "example":
         noise_at = record.get("noise_at", "server")
-        line += " " + guarantee_clause(record["level"], noise_at, record.get("upload_epsilon"))
+        line += " " + guarantee_clause(
+            record["level"],
+            noise_at,
+            record.get("upload_epsilon"),
+            bool(record.get("secure_aggregation", False)),
+        )
     return line
 
 

@@ -18,9 +18,16 @@ def last_privacy_record(history: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def final_epsilon_line(history: list[dict[str, Any]]) -> str | None:
-    """``ε = … at δ = … (level, accountant)`` after the last round, or None without DP."""
+    """``ε = … at δ = … (level, accountant)`` after the last round, or None without DP.
+
+    A run whose rounds were securely aggregated (``aggregation.secure_aggregation``) says so
+    in the line, whether or not its ``privacy`` record does.
+    """
     record = last_privacy_record(history)
-    return epsilon_line(record) if record else None
+    if record is None:
+        return None
+    secure = any("secure_aggregation" in (r.get("aggregation") or {}) for r in history)
+    return epsilon_line({"secure_aggregation": secure, **record})
 
 
 def _plan_lines(plan: dict[str, Any]) -> list[str]:
@@ -64,7 +71,10 @@ def _threat_lines(plan: dict[str, Any]) -> list[str]:
         if party in model:
             lines.append(f"| {name} | {model[party]['learns']} | {model[party]['guarantee']} |")
     if plan.get("upload_epsilon") is not None:
-        lines += ["", f"ε₁ of one upload against the server: {plan['upload_epsilon']:.3g}."]
+        whom = "the server"
+        if plan.get("secure_aggregation"):
+            whom = "a server that enough colluding clients help to unmask it"
+        lines += ["", f"ε₁ of one upload against {whom}: {plan['upload_epsilon']:.3g}."]
     if plan.get("reproducible_noise"):
         lines += ["", f"**ε void: {VOID_REASON}.**"]
     return lines

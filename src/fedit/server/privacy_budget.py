@@ -54,6 +54,7 @@ def make_plan(cfg: Config, client_sizes: list[int]) -> PrivacyPlan:
         rates, steps = [q for q, _ in planned], [t for _, t in planned]
         plan = plan_example_level(cfg, client_sizes, rates, steps)
     plan.client_sizes = list(client_sizes)
+    plan.secure_aggregation = cfg.privacy.secure_aggregation
     plan.describe_threats()
     # Fails closed before anything is written: an accountant that cannot state ε stops here.
     planned_epsilon(cfg, plan, client_sizes, cfg.federation.rounds)
