@@ -228,6 +228,7 @@ def test_distributed_dp_spends_the_central_epsilon_and_sends_nothing_per_client(
     # The same ε as the central mechanism with the same z, sampling and rounds.
     expected = round_record(central)["privacy"]["epsilon"]
     assert row["privacy"]["epsilon"] == pytest.approx(expected, rel=1e-9)
+    assert row["privacy"]["secure_aggregation"] is True  # the ε line names the server
     # The range follows the noise: C + 8 noise-share stds, so the noise is never clipped.
     share = row["privacy"]["update_noise_multiplier"] * 0.05 / np.sqrt(CLIENTS)
     record = row["aggregation"]["secure_aggregation"]

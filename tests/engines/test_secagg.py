@@ -30,10 +30,10 @@ class Federation:
         for i in self.clients:
             self.private[i], (self.pk1[i], self.pk2[i]) = secagg.new_keys()
         self.graph = secagg.neighbourhoods(self.clients, k, np.random.default_rng(seed))
-        self.seeds, inbox = {}, {i: {} for i in self.clients}
+        self.seeds, own, inbox = {}, {}, {i: {} for i in self.clients}
         for i in self.clients:
             pk2 = {j: self.pk2[j] for j in self.graph[i]}
-            self.seeds[i], ciphertexts = secagg.share_secrets(
+            self.seeds[i], own[i], ciphertexts = secagg.share_secrets(
                 i, self.private[i], pk2, params.threshold
             )
             for j, ciphertext in ciphertexts.items():
@@ -44,6 +44,7 @@ class Federation:
             )
             for i in self.clients
         }
+        self.own = own  # each client's own share of its seed
 
     def upload(self, i: int, values: np.ndarray, examples: int, bit: float = 0.0) -> np.ndarray:
         vector = secagg.encode(values, examples, bit, self.params)
@@ -54,7 +55,8 @@ class Federation:
         active, dead = sorted(uploads), sorted(set(self.clients) - set(uploads))
         b_shares, sk_shares = {}, {}
         for j in active:
-            b, sk = secagg.unmask_reply(j, self.shares[j], active, dead)
+            held = {**self.shares[j], j: (self.own[j], b"")}
+            b, sk = secagg.unmask_reply(j, held, active, dead)
             for owner, share in b.items():
                 b_shares.setdefault(owner, []).append(share)
             for owner, share in sk.items():
@@ -120,7 +122,7 @@ def test_an_unmask_request_that_would_reveal_one_client_is_refused():
 def test_shares_for_someone_else_are_refused():
     federation = Federation(4, 3)
     pk2 = {j: federation.pk2[j] for j in federation.graph[1]}
-    _, ciphertexts = secagg.share_secrets(1, federation.private[1], pk2, 3)
+    _, _, ciphertexts = secagg.share_secrets(1, federation.private[1], pk2, 3)
     own = {j: federation.pk2[j] for j in federation.graph[2]}
     with pytest.raises(SecureAggregationError, match="client 2: shares from 1"):
         secagg.open_shares(2, federation.private[2], own, {1: ciphertexts[3]})  # meant for 3

@@ -37,7 +37,7 @@ class SecAggConfig:
     reconstruction_threshold: int | None = option(
         None,
         "t: shares needed to recover a secret; the server with fewer than t colluding clients "
-        "learns only the sum; default a majority of the neighbourhood",
+        "learns only the sum; default a majority of the k neighbours and the client itself",
     )
     neighbours: int | None = option(
         None, "SecAgg+ neighbourhood size k (each client masks with k others); default all"
@@ -74,9 +74,10 @@ def neighbourhood_size(secagg: SecAggConfig, clients: int) -> int:
 
 
 def reconstruction_threshold(secagg: SecAggConfig, clients: int) -> int:
-    """t: a majority of the neighbourhood by default."""
+    """t: by default a majority of the k + 1 holders of a self-mask seed's shares (the k
+    neighbours and the client itself)."""
     k = neighbourhood_size(secagg, clients)
-    return secagg.reconstruction_threshold or k // 2 + 1
+    return secagg.reconstruction_threshold or (k + 1) // 2 + 1
 
 
 def secagg_problems(cfg: Config) -> list[str]:

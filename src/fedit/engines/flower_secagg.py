@@ -90,6 +90,12 @@ def _stage(stage: str, server_round: int, client: int, **fields: Any) -> RecordD
     return RecordDict({SECAGG_KEY: config_record(fields)})
 
 
+def _content_bytes(content: RecordDict) -> int:
+    """What a message carries: the fedit message or masked vector, and the key material."""
+    arrays = sum(len(a.data) for r in content.array_records.values() for a in r.values())
+    return arrays + sum(_payload_bytes(r) for r in content.config_records.values())
+
+
 def _payload_bytes(record: ConfigRecord) -> int:
     """Key material in a record: the bytes values (what the protocol adds to a round)."""
     total = 0
@@ -113,10 +119,7 @@ class _Round:
         by_node = {self.nodes[c]: c for c in contents}
         messages = []
         for client, content in contents.items():
-            self.bytes_down += sum(_payload_bytes(r) for r in content.config_records.values())
-            self.bytes_down += sum(
-                len(a.data) for r in content.array_records.values() for a in r.values()
-            )
+            self.bytes_down += _content_bytes(content)
             messages.append(
                 Message(
                     content=content,
@@ -134,6 +137,7 @@ class _Round:
                 log.warning("client %d failed in a secure round: %s", sender, reply.error.reason)
                 continue
             answers[sender] = reply.content
+            self.bytes_up += _content_bytes(reply.content)
         return answers
 
 
@@ -229,7 +233,6 @@ def secure_fit(
             log.warning("client %d: malformed masked upload rejected: %s", client, err)
             continue
         masked[client] = upload
-        run.bytes_up += len(array.data)
     dead = sorted(shared - set(masked))
     if dead:
         log.warning("round %d: clients %s dropped after key sharing", server_round, dead)
@@ -261,12 +264,7 @@ def secure_fit(
     delta_sum = {n: _tensor(v) for n, v in split(decoded.values, shapes).items()}
     metrics = {
         "bytes_down": run.bytes_down,
-        "bytes_up": run.bytes_up
-        + sum(
-            _payload_bytes(c.config_records[SECAGG_KEY])
-            for c in keys.values()
-            if SECAGG_KEY in c.config_records
-        ),
+        "bytes_up": run.bytes_up,
         "bits": params.bits,
         "clipping_range": params.clipping_range,
         "quantization_step": params.step,

@@ -89,8 +89,10 @@ def client_stage(content: RecordDict, state: RecordDict) -> RecordDict:
         neighbours = int_list(record, "neighbours")
         their_pk2 = dict(zip(neighbours, blob_list(record, "pk2"), strict=True))
         private = {"sk1": saved["sk1"], "sk2": saved["sk2"]}
-        seed, ciphertexts = share_secrets(me, private, their_pk2, int_value(record, "threshold"))
-        saved |= {"seed": seed, "neighbours": neighbours}
+        seed, own_share, ciphertexts = share_secrets(
+            me, private, their_pk2, int_value(record, "threshold")
+        )
+        saved |= {"seed": seed, "own_share": own_share, "neighbours": neighbours}
         saved |= {"pk1": blob_list(record, "pk1"), "pk2": blob_list(record, "pk2")}
         state.config_records[SECAGG_KEY] = config_record(saved)
         order = sorted(ciphertexts)
@@ -108,6 +110,7 @@ def client_stage(content: RecordDict, state: RecordDict) -> RecordDict:
                 strict=True,
             )
         )
+        shares[me] = (blob(kept, "own_share"), b"")
         active, dead = int_list(record, "active"), int_list(record, "dead")
         b_shares, sk_shares = unmask_reply(me, shares, active, dead)
         state.config_records[SECAGG_KEY] = config_record(saved | {"unmasked": True})

@@ -121,11 +121,16 @@ def _shared_key(private_key: bytes, public_key: bytes) -> bytes:
 
 def share_secrets(
     me: int, private: dict[str, bytes], pk2: dict[int, bytes], threshold: int
-) -> tuple[bytes, dict[int, bytes]]:
+) -> tuple[bytes, bytes, dict[int, bytes]]:
     """Stage 2: a fresh self-mask seed, and each neighbour's encrypted shares of it and sk1.
 
+    The seed is shared among the k neighbours and the client itself (Bonawitz et al.: a
+    surviving client returns its own share too), so t may be up to k + 1; sk1 is needed only
+    once the client is gone, so only its k neighbours hold shares of it.
+
     Returns:
-        The seed b (kept), and neighbour id -> ciphertext (sent through the server).
+        The seed b and the client's own share of it (both kept), and neighbour id ->
+        ciphertext (sent through the server).
     """
     if threshold > len(pk2):
         raise SecureAggregationError(
@@ -133,13 +138,13 @@ def share_secrets(
         )
     seed = secrets.token_bytes(32)
     neighbours = sorted(pk2)
-    b_shares = create_shares(seed, threshold, len(neighbours))
+    *b_shares, own_share = create_shares(seed, threshold, len(neighbours) + 1)
     sk_shares = create_shares(private["sk1"], threshold, len(neighbours))
     ciphertexts = {}
     for j, b_share, sk_share in zip(neighbours, b_shares, sk_shares, strict=True):
         plaintext = share_keys_plaintext_concat(me, j, b_share, sk_share)
         ciphertexts[j] = encrypt(_shared_key(private["sk2"], pk2[j]), plaintext)
-    return seed, ciphertexts
+    return seed, own_share, ciphertexts
 
 
 def open_shares(
@@ -247,6 +252,9 @@ def unmask_reply(
 ) -> tuple[dict[int, bytes], dict[int, bytes]]:
     """Stage 4: this client's shares of b_j for active j and of sk1_j for dead j.
 
+    ``shares`` holds the neighbours' (b share, sk1 share) and this client's own b share
+    under its own id (with an empty sk1 share: it is never asked for while it answers).
+
     Raises:
         SecureAggregationError: a client listed both active and dead (both secrets together
             would unmask that client's own upload), or this client listed dead.
@@ -309,7 +317,8 @@ def unmask_sum(
         masked: survivor -> its upload.
         masked_with: every client that shared keys -> the neighbours it masked with.
         pk1: every client's mask public key.
-        b_shares: survivor -> shares of its self-mask seed, from its surviving neighbours.
+        b_shares: survivor -> shares of its self-mask seed, from itself and its surviving
+            neighbours.
         sk_shares: client that dropped after sharing -> shares of its sk1.
         threshold: t.
 

@@ -250,6 +250,8 @@ class PrivacyRun:
             guarantee["noise_at"] = plan.noise_at
         if plan.upload_epsilon is not None:
             guarantee["upload_epsilon"] = plan.upload_epsilon
+        if plan.secure_aggregation:
+            guarantee["secure_aggregation"] = True
         if plan.reproducible_noise:
             guarantee["void"] = VOID_REASON
         return guarantee
