@@ -7,7 +7,12 @@ import pytest
 from fedit.cli.main import main
 from helpers import tiny_args
 
-SECURE = ("privacy.secure_aggregation=true", "engine=flower-simulation", "federation.num_clients=4")
+SECURE = (
+    "privacy.secure_aggregation=true",
+    "engine=flower-simulation",
+    "federation.num_clients=4",
+    "federation.fraction_fit=1.0",
+)
 REFUSALS = {
     "in-process engine": (["engine=simulation"], "engine=simulation: privacy.secure_aggregation"),
     "exact": (["strategy.name=exact"], "strategy.name=exact: refused with privacy.secure"),
@@ -30,11 +35,12 @@ REFUSALS = {
         ],
         "privacy.adaptive_clip: refused with privacy.secure_aggregation=true and",
     ),
-    "two clients": (["federation.num_clients=2"], "needs at least 3 clients"),
+    "two clients": (["federation.num_clients=2"], "needs at least 3 clients a round"),
+    "two a round": (["federation.fraction_fit=0.5"], "this config selects 2 of 4"),
     "bits that wrap": (["privacy.secagg.bits=30"], "use at most 29 bits"),
     "threshold above the neighbourhood": (
         ["privacy.secagg.neighbours=2", "privacy.secagg.reconstruction_threshold=3"],
-        "must be at most the neighbourhood size 2",
+        "must be at most the neighbourhood size 2 of a round's 4 clients",
     ),
     "one-share threshold": (
         ["privacy.secagg.reconstruction_threshold=1"],

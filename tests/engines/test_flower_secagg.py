@@ -115,6 +115,9 @@ def test_secure_sum_equals_fedavg_within_the_quantization_bound(plain_and_secure
     storage = 2 * float(np.finfo(np.float32).eps) * largest
     worst = max((expected[k] - got[k]).abs().max().item() for k in expected)
     assert 0 < worst <= bound + storage  # quantized, yet within the bound on every coordinate
+    report = (secure / "report.md").read_text()
+    assert f"at most {bound:.2e} a coordinate" in report
+    assert f"over {CLIENTS} client rounds" in report  # bytes counted, though none per client
 
 
 def test_the_server_learns_only_the_sum(plain_and_secure):
@@ -238,3 +241,15 @@ def test_distributed_dp_spends_the_central_epsilon_and_sends_nothing_per_client(
     assert row["train_loss"] == {} and row["num_examples"] == {} and row["client_metrics"] == {}
     for upload in masked_uploads(grid):
         assert upload[0] != 1  # even the uniform weight travels masked
+
+
+def test_the_threshold_follows_the_clients_of_each_round(tiny_model_dir, tmp_path, run_identity):
+    # 3 of 5 clients a round: k = 2 neighbours each, t = 2 of 3 holders (as the quickstart,
+    # which draws 4 of 8).
+    secure, _ = run(
+        tiny_model_dir, tmp_path / "s", SECURE, "federation.fraction_fit=0.6", "federation.rounds=2"
+    )
+    rows = [json.loads(line) for line in (secure / "metrics.jsonl").read_text().splitlines()]
+    summed = [row["aggregation"]["secure_aggregation"]["clients"] for row in rows[1:]]
+    assert [len(clients) for clients in summed] == [3, 3]
+    assert [row["selected_clients"] for row in rows[1:]] == summed

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from fedit.config.schema import Config
 
 SECAGG_ENGINES = ("flower", "flower-simulation")
+MIN_CLIENTS = 3  # with two, each learns the other's update from the sum
 MODULUS_BITS = 32  # masked vectors are summed modulo 2^32 (uint32 on the wire)
 # Strategies whose aggregate is a function of the (weighted) sum of the clients' updates.
 SECAGG_STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "ffa_lora")
@@ -129,21 +130,29 @@ def secagg_problems(cfg: Config) -> list[str]:
             f"privacy.secagg.bits={bits}: {clients} clients x 2^{bits} levels can wrap the "
             f"2^{MODULUS_BITS} modulus; use at most {MODULUS_BITS - clients.bit_length()} bits"
         )
-    if clients < 3:
+    federation = cfg.federation
+    per_round = min(
+        clients, max(int(federation.fraction_fit * clients), 1, federation.min_fit_clients)
+    )
+    if federation.selection == "poisson":
+        per_round = clients  # a Poisson round's size varies; the round itself checks it
+    if clients < MIN_CLIENTS or per_round < MIN_CLIENTS:
         problems.append(
-            f"federation.num_clients={clients}: {key} needs at least 3 clients; with two, "
-            "each learns the other's update from the sum"
+            f"federation.fraction_fit={federation.fraction_fit}: {key} needs at least "
+            f"{MIN_CLIENTS} clients a round, this config selects {per_round} of {clients}; "
+            "with two, each learns the other's update from the sum"
         )
-    elif privacy.secagg.neighbours is not None and privacy.secagg.neighbours >= clients:
+    elif privacy.secagg.neighbours is not None and privacy.secagg.neighbours >= per_round:
         problems.append(
-            f"privacy.secagg.neighbours={privacy.secagg.neighbours}: must be below "
-            f"federation.num_clients={clients}"
+            f"privacy.secagg.neighbours={privacy.secagg.neighbours}: must be below the "
+            f"{per_round} clients a round"
         )
-    elif reconstruction_threshold(privacy.secagg, clients) > neighbourhood_size(
-        privacy.secagg, clients
+    elif reconstruction_threshold(privacy.secagg, per_round) > neighbourhood_size(
+        privacy.secagg, per_round
     ):
         problems.append(
             f"privacy.secagg.reconstruction_threshold={privacy.secagg.reconstruction_threshold}:"
-            f" must be at most the neighbourhood size {neighbourhood_size(privacy.secagg, clients)}"
+            " must be at most the neighbourhood size "
+            f"{neighbourhood_size(privacy.secagg, per_round)} of a round's {per_round} clients"
         )
     return problems

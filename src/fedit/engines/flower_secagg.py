@@ -20,6 +20,7 @@ SuperNode keeps per run (a deployment's ClientApp is a fresh process per message
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import secrets
@@ -30,7 +31,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedit.config import Config
-from fedit.config.secagg import neighbourhood_size, reconstruction_threshold
+from fedit.config.secagg import MIN_CLIENTS, neighbourhood_size, reconstruction_threshold
 from fedit.engines.flower import exchange, to_content
 from fedit.engines.flower_secagg_client import (
     MASKED_KEY,
@@ -168,7 +169,21 @@ def secure_fit(
             pk1[client], pk2[client] = blob(record, "pk1"), blob(record, "pk2")
         except (KeyError, SecureAggregationError) as err:
             log.warning("client %d: malformed keys ignored: %s", client, err)
+    silent = sorted(set(by_client) - set(pk1))
+    if len(pk1) < MIN_CLIENTS:
+        raise SecureAggregationError(
+            f"round {server_round}: {len(pk1)} of {len(by_client)} clients sent keys (none from "
+            f"{silent}); a secure round needs at least {MIN_CLIENTS}"
+        )
     k = neighbourhood_size(cfg.privacy.secagg, len(pk1))
+    params = dataclasses.replace(
+        params, threshold=reconstruction_threshold(cfg.privacy.secagg, len(pk1))
+    )
+    if params.threshold > k:
+        raise SecureAggregationError(
+            f"round {server_round}: privacy.secagg.reconstruction_threshold={params.threshold} "
+            f"exceeds the {k} neighbours each of this round's {len(pk1)} clients has"
+        )
     rng = np.random.default_rng(secrets.randbits(128))
     graph = _neighbourhoods(sorted(pk1), k, rng)
     shares_asked = {
@@ -198,12 +213,14 @@ def secure_fit(
         for dst, ciphertext in zip(destinations, ciphertexts, strict=True):
             forwarded[dst][client] = ciphertext
     masked_with = {c: sorted(j for j in graph[c] if j in shared) for c in shared}
-    too_few = sorted(c for c in shared if len(masked_with[c]) < params.threshold)
-    if len(shared) <= params.threshold or too_few:
+    # A seed's holders are the client and the neighbours it shared with: t of them must be.
+    too_few = sorted(c for c in shared if len(masked_with[c]) + 1 < params.threshold)
+    if len(shared) < MIN_CLIENTS or too_few:
         raise SecureAggregationError(
-            f"round {server_round}: {len(shared)} clients shared keys ({sorted(shared)}); "
-            f"clients {too_few or sorted(shared)} have fewer than "
-            f"privacy.secagg.reconstruction_threshold={params.threshold} neighbours to mask with"
+            f"round {server_round}: {len(shared)} of {len(pk1)} clients completed key sharing "
+            f"(not {sorted(set(pk1) - shared)}); clients {too_few or sorted(shared)} are left "
+            f"with fewer than privacy.secagg.reconstruction_threshold={params.threshold} "
+            "holders of their shares"
         )
     names = trained_names(instructions[0].state, instructions[0].config.trainable)
     shapes = {n: tuple(instructions[0].state[n].shape) for n in names}

@@ -35,12 +35,18 @@ def int_value(record: ConfigRecord, key: str) -> int:
     return value
 
 
-def int_list(record: ConfigRecord, key: str) -> list[int]:
-    """A list of integers (absent = empty: Flower's records carry no empty lists here)."""
+def _listed(record: ConfigRecord, key: str, kind: type) -> list[Any]:
+    """A list of ``kind`` (absent = empty: Flower's records carry no empty lists here)."""
     value = record.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
-        raise SecureAggregationError(f"secure-round record {key}: expected integers")
-    return [int(v) for v in value]
+    if not isinstance(value, list) or not all(
+        isinstance(v, kind) and not isinstance(v, bool) for v in value
+    ):
+        raise SecureAggregationError(f"secure-round record {key}: expected a list of {kind}")
+    return list(value)
+
+
+def int_list(record: ConfigRecord, key: str) -> list[int]:
+    return _listed(record, key, int)
 
 
 def blob(record: ConfigRecord, key: str) -> bytes:
@@ -51,10 +57,7 @@ def blob(record: ConfigRecord, key: str) -> bytes:
 
 
 def blob_list(record: ConfigRecord, key: str) -> list[bytes]:
-    value = record.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(v, bytes) for v in value):
-        raise SecureAggregationError(f"secure-round record {key}: expected a list of bytes")
-    return [v for v in value if isinstance(v, bytes)]
+    return _listed(record, key, bytes)
 
 
 def config_record(fields: dict[str, Any]) -> ConfigRecord:

@@ -51,6 +51,9 @@ def communication_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
     """Bytes moved over the whole run, from the rounds' ``communication`` records."""
     rounds = [r for r in history if r["round"] > 0 and "communication" in r]
     client_metrics = [m for r in rounds for m in (r.get("client_metrics") or {}).values()]
+    # Under secure aggregation nothing is recorded per client: count who was in each sum.
+    secure = [_secure(r) for r in rounds if _secure(r)]
+    secure_clients = sum(len(s.get("clients", [])) for s in secure)
     errors = [
         m["compression_error"]["relative_error"] for m in client_metrics if "compression_error" in m
     ]
@@ -58,13 +61,45 @@ def communication_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
     up = sum(r["communication"]["bytes_up"] for r in rounds)
     return {
         "rounds": len(rounds),
-        "client_rounds": len(client_metrics),
+        "client_rounds": len(client_metrics) or secure_clients,
         "bytes_down": down,
         "bytes_up": up,
         "bytes_total": down + up,
         "dropped": sum(len(r.get("dropped_clients") or []) for r in rounds),
         "mean_compression_error": sum(errors) / len(errors) if errors else None,
     }
+
+
+def _secure(record: dict[str, Any]) -> dict[str, Any]:
+    return (record.get("aggregation") or {}).get("secure_aggregation") or {}
+
+
+def _secure_aggregation(history: list[dict[str, Any]]) -> list[str]:
+    """The quantization of a secure-aggregation run, and its error against the update."""
+    records = [_secure(r) for r in history if _secure(r)]
+    if not records:
+        return []
+    first = records[0]
+    lines = [
+        "## Secure aggregation",
+        "",
+        f"- SecAgg+ in {len(records)} rounds: the server received only masked vectors and "
+        "unmasked their sum (docs/privacy.md)",
+        f"- Quantization: {first['bits']} bits over ±{first['clipping_range']:.3g}, step "
+        f"{first['quantization_step']:.2e}",
+    ]
+    bounded = [r for r in records if "error_bound" in r]
+    if bounded:
+        bound = max(r["error_bound"] for r in bounded)
+        ratio = max(r["error_bound"] / max(r["update_scale"], 1e-30) for r in bounded)
+        lines.append(
+            f"- Quantization error of the mean update: at most {bound:.2e} a coordinate, "
+            f"{ratio:.1e} of the update's largest coordinate at worst; coordinates clipped "
+            f"to the range: {sum(r['clipped_coordinates'] for r in bounded)}"
+        )
+        dropped = sum(r["dropped_after_key_sharing"] for r in bounded)
+        lines.append(f"- Clients lost after key sharing and recovered from shares: {dropped}")
+    return [*lines, ""]
 
 
 def _mb(num_bytes: float) -> str:
@@ -211,6 +246,7 @@ def write_report(run_dir: Path) -> Path:
         *_data_stats(run_dir),
         "",
         *_robustness(history, cfg),
+        *_secure_aggregation(history),
         "## Communication",
         "",
         *(_communication(history, fed.get("upload_compression", "none")) or [_unrecorded(history)]),
