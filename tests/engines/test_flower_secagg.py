@@ -253,3 +253,19 @@ def test_the_threshold_follows_the_clients_of_each_round(tiny_model_dir, tmp_pat
     summed = [row["aggregation"]["secure_aggregation"]["clients"] for row in rows[1:]]
     assert [len(clients) for clients in summed] == [3, 3]
     assert [row["selected_clients"] for row in rows[1:]] == summed
+
+
+def test_a_draw_too_small_to_hide_an_update_trains_no_one(tiny_model_dir, tmp_path, run_identity):
+    # Poisson draws vary: with 5 clients at rate 0.5 these rounds draw 2 and then 3 or more.
+    poisson = ("federation.selection=poisson", "federation.sample_rate=0.5", "federation.rounds=3")
+    secure, grid = run(tiny_model_dir, tmp_path / "s", SECURE, *poisson, "seed=3")
+    rows = [json.loads(line) for line in (secure / "metrics.jsonl").read_text().splitlines()]
+    sizes = [len(row["selected_clients"]) for row in rows[1:]]
+    assert min(sizes) < 3 <= max(sizes), sizes
+    trained = {int(m.metadata.group_id) for m in grid.sent.values() if stage_of(m) == "keys"}
+    for row in rows[1:]:
+        if len(row["selected_clients"]) < 3:
+            assert row["round"] not in trained and "skipped" in row["aggregation"]
+        else:
+            summed = row["aggregation"]["secure_aggregation"]["clients"]
+            assert row["round"] in trained and summed == row["selected_clients"]

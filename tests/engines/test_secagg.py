@@ -182,7 +182,6 @@ def test_distributed_dp_releases_the_accounted_noise(tmp_path, replies):
     secure = SecureSum(
         list(range(replies)), {"w": torch.from_numpy(decoded.values).float()}, replies, 0.0
     )
-    run._round["trainable"] = "all"
     (reply,) = run.secure_input(1, start, secure)
     released_sum = reply.state[names[0]].double().numpy() * plan.client_sampling.expected_size
     assert abs(released_sum.std() / (z * c) - 1) < 0.02

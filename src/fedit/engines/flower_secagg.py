@@ -59,9 +59,9 @@ RANGE_STDS = 8.0  # under DP the range is C + 8 client noise stds: P(clip) < 1e-
 
 
 def round_params(cfg: Config, instructions: list[FitInstruction], sizes: list[int]) -> SecAggParams:
-    """The round's quantization and threshold, from the config and the round's DP fields."""
+    """The round's quantization, from the config and the round's DP fields (the threshold is
+    set once the round's keys are in: ``secure_fit``)."""
     secagg, config = cfg.privacy.secagg, instructions[0].config
-    clients = cfg.federation.num_clients
     share_std = 0.0
     if config.dp_noise_shares > 0:
         share_std = config.dp_noise_multiplier * config.dp_clip_norm
@@ -79,7 +79,7 @@ def round_params(cfg: Config, instructions: list[FitInstruction], sizes: list[in
     return SecAggParams(
         bits=secagg.bits,
         clipping_range=clipping_range,
-        threshold=reconstruction_threshold(secagg, clients),
+        threshold=reconstruction_threshold(secagg, len(instructions)),
         max_weight=0.0 if uniform else float(secagg.max_weight or max(sizes)),
         bit_range=bit_range,
         count_clipped=not uniform,

@@ -12,7 +12,7 @@ from fedit.server.checkpoint import RunDir
 from fedit.server.observer import RunObserver
 from fedit.server.privacy import PrivacyRun
 from fedit.server.protocols import ServerModel, Transport
-from fedit.server.secure import fit_secure, public_metrics, weighted_mean
+from fedit.server.secure import fit_secure, public_metrics, too_few_to_hide, weighted_mean
 from fedit.strategy.base import Strategy
 from fedit.strategy.selection import Selection
 from fedit.types import AdapterState, ClientUpdate, FitInstruction, RoundResult
@@ -170,6 +170,14 @@ def run_rounds(
         observer.on_round_start(server_round, selection.participants)
         secure = None  # under secure aggregation: the sum, and no update per client
         if cfg.privacy.secure_aggregation:
+            if too_few_to_hide(instructions):
+                log.warning(
+                    "round %d: %d clients drawn, fewer than secure aggregation needs; none "
+                    "trains this round",
+                    server_round,
+                    len(instructions),
+                )
+                instructions = []
             secure = fit_secure(cfg, transport, instructions, server_round)
             updates, answered = [], secure.clients
         else:

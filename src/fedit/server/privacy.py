@@ -21,6 +21,8 @@ import logging
 import math
 from typing import Any
 
+import torch
+
 from fedit.config import Config
 from fedit.privacy.mechanism import private_mean, trained_names
 from fedit.privacy.plan import VOID_REASON, PrivacyPlan, epsilon_line
@@ -290,6 +292,8 @@ def _mean_reply(
     """x + (Σ Δ_i + noise) / D over ``names``, as the one reply the strategy averages."""
     mean = {n: t.detach().float().cpu().clone() for n, t in global_state.items()}
     for n in names:
-        total = delta_sum[n].float() + (noise[n] if noise is not None else 0.0)
+        total = delta_sum[n].float() if n in delta_sum else torch.zeros_like(mean[n])
+        if noise is not None:
+            total = total + noise[n]
         mean[n] += total / denominator
     return ClientUpdate(-1, mean, num_examples=1, train_loss=0.0, num_steps=0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Protocol, runtime_checkable
 
 from fedit.config import Config
+from fedit.config.secagg import MIN_CLIENTS
 from fedit.types import AdapterState, ClientUpdate, FitInstruction, SecureSum
 
 
@@ -24,10 +25,22 @@ class SecureTransport(Protocol):
         ...
 
 
+def too_few_to_hide(instructions: list[FitInstruction]) -> bool:
+    """A round drew fewer clients than secure aggregation needs (Poisson draws vary)."""
+    return 0 < len(instructions) < MIN_CLIENTS
+
+
 def fit_secure(
     cfg: Config, transport: object, instructions: list[FitInstruction], server_round: int
 ) -> SecureSum:
-    """The transport's secure round (config validation keeps other engines out)."""
+    """The transport's secure round (config validation keeps other engines out).
+
+    A round without instructions trains no one and sums nothing; the caller leaves out a
+    draw of fewer than ``MIN_CLIENTS`` (``too_few_to_hide``), whose sum would not hide an
+    update from the others.
+    """
+    if not instructions:
+        return SecureSum([], {}, 0.0, 0.0, {"bytes_down": 0, "bytes_up": 0})
     if not isinstance(transport, SecureTransport):
         raise TypeError(f"engine={cfg.engine}: its transport cannot run secure aggregation")
     return transport.fit_secure(instructions, server_round)
@@ -50,6 +63,8 @@ def public_metrics(secure: SecureSum, private: bool) -> dict[str, Any]:
     Under DP the count-dependent fields go, as the reply count does (``public_record``).
     """
     metrics = secure.metrics
+    if not secure.clients:
+        return {"clients": []} if not private else {}
     record = {k: metrics[k] for k in ("bits", "clipping_range", "quantization_step")}
     if private:
         return record
