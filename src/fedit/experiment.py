@@ -24,6 +24,7 @@ from fedit.model.start_adapter import load_start_adapter
 from fedit.reporting.report import write_report
 from fedit.robust.defended import defend
 from fedit.server.checkpoint import RunDir
+from fedit.server.clock import SimulatedClock
 from fedit.server.global_model import GlobalModel
 from fedit.server.loop import run_rounds
 from fedit.server.observer import RunObserver
@@ -124,6 +125,7 @@ def run_experiment(
         resumed_privacy = resumed_plan(cfg, run_dir.path)  # refuses rounds beyond the ε budget
     else:
         run_dir.check_fresh(cfg.overwrite)
+    clock = SimulatedClock.from_config(cfg)  # a bad profile CSV fails before anything loads
     setup = load_setup(cfg, prepare_data(cfg))
     setup.data.table["tokenization"] = setup.tokenization
     if observer is not None:
@@ -140,8 +142,13 @@ def run_experiment(
         run_dir.start(cfg, setup.data.table, cfg.overwrite)
         if privacy is not None:
             privacy.plan.save(run_dir.path)
-    strategy = defend(cfg, build_strategy(cfg))  # attacks' collusion and robust.method
-    state, history = run_rounds(cfg, transport, setup.server, strategy, run_dir, observer, privacy)
+    strategy = build_strategy(cfg)
+    if clock is not None:  # only clients online at selection are selected
+        strategy.select_among(clock.online)
+    strategy = defend(cfg, strategy)  # attacks' collusion and robust.method
+    state, history = run_rounds(
+        cfg, transport, setup.server, strategy, run_dir, observer, privacy, clock
+    )
     setup.server.save_adapter(state, run_dir.path / "global_adapter")
     report = write_report(run_dir.path)
     return RunOutcome(run_dir.path, history, report, time.perf_counter() - started, setup)

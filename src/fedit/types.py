@@ -157,9 +157,10 @@ class RoundResult:
     client_metrics: dict[int, dict[str, Any]] = field(default_factory=dict)
     communication: dict[str, int] = field(default_factory=dict)
     aggregation: dict[str, Any] = field(default_factory=dict)
+    system: dict[str, Any] = field(default_factory=dict)  # the simulated clock (server.clock)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        record = {
             "round": self.round,
             "selected_clients": self.selected_clients,
             "train_loss": {str(k): v for k, v in self.train_loss.items()},
@@ -172,3 +173,6 @@ class RoundResult:
             "communication": self.communication,
             "aggregation": self.aggregation,
         }
+        if self.system:  # only with federation.system profiles: records are unchanged without
+            record["system"] = self.system
+        return record

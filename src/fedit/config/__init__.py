@@ -30,6 +30,7 @@ from fedit.config.loader import (
 )
 from fedit.config.privacy import ACCOUNTANTS, NOISE_AT, PRIVACY_LEVELS, PrivacyConfig
 from fedit.config.schema import ENGINES, Config
+from fedit.config.system import PROFILE_SOURCES, SystemConfig
 from fedit.config.training import (
     AUTOCAST,
     DEVICES,
@@ -73,6 +74,7 @@ __all__ = [
     "LR_SCHEDULES",
     "OBJECTIVES",
     "PARTITION_METHODS",
+    "PROFILE_SOURCES",
     "QUANTIZATIONS",
     "SELECTIONS",
     "STRATEGIES",
@@ -92,6 +94,7 @@ __all__ = [
     "PartitionConfig",
     "StrategyConfig",
     "SyntheticConfig",
+    "SystemConfig",
     "TrainConfig",
     "config_from_dict",
     "field_help",

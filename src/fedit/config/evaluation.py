@@ -67,10 +67,20 @@ class EvalConfig:
     long_max_new_tokens: int = option(
         256, "generation length cap for open-ended suites (judge questions per turn, gsm8k)"
     )
+    target_accuracy: float | None = option(
+        None, "report the simulated time to reach this held-out accuracy (docs/systems.md)"
+    )
+    target_loss: float | None = option(
+        None, "report the simulated time to reach this held-out loss or lower (docs/systems.md)"
+    )
     judge: JudgeConfig = field(default_factory=JudgeConfig)
 
     def validate(self) -> list[str]:
         problems = []
+        if self.target_accuracy is not None and not 0 < self.target_accuracy <= 1:
+            problems.append(f"eval.target_accuracy: must be in (0, 1], got {self.target_accuracy}")
+        if self.target_loss is not None and self.target_loss <= 0:
+            problems.append(f"eval.target_loss: must be > 0, got {self.target_loss}")
         for key in ("every", "max_new_tokens", "batch_size", "long_max_new_tokens"):
             if getattr(self, key) < 1:
                 problems.append(f"eval.{key}: must be >= 1, got {getattr(self, key)}")

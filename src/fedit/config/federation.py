@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fedit.config.fields import check_choice, option
+from fedit.config.system import SystemConfig
 
 SELECTIONS = ("random", "weighted", "round_robin", "availability", "poisson")
 STRATEGIES = (
@@ -45,9 +46,11 @@ class FederationConfig:
     upload_compression: str = option(
         "none", "client uploads: none, fp16, bf16, int8 or int8_channel (lossy ones send deltas)"
     )
+    system: SystemConfig = field(default_factory=SystemConfig)
 
     def validate(self) -> list[str]:
         problems = check_choice("federation.selection", self.selection, SELECTIONS)
+        problems += self.system.validate()
         problems += check_choice(
             "federation.upload_compression", self.upload_compression, COMPRESSIONS
         )

@@ -125,10 +125,11 @@ class PrivacyConfig:
         train: TrainConfig,
     ) -> list[str]:
         """What the rest of the config asks that DP cannot honour, each with what to use instead."""
+        # The simulated clock (federation.system) needs what DP and SecAgg keep per client.
+        problems = federation.system.conflicts(self.level, self.secure_aggregation)
         if self.level == "none":
-            return []
+            return problems
         where = f"privacy.level={self.level}"
-        problems = []
         if strategy.name == "scaffold":
             problems.append(
                 f"strategy.name=scaffold: refused with {where}; its control variates are an "

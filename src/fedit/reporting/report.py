@@ -15,6 +15,8 @@ from fedit.reporting.preference import objective_line, preference_table
 from fedit.reporting.privacy_report import privacy_section
 from fedit.reporting.robustness import robustness_lines
 from fedit.reporting.summary import fmt, summary_rows
+from fedit.reporting.systems import PLOT as SIMULATED_TIME_PLOT
+from fedit.reporting.systems import evaluations_in_time, has_clock, systems_section
 
 PLOTS = {
     "loss": "loss.png",
@@ -210,6 +212,8 @@ def write_report(run_dir: Path) -> Path:
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
     plots.plot_loss(history, run_dir / PLOTS["loss"])
     plots.plot_accuracy(history, run_dir / PLOTS["accuracy"])
+    if has_clock(history):
+        plots.plot_simulated_time(evaluations_in_time(history), run_dir / SIMULATED_TIME_PLOT)
     rows = summary_rows(history)
     has_accuracy = len(rows) == 2 and "accuracy_by_category" in rows[-1][1]
     if has_accuracy:
@@ -247,6 +251,7 @@ def write_report(run_dir: Path) -> Path:
         "",
         *_robustness(history, cfg),
         *_secure_aggregation(history),
+        *systems_section(history, cfg),
         "## Communication",
         "",
         *(_communication(history, fed.get("upload_compression", "none")) or [_unrecorded(history)]),

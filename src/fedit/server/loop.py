@@ -9,6 +9,7 @@ from typing import Any
 
 from fedit.config import Config
 from fedit.server.checkpoint import RunDir
+from fedit.server.clock import SimulatedClock
 from fedit.server.observer import RunObserver
 from fedit.server.privacy import PrivacyRun
 from fedit.server.protocols import ServerModel, Transport
@@ -117,6 +118,7 @@ def run_rounds(
     run_dir: RunDir,
     observer: RunObserver | None = None,
     privacy: PrivacyRun | None = None,
+    clock: SimulatedClock | None = None,
 ) -> tuple[AdapterState, list[dict[str, Any]]]:
     """Run (or resume) FedIT rounds, checkpointing after each one.
 
@@ -129,6 +131,8 @@ def run_rounds(
         observer: Progress hooks.
         privacy: Differential privacy (``privacy.level`` other than none): C and noise shares
             in the instructions, the noised unweighted mean, ε in each round's record.
+        clock: The simulated clock (``federation.system``): each round's simulated duration
+            and clients' times in its record; clients past ``federation.deadline`` dropped.
 
     Returns:
         The final global adapter and the metrics history (round 0 is the base
@@ -145,6 +149,8 @@ def run_rounds(
     first_round = point.next_round if point is not None else 1
     if privacy is not None:
         privacy.replay(history)
+    if clock is not None:
+        clock.replay(history)
 
     if cfg.eval.base and not any(r["round"] == 0 for r in history):
         started = time.perf_counter()
@@ -184,23 +190,29 @@ def run_rounds(
             updates = transport.fit(instructions, server_round)
             answered = [update.client_id for update in updates]
         fit_done = time.perf_counter()
+        timing = clock.time_round(updates) if clock is not None else None
+        late = set(timing.late) if timing is not None else set()
+        # Clients past federation.deadline were heard from too late: dropped, not failed.
+        kept = [u for u in updates if u.client_id not in late]
+        waited = [i for i in instructions if i.client_id not in late]
+        answered = [c for c in answered if c not in late]
         aggregation: dict[str, Any] = {}
         release = privacy is not None and privacy.plan.level == "client"
-        if enough_replies(cfg, server_round, selection, instructions, answered, release):
-            replies = updates
+        if enough_replies(cfg, server_round, selection, waited, answered, release):
+            replies = kept
             if secure is not None:
                 replies = [weighted_mean(state, secure)]
                 if privacy is not None:
                     replies = privacy.secure_input(server_round, state, secure)
             elif privacy is not None:
-                replies = privacy.aggregation_input(server_round, state, updates)
+                replies = privacy.aggregation_input(server_round, state, kept)
             state, aggregated = strategy.aggregate_fit(server_round, state, replies)
             aggregation.update(aggregated)
             if secure is not None:
                 aggregation["secure_aggregation"] = public_metrics(secure, privacy is not None)
         else:
             aggregation["skipped"] = (
-                f"{len(updates)} of federation.min_fit_clients="
+                f"{len(kept)} of federation.min_fit_clients="
                 f"{cfg.federation.min_fit_clients} clients replied; global adapter unchanged"
             )
         aggregate_done = time.perf_counter()
@@ -231,6 +243,7 @@ def run_rounds(
                 "bytes_up": int(secure.metrics["bytes_up"]),
             },
             aggregation=aggregation,
+            system=clock.record(server_round, timing, updates) if clock and timing else {},
         ).to_json()
         if privacy is not None:
             record = privacy.public_record(record)

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 from torch import Tensor
 
 from fedit.config import Config
-from fedit.strategy.selection import Selection, build_selector, client_seed, num_selected
+from fedit.strategy.selection import (
+    Selection,
+    among_online,
+    build_selector,
+    client_seed,
+    num_selected,
+)
 from fedit.types import AdapterState, ClientUpdate, FitConfig, FitInstruction
 
 # Server-side strategy state (momenta, control variates), checkpointed as safetensors.
@@ -30,6 +37,11 @@ class Strategy(ABC):
             federation.selection, federation.availability, federation.sample_rate
         )
         self.num_clients = federation.num_clients
+
+    def select_among(self, online: Callable[[int], list[int]], over_select: float = 1.0) -> None:
+        """Select only among the clients ``online(round)`` lists, ``over_select`` times as many
+        (the simulated clock's availability and over-selection, docs/systems.md)."""
+        self.selector = among_online(self.selector, online, over_select)
 
     def configure_fit(
         self,

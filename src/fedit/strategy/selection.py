@@ -8,6 +8,7 @@ Every selector is a plain function ``(round, client_sizes, count, seed) -> Selec
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -103,6 +104,28 @@ def poisson_selector(sample_rate: float) -> Selector:
 
 
 Selector = Callable[[int, list[int], int, int], Selection]
+
+
+def among_online(
+    selector: Selector, online: Callable[[int], list[int]], over_select: float = 1.0
+) -> Selector:
+    """``selector`` over the clients ``online(round)`` lists, asking for ceil(count × over_select).
+
+    An offline client cannot be selected, as a device that has not checked in cannot
+    (``federation.system``'s availability); over-selection asks for more clients than the round
+    needs, as production FL does (Bonawitz et al. 2019). ``online`` lists client ids in order.
+    """
+
+    def select(server_round: int, sizes: list[int], count: int, seed: int) -> Selection:
+        ids = online(server_round)
+        wanted = min(len(ids), math.ceil(count * over_select - 1e-9))
+        if not ids:
+            return Selection([])
+        inner = selector(server_round, [sizes[c] for c in ids], wanted, seed)
+        return Selection([ids[i] for i in inner.selected], [ids[i] for i in inner.dropped])
+
+    return select
+
 
 SELECTORS: dict[str, Selector] = {
     "random": select_random,
