@@ -21,6 +21,8 @@ def test_a_run_records_simulated_time_and_the_report_plots_it(tiny_model_dir, tm
         "eval.target_loss=1000",  # reached at round 0
         "eval.target_accuracy=1.0",
         "eval.generate=false",
+        "federation.deadline=1e9",  # nobody misses it: the waste is recorded as zero
+        "federation.over_select=1.5",
     )
     assert main(["run", *args]) == 0
     rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -30,6 +32,8 @@ def test_a_run_records_simulated_time_and_the_report_plots_it(tiny_model_dir, tm
         system = record["system"]
         times = system["clients"]
         assert sorted(times) == sorted(record["train_loss"]) and times
+        assert len(record["selected_clients"]) == 3  # ceil(2 * 1.5)
+        assert system["late"] == [] and system["wasted"]["tokens"] == 0
         assert system["duration"] == max(t["total"] for t in times.values())
         for client, t in times.items():
             metrics = record["client_metrics"][client]
@@ -41,6 +45,7 @@ def test_a_run_records_simulated_time_and_the_report_plots_it(tiny_model_dir, tm
     assert (out / "simulated_time.png").stat().st_size > 0
     assert "Time to eval.target_loss=1000: 0 h (0 s), at round 0" in report
     assert "Time to eval.target_accuracy=1: not reached" in report
+    assert "Missed the deadline: 0 client rounds" in report
 
 
 @pytest.mark.parametrize(

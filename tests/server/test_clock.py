@@ -8,8 +8,11 @@ import pytest
 import torch
 
 from fedit.config import ConfigError, SystemConfig, load_config
+from fedit.server.checkpoint import RunDir
 from fedit.server.clock import ClientTime, SimulatedClock, client_time, time_round
+from fedit.server.loop import run_rounds
 from fedit.server.profiles import ClientProfile, draw_profiles, read_profiles
+from fedit.strategy import build_strategy
 from fedit.strategy.selection import among_online, select_random
 from fedit.types import ClientUpdate, RoundResult
 
@@ -162,3 +165,94 @@ def test_csv_profiles_load_through_the_config(tmp_path: Path):
     )
     clock = SimulatedClock.from_config(cfg)
     assert clock is not None and [p.tokens_per_second for p in clock.profiles] == [1, 2, 3]
+
+
+class TimedEngine:
+    """Transport and server model: client c trains 1000·(c+1) tokens, so at 1000 tokens/s and
+    unlimited bandwidth it takes c+1 simulated seconds."""
+
+    client_sizes = [1] * 5
+
+    def initial_state(self):
+        return {"w": torch.zeros(2)}
+
+    def fit(self, instructions, server_round):
+        return [
+            ClientUpdate(
+                i.client_id,
+                {"w": i.state["w"] + i.client_id},
+                1,
+                0.0,
+                1,
+                metrics={"tokens": 1000 * (i.client_id + 1), "bytes_down": 7, "bytes_up": 5},
+            )
+            for i in instructions
+        ]
+
+    def evaluate(self, state, generate=True):
+        return {"loss": 1.0}
+
+    def save_adapter(self, state, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+
+    def load_adapter(self, path: Path):
+        raise AssertionError("not resumed")
+
+
+def test_the_deadline_drops_exactly_the_clients_over_it_and_counts_their_waste(tmp_path):
+    cfg = load_config(
+        None,
+        [
+            f"output_dir={tmp_path / 'run'}",
+            "federation.num_clients=5",
+            "federation.rounds=3",
+            "federation.fraction_fit=0.4",  # m = 2, over-selected to ceil(2 * 1.5) = 3
+            "federation.system.profiles=sampled",
+            "federation.deadline=3.5",
+            "federation.over_select=1.5",
+        ],
+    )
+    clock = SimulatedClock([ClientProfile(1000.0, 1e12, 1e12)] * 5, cfg.seed, deadline=3.5)
+    strategy = build_strategy(cfg)
+    strategy.select_among(clock.online)
+    aggregated = []
+    inner = strategy.aggregate_fit
+
+    def recording(server_round, state, updates):
+        aggregated.append(sorted(u.client_id for u in updates))
+        return inner(server_round, state, updates)
+
+    strategy.aggregate_fit = recording
+    run_dir = RunDir(cfg.output_dir)
+    run_dir.start(cfg, {"clients": []}, overwrite=False)
+    engine = TimedEngine()
+    _, history = run_rounds(cfg, engine, engine, strategy, run_dir, clock=clock)
+    elapsed = 0.0
+    for record, kept in zip(history[1:], aggregated, strict=True):
+        selected, system = record["selected_clients"], record["system"]
+        late = [c for c in selected if c + 1 > 3.5]  # clients 3 and 4 take 4 and 5 s
+        assert len(selected) == 3
+        assert system["late"] == late and kept == [c for c in selected if c not in late]
+        assert system["duration"] == pytest.approx(3.5 if late else max(c + 1 for c in selected))
+        assert system["wasted"] == {
+            "tokens": sum(1000 * (c + 1) for c in late),
+            "bytes_down": 7 * len(late),
+            "bytes_up": 5 * len(late),
+        }
+        elapsed += system["duration"]
+        assert system["elapsed"] == pytest.approx(elapsed)
+    assert any(r["system"]["late"] for r in history[1:])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["federation.deadline=60"], "federation.deadline: the simulated clock decides"),
+        (["federation.over_select=1.3"], "federation.over_select: over-selection makes up"),
+        (["federation.system.profiles=sampled", "federation.deadline=0"], "must be > 0 seconds"),
+    ],
+)
+def test_a_deadline_needs_profiles_in_one_line(overrides, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    assert err.value.problems == [p for p in err.value.problems if expected in p]

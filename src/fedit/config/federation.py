@@ -47,10 +47,20 @@ class FederationConfig:
         "none", "client uploads: none, fp16, bf16, int8 or int8_channel (lossy ones send deltas)"
     )
     system: SystemConfig = field(default_factory=SystemConfig)
+    deadline: float | None = option(
+        None,
+        "simulated seconds a round waits for its clients; slower ones are dropped and their "
+        "work counted as wasted (needs federation.system; docs/systems.md)",
+    )
+    over_select: float = option(
+        1.0,
+        "with federation.deadline: select ceil(m * over_select) of the online clients, m the "
+        "round's usual number, so that enough beat the deadline (e.g. 1.3)",
+    )
 
     def validate(self) -> list[str]:
         problems = check_choice("federation.selection", self.selection, SELECTIONS)
-        problems += self.system.validate()
+        problems += self.system.validate() + self._deadline_problems()
         problems += check_choice(
             "federation.upload_compression", self.upload_compression, COMPRESSIONS
         )
@@ -68,6 +78,24 @@ class FederationConfig:
             problems.append(
                 f"federation.min_fit_clients: must be in [1, federation.num_clients], "
                 f"got {self.min_fit_clients}"
+            )
+        return problems
+
+    def _deadline_problems(self) -> list[str]:
+        problems = []
+        if self.deadline is not None and self.deadline <= 0:
+            problems.append(f"federation.deadline: must be > 0 seconds, got {self.deadline}")
+        if self.deadline is not None and not self.system.enabled:
+            problems.append(
+                "federation.deadline: the simulated clock decides who misses it; set "
+                "federation.system.profiles=sampled or csv (docs/systems.md)"
+            )
+        if self.over_select < 1:
+            problems.append(f"federation.over_select: must be >= 1, got {self.over_select}")
+        if self.over_select != 1 and self.deadline is None:
+            problems.append(
+                "federation.over_select: over-selection makes up for clients that miss "
+                "federation.deadline; set a deadline, or leave over_select at 1"
             )
         return problems
 

@@ -105,7 +105,7 @@ class SimulatedClock:
         if not system.enabled:
             return None
         profiles = load_profiles(system, cfg.federation.num_clients, cfg.seed)
-        return cls(profiles, cfg.seed, system.availability_period)
+        return cls(profiles, cfg.seed, system.availability_period, cfg.federation.deadline)
 
     def online(self, server_round: int) -> list[int]:
         """The clients online when ``server_round`` selects, the same for the same seed."""

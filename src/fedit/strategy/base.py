@@ -38,10 +38,10 @@ class Strategy(ABC):
         )
         self.num_clients = federation.num_clients
 
-    def select_among(self, online: Callable[[int], list[int]], over_select: float = 1.0) -> None:
-        """Select only among the clients ``online(round)`` lists, ``over_select`` times as many
-        (the simulated clock's availability and over-selection, docs/systems.md)."""
-        self.selector = among_online(self.selector, online, over_select)
+    def select_among(self, online: Callable[[int], list[int]]) -> None:
+        """Select only among the clients ``online(round)`` lists, ``federation.over_select``
+        times as many (the simulated clock's availability and over-selection, docs/systems.md)."""
+        self.selector = among_online(self.selector, online, self.cfg.federation.over_select)
 
     def configure_fit(
         self,
