@@ -23,15 +23,16 @@ from fedit.model.lora import apply_lora
 from fedit.model.start_adapter import load_start_adapter
 from fedit.reporting.report import write_report
 from fedit.robust.defended import defend
-from fedit.server.checkpoint import RunDir
+from fedit.server.checkpoint import METRICS_FILE, RunDir
 from fedit.server.clock import SimulatedClock
 from fedit.server.global_model import GlobalModel
 from fedit.server.loop import run_rounds
-from fedit.server.observer import RunObserver
+from fedit.server.observer import Observers, RunObserver
 from fedit.server.privacy import PrivacyRun
 from fedit.server.privacy_budget import resumed_plan
 from fedit.server.protocols import Transport
 from fedit.strategy import build_strategy
+from fedit.tracking import Tracking, run_identity
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,10 @@ def load_setup(cfg: Config, data: PreparedData) -> Setup:
 
 
 def run_experiment(
-    cfg: Config, observer: RunObserver | None = None, transport: Transport | None = None
+    cfg: Config,
+    observer: RunObserver | None = None,
+    transport: Transport | None = None,
+    tracking: Tracking | None = None,
 ) -> RunOutcome:
     """Run (or resume) a whole experiment and write its run directory.
 
@@ -107,6 +111,8 @@ def run_experiment(
         observer: Progress hooks.
         transport: Reaches the clients; default: the in-process simulation on the setup's
             model. The Flower ServerApp passes one that talks to SuperNodes.
+        tracking: ``report_to``'s trackers; default: this run's own, closed at the end.
+            ``fedit compare`` passes FedIT's, and closes it after logging the scores.
 
     Returns:
         The outcome, with the ``Setup`` it loaded (``fedit compare`` trains its baselines on it).
@@ -146,9 +152,20 @@ def run_experiment(
     if clock is not None:  # only clients online at selection are selected
         strategy.select_among(clock.online)
     strategy = defend(cfg, strategy)  # attacks' collusion and robust.method
-    state, history = run_rounds(
-        cfg, transport, setup.server, strategy, run_dir, observer, privacy, clock
-    )
-    setup.server.save_adapter(state, run_dir.path / "global_adapter")
-    report = write_report(run_dir.path)
+    own = tracking is None
+    tracking = tracking or Tracking(cfg, run_identity(run_dir.path))
+    tracking.open(run_dir.path / METRICS_FILE)  # only now: bad input has written nothing
+    observers = Observers(observer, tracking)  # progress bars, and report_to's trackers
+    try:
+        state, history = run_rounds(
+            cfg, transport, setup.server, strategy, run_dir, observers, privacy, clock
+        )
+        setup.server.save_adapter(state, run_dir.path / "global_adapter")
+        report = write_report(run_dir.path)
+        tracking.log_outcome(history, run_dir.path)
+    except BaseException:
+        tracking.close(failed=True)
+        raise
+    if own:
+        tracking.close()
     return RunOutcome(run_dir.path, history, report, time.perf_counter() - started, setup)

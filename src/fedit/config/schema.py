@@ -15,6 +15,7 @@ from fedit.config.secagg import secagg_problems
 from fedit.config.training import DataConfig, DPOConfig, LoraConfig, ModelConfig, TrainConfig
 
 ENGINES = ("simulation", "flower", "flower-simulation")
+TRACKERS = ("tensorboard", "mlflow", "wandb")  # fedit.tracking.TRACKERS implements each
 
 
 @dataclass
@@ -39,6 +40,11 @@ class Config:
     compare: CompareConfig = field(default_factory=CompareConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     robust: RobustConfig = field(default_factory=RobustConfig)
+    report_to: list[str] = option(
+        [],
+        "experiment trackers to log to: tensorboard, mlflow, wandb (offline by default; "
+        "pip install fedit[track]; docs/tracking.md)",
+    )
     seed: int = option(42, "seed for data generation, partitioning, selection and training")
     output_dir: str = option("runs/quickstart", "run directory")
     resume: bool = option(False, "continue the run in output_dir from its last complete round")
@@ -53,6 +59,7 @@ class Config:
         problems += self.privacy.conflicts(self.strategy, self.lora, self.federation, self.train)
         problems += self.compare.validate(self.federation.num_clients)
         problems += check_choice("engine", self.engine, ENGINES)
+        problems += _tracker_problems(self.report_to)
         if self.engine == "flower":
             problems += self.flower.validate()
         if self.engine == "flower-simulation":
@@ -110,3 +117,10 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _tracker_problems(report_to: list[str]) -> list[str]:
+    problems = [p for name in report_to for p in check_choice("report_to", name, TRACKERS)]
+    if len(set(report_to)) < len(report_to):
+        problems.append(f"report_to: a tracker is listed twice in {report_to}; list each once")
+    return problems

@@ -35,6 +35,7 @@ from fedit.evaluation.baselines import (
     train_schedule,
 )
 from fedit.evaluation.compare_report import write_compare_report
+from fedit.evaluation.compare_tracking import fedit_tracking, log_models
 from fedit.evaluation.per_client import score_clients
 from fedit.evaluation.runner import LoadedModel, evaluate_suites, grade_judge_suites
 from fedit.evaluation.suites import Suite, load_suites
@@ -44,6 +45,7 @@ from fedit.model.lora import load_adapter_state, set_adapter_state
 from fedit.server.checkpoint import RunDir
 from fedit.server.global_model import GlobalModel
 from fedit.server.observer import RunObserver
+from fedit.tracking import Tracking
 from fedit.types import AdapterState
 
 log = logging.getLogger(__name__)
@@ -73,10 +75,23 @@ class CompareOutcome:
     phases: dict[str, float]
 
 
-def run_compare(cfg: Config, observer: RunObserver | None = None) -> CompareOutcome:
-    """Train what is missing, score every model on every suite, and write the report."""
+def run_compare(
+    cfg: Config, observer: RunObserver | None = None, study_dir: Path | None = None
+) -> CompareOutcome:
+    """Train what is missing, score every model on every suite, and write the report.
+
+    ``study_dir``: the study a seed's comparison belongs to (``compare.seeds``); it names the
+    group that ``report_to`` logs every model to. Default: this comparison's ``output_dir``.
+    """
+    study_dir = study_dir or Path(cfg.output_dir)
+    with fedit_tracking(cfg, study_dir) as tracking:
+        return _compare(cfg, observer or RunObserver(), study_dir, tracking)
+
+
+def _compare(
+    cfg: Config, observer: RunObserver, study_dir: Path, tracking: Tracking
+) -> CompareOutcome:
     started = time.perf_counter()
-    observer = observer or RunObserver()
     # Bad suite files and an unreachable judge fail here, before anything is trained.
     suites = _judge_or_skip(load_suites(cfg.compare.suites, cfg, "compare.suites"), cfg)
     if cfg.engine in ("flower", "flower-simulation"):
@@ -84,7 +99,7 @@ def run_compare(cfg: Config, observer: RunObserver | None = None) -> CompareOutc
         setup = load_setup(cfg, prepare_data(cfg))
     else:
         # FedIT's setup (base model, LoRA init, tokenized clients) is the baselines' too.
-        fedit_run = run_experiment(_fedit_config(cfg), observer)
+        fedit_run = run_experiment(_fedit_config(cfg), observer, tracking=tracking)
         assert fedit_run.setup is not None  # run_experiment always loads one
         setup = fedit_run.setup
     phases = {"fedit": time.perf_counter() - started}
@@ -123,6 +138,7 @@ def run_compare(cfg: Config, observer: RunObserver | None = None) -> CompareOutc
     report, table_text = write_compare_report(
         compare_dir, cfg, contenders, results, setup.data.table, fedit_run.history, per_client
     )
+    log_models(cfg, study_dir, tracking, fedit_run, results, compare_dir)
     return CompareOutcome(compare_dir, report, results, table_text, seconds, phases)
 
 
@@ -260,7 +276,8 @@ def _progress(observer: RunObserver, total: int) -> Callable[[int, int, float], 
 def _recipe(cfg: Config, stints: list[Stint], client_id: int) -> dict[str, Any]:
     """Everything a baseline's weights depend on: the training settings and its schedule."""
     settings = cfg.to_dict()
-    for key in ("eval", "compare", "resume", "overwrite", "output_dir", "engine", "flower"):
+    never_trained = ("eval", "compare", "resume", "overwrite", "output_dir", "engine", "flower")
+    for key in (*never_trained, "report_to"):
         settings.pop(key, None)
     return {
         "client_id": client_id,

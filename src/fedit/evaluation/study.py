@@ -84,7 +84,7 @@ def run_study(cfg: Config, observer: RunObserver | None = None) -> StudyOutcome:
         else:
             marker.unlink(missing_ok=True)
             log.info("seed %d: comparing in %s", seed, one.output_dir)
-            run_compare(one, observer)
+            run_compare(one, observer, study_dir=Path(cfg.output_dir))
             atomic_write_json(marker, recipe)
         per_seed[seed] = json.loads(results.read_text(encoding="utf-8"))
     summary = summarize(per_seed)

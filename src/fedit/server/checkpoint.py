@@ -45,7 +45,7 @@ STRATEGY_FILE = "strategy.safetensors"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 # Keys that may differ between a run and its resumption: they do not change what was trained.
-RESUMABLE_DIFFERENCES = ("resume", "overwrite", "federation.rounds", "output_dir")
+RESUMABLE_DIFFERENCES = ("resume", "overwrite", "federation.rounds", "output_dir", "report_to")
 # Whole sections that only say how to score or compare a run, never what it trains.
 RESUMABLE_SECTIONS = ("eval.", "compare.")
 

@@ -42,3 +42,54 @@ class RunObserver:
 
     def on_round_end(self, record: dict[str, Any]) -> None:
         """Called with the round's metrics.jsonl record once its checkpoint is complete."""
+
+
+class Observers(RunObserver):
+    """Several observers as one (progress bars and experiment tracking), called in order."""
+
+    def __init__(self, *observers: RunObserver | None):
+        self.observers = [observer for observer in observers if observer is not None]
+
+    def on_prepared(self, partition_table: dict[str, Any]) -> None:
+        for observer in self.observers:
+            observer.on_prepared(partition_table)
+
+    def on_run_start(self, first_round: int, last_round: int) -> None:
+        for observer in self.observers:
+            observer.on_run_start(first_round, last_round)
+
+    def on_round_start(self, server_round: int, selected: list[int]) -> None:
+        for observer in self.observers:
+            observer.on_round_start(server_round, selected)
+
+    def on_client_start(self, client_id: int, total_steps: int) -> None:
+        for observer in self.observers:
+            observer.on_client_start(client_id, total_steps)
+
+    def on_step(self, step: int, total_steps: int, loss: float) -> None:
+        for observer in self.observers:
+            observer.on_step(step, total_steps, loss)
+
+    def on_client_end(self, update: ClientUpdate) -> None:
+        for observer in self.observers:
+            observer.on_client_end(update)
+
+    def on_baseline_start(self, name: str, total_steps: int) -> None:
+        for observer in self.observers:
+            observer.on_baseline_start(name, total_steps)
+
+    def on_eval_start(self, label: str) -> None:
+        for observer in self.observers:
+            observer.on_eval_start(label)
+
+    def on_eval_progress(self, label: str, done: int, total: int) -> None:
+        for observer in self.observers:
+            observer.on_eval_progress(label, done, total)
+
+    def on_eval_end(self, label: str, metrics: dict[str, Any]) -> None:
+        for observer in self.observers:
+            observer.on_eval_end(label, metrics)
+
+    def on_round_end(self, record: dict[str, Any]) -> None:
+        for observer in self.observers:
+            observer.on_round_end(record)
