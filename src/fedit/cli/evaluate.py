@@ -44,7 +44,7 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
         metavar="[NAME=]KIND[:SOURCE]",
         help="repeatable: heldout, instructions:FILE|HUB_ID, preference[:FILE|HUB_ID], mc:FILE, "
         "gsm8k:FILE, "
-        "judge:question.jsonl",
+        "judge:question.jsonl, lm_eval:TASK[,TASK...] (lm-eval task names or task.yaml files)",
     )
     parser.add_argument("--out", help="folder for eval/ (default: the run folder)")
     parser.add_argument("--batch-size", type=int, help="eval.batch_size")
@@ -126,6 +126,10 @@ def cmd_eval(args: argparse.Namespace, out: Console, console: Console) -> int:
 def _headline(result: dict[str, Any]) -> str:
     """One line of a suite's main numbers for the terminal."""
     parts = [f"{k} {result[k]:.4f}" for k in ("accuracy", "rouge_l", "loss") if k in result]
+    if result.get("kind") == "lm_eval":
+        from fedit.evaluation.harness import headline
+
+        parts += headline(result)
     single = result.get("single")
     if single:
         parts.append(

@@ -333,7 +333,7 @@ def _setup_logging(verbose: bool) -> None:
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=True)],
     )
-    noisy_loggers = ("transformers", "datasets", "peft", "urllib3", "httpx", "filelock")
+    noisy_loggers = ("transformers", "datasets", "peft", "urllib3", "httpx", "filelock", "lm_eval")
     for noisy in (*noisy_loggers, "matplotlib", "absl"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

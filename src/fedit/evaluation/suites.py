@@ -10,6 +10,8 @@ A suite spec is ``KIND`` or ``KIND:SOURCE``, optionally named: ``NAME=KIND:SOURC
 ``mc:FILE``        multiple choice (MMLU style or Alpaca ``Options: A. ...``), by log-likelihood
 ``gsm8k:FILE``     free-form numeric answers; the reference ends with ``#### 42``
 ``judge:FILE``     FastChat ``question.jsonl`` (Vicuna-bench, MT-Bench) graded by an LLM judge
+``lm_eval:T[,T]``  EleutherAI's lm-evaluation-harness: task names or local task YAMLs
+                   (``evaluation.harness``; needs ``fedit[lmeval]``)
 =================  ==========================================================================
 
 Example:
@@ -35,7 +37,7 @@ from fedit.types import Example
 
 log = logging.getLogger(__name__)
 
-SUITE_KINDS = ("heldout", "instructions", "preference", "mc", "gsm8k", "judge")
+SUITE_KINDS = ("heldout", "instructions", "preference", "mc", "gsm8k", "judge", "lm_eval")
 _OPTIONAL_SOURCE = ("preference",)  # alone: the run's held-out pairs
 _NAME = re.compile(r"^[A-Za-z0-9][\w.-]*$")
 # File stems too generic to name a suite by; the folder name is used instead.
@@ -65,6 +67,8 @@ def parse_suite(spec: str, key: str = "--suite") -> SuiteSpec:
         raise ConfigError(f"{key} {spec!r}: heldout takes no source (it is the run's test split)")
     if kind != "heldout" and kind not in _OPTIONAL_SOURCE and not source:
         raise ConfigError(f"{key} {spec!r}: {kind} needs a source, e.g. {kind}:path/to/file")
+    if kind == "lm_eval" and not all(item.strip() for item in source.split(",")):
+        raise ConfigError(f"{key} {spec!r}: an empty task name; use lm_eval:TASK[,TASK...]")
     name = name or _default_name(kind, source)
     if not _NAME.match(name):
         raise ConfigError(f"{key} {spec!r}: name {name!r} must be letters, digits, '_', '-', '.'")
@@ -74,6 +78,10 @@ def parse_suite(spec: str, key: str = "--suite") -> SuiteSpec:
 def _default_name(kind: str, source: str) -> str:
     if not source:
         return kind
+    if kind == "lm_eval":  # lm_eval_<task>: a task YAML's file name, or lm-eval's task name
+        items = [item.strip() for item in source.split(",")]
+        tasks = [Path(t).stem if t.lower().endswith((".yaml", ".yml")) else t for t in items]
+        return "lm_eval_" + "_".join(re.sub(r"[^\w.-]", "_", task) for task in tasks)
     path = Path(source)
     stem = path.stem if path.suffix else path.name
     if stem.lower() in _GENERIC_STEMS and path.parent.name:
@@ -277,6 +285,10 @@ def load_suite(spec: SuiteSpec, cfg: Config, key: str = "--suite") -> Suite:
         return PreferenceSuite(spec, load_preference_pairs(spec.source, cfg, f"{key} {spec.name}"))
     source = str(spec.source)
     key = f"{key} {spec.name}"
+    if spec.kind == "lm_eval":
+        from fedit.evaluation.harness import load_harness_suite
+
+        return load_harness_suite(spec, key)
     if spec.kind == "instructions":
         from fedit.data.sources import load_source
 

@@ -39,11 +39,10 @@ def metric_view(result: dict[str, Any]) -> dict[str, Any]:
 
 def table_metrics(result: dict[str, Any]) -> list[tuple[str, str, str]]:
     """The (metric, per-category key, label) rows this result has values for."""
-    return [
-        row
-        for row in TABLE_METRICS.get(result.get("kind", ""), [])
-        if metric_view(result).get(row[0]) is not None
-    ]
+    rows = TABLE_METRICS.get(result.get("kind", ""), [])
+    if result.get("kind") == "lm_eval":  # lm-eval's own metric names; its tasks are the columns
+        rows = [(name, f"{name}_by_category", name) for name in result.get("metric_names", [])]
+    return [row for row in rows if metric_view(result).get(row[0]) is not None]
 
 
 def fmt(value: Any, digits: int = 3) -> str:
