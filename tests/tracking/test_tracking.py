@@ -290,7 +290,7 @@ def test_compare_logs_each_model_as_a_run_of_the_study(tiny_model_dir, tmp_path)
             *tiny_args(tiny_model_dir, out, "eval.generate=false", "federation.rounds=1"),
             "compare.num_local=1",
             "compare.centralized=false",
-            "report_to=[tensorboard]",
+            "report_to=[tensorboard,wandb]",
         ]
     )
     assert code == 0
@@ -305,3 +305,15 @@ def test_compare_logs_each_model_as_a_run_of_the_study(tiny_model_dir, tmp_path)
         }
     fedit = _tensorboard_scalars(out / "tensorboard" / "fedit")
     assert set(fedit["eval/loss"]) == {0, 1}  # the federated run's rounds, in FedIT's run
+    runs = {}  # W&B: one offline run per model, all in the study's group
+    for wandb_file in (out / "wandb").glob("offline-run-*/run-*.wandb"):
+        records = _wandb_records(wandb_file)
+        (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+        assert run.run_group == "study"
+        runs[run.display_name] = _wandb_history(records)
+    assert runs.keys() == names
+    for name in names:  # after FedIT's rounds and results table: none dropped as out of order
+        assert runs[name]["compare/heldout/loss"] == {
+            1: pytest.approx(results[name]["heldout"]["loss"])
+        }
+    assert set(runs["fedit"]["eval/loss"]) == {0, 1}

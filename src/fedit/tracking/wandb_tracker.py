@@ -30,6 +30,7 @@ class WandbTracker(Tracker):
             x_disable_meta=True,
         )
         self.wandb = wandb
+        self.step = 0  # the last step logged: W&B drops anything logged at an earlier one
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT") or PLAIN_EXPERIMENT,
             group=identity.group,
@@ -44,10 +45,12 @@ class WandbTracker(Tracker):
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self.run.log(metrics, step=step)
+        self.step = step
 
     def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
         header: list[str | int] = [*columns]
-        self.run.log({name: self.wandb.Table(columns=header, data=rows)})
+        # At the last step, not the next: a later log_metrics at that step must still count.
+        self.run.log({name: self.wandb.Table(columns=header, data=rows)}, step=self.step)
         for row in rows:
             for column, value in zip(columns[1:], row[1:], strict=True):
                 self.run.summary[f"{name}/{row[0]}/{column}"] = value
