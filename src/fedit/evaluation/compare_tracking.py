@@ -35,8 +35,10 @@ def log_models(
     if not cfg.report_to:
         return
     step = cfg.federation.rounds
-    fedit.open()  # already open unless the FedIT run was a finished Flower run
-    fedit.log_history(fedit_run.history)  # rounds not logged yet (a finished Flower run)
+    if not fedit.opened:  # a finished Flower run, which compare reads rather than runs
+        fedit.open()
+        fedit.log_history(fedit_run.history)
+        fedit.log_outcome(fedit_run.history, fedit_run.run_dir)
     for model, suites in results.items():
         scores = suite_scores(suites)
         if model == "fedit":
