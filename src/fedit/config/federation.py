@@ -5,9 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fedit.config.fields import check_choice, option
+from fedit.config.selection import OortConfig
 from fedit.config.system import SystemConfig
 
-SELECTIONS = ("random", "weighted", "round_robin", "availability", "poisson")
+SELECTIONS = (
+    "random",
+    "weighted",
+    "round_robin",
+    "availability",
+    "poisson",
+    "oort",
+    "fastest",
+    "diverse",
+)
 STRATEGIES = (
     "fedavg",
     "fedprox",
@@ -35,7 +45,9 @@ class FederationConfig:
         "random",
         "client selection, seeded per round: random, weighted (by data size), round_robin, "
         "availability (random, then each client is online with federation.availability), "
-        "or poisson (each client independently with federation.sample_rate)",
+        "poisson (each client independently with federation.sample_rate), oort (Lai et al. "
+        "2021: loss, size and speed; federation.oort), fastest (shortest expected time; needs "
+        "federation.system) or diverse (most categories covered; docs/systems.md)",
     )
     sample_rate: float = option(
         0.1, "poisson selection: probability that each client trains in a round"
@@ -47,6 +59,7 @@ class FederationConfig:
         "none", "client uploads: none, fp16, bf16, int8 or int8_channel (lossy ones send deltas)"
     )
     system: SystemConfig = field(default_factory=SystemConfig)
+    oort: OortConfig = field(default_factory=OortConfig)
     deadline: float | None = option(
         None,
         "simulated seconds a round waits for its clients; slower ones are dropped and their "
@@ -60,7 +73,12 @@ class FederationConfig:
 
     def validate(self) -> list[str]:
         problems = check_choice("federation.selection", self.selection, SELECTIONS)
-        problems += self.system.validate() + self._deadline_problems()
+        problems += self.system.validate() + self._deadline_problems() + self.oort.validate()
+        if self.selection == "fastest" and not self.system.enabled:
+            problems.append(
+                "federation.selection=fastest: picks by the simulated clock's expected times; "
+                "set federation.system.profiles=sampled or csv (docs/systems.md)"
+            )
         problems += check_choice(
             "federation.upload_compression", self.upload_compression, COMPRESSIONS
         )

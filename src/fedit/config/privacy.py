@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from fedit.config.fields import check_choice, option
 from fedit.config.secagg import SecAggConfig
+from fedit.config.selection import DATA_SELECTIONS, selection_conflicts
 
 if TYPE_CHECKING:
     from fedit.config.federation import FederationConfig, StrategyConfig
@@ -127,6 +128,7 @@ class PrivacyConfig:
         """What the rest of the config asks that DP cannot honour, each with what to use instead."""
         # The simulated clock (federation.system) needs what DP and SecAgg keep per client.
         problems = federation.system.conflicts(self.level, self.secure_aggregation)
+        problems += selection_conflicts(federation.selection, self.level, self.secure_aggregation)
         if self.level == "none":
             return problems
         where = f"privacy.level={self.level}"
@@ -145,7 +147,12 @@ class PrivacyConfig:
                 f"lora.client_ranks: heterogeneous ranks are refused with {where}; the noised "
                 "mean needs one shape per tensor; drop lora.client_ranks"
             )
-        if self.level == "client" and federation.selection not in CLIENT_LEVEL_SELECTIONS:
+        data_selection = federation.selection in DATA_SELECTIONS  # refused above, in one line
+        if (
+            self.level == "client"
+            and federation.selection not in CLIENT_LEVEL_SELECTIONS
+            and not data_selection
+        ):
             problems.append(
                 f"federation.selection={federation.selection}: refused with {where}; the "
                 "accountant needs poisson (with federation.sample_rate) or random (fixed size)"

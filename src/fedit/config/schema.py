@@ -12,6 +12,7 @@ from fedit.config.federation import FederationConfig, FlowerConfig, StrategyConf
 from fedit.config.fields import check_choice, option
 from fedit.config.privacy import PrivacyConfig
 from fedit.config.secagg import secagg_problems
+from fedit.config.selection import selection_engine_problems
 from fedit.config.training import DataConfig, DPOConfig, LoraConfig, ModelConfig, TrainConfig
 
 ENGINES = ("simulation", "flower", "flower-simulation")
@@ -59,6 +60,7 @@ class Config:
         problems += self.privacy.conflicts(self.strategy, self.lora, self.federation, self.train)
         problems += self.compare.validate(self.federation.num_clients)
         problems += check_choice("engine", self.engine, ENGINES)
+        problems += selection_engine_problems(self.federation.selection, self.engine)
         problems += _tracker_problems(self.report_to)
         if self.engine == "flower":
             problems += self.flower.validate()

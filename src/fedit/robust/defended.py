@@ -52,6 +52,7 @@ class Defended(Strategy):
         super().__init__(cfg)
         self.inner = inner
         self.weighting = weighting
+        self.selection_context = inner.selection_context  # the inner strategy selects
 
     def configure_fit(
         self,

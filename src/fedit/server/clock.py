@@ -119,6 +119,10 @@ class SimulatedClock:
         )
         return [int(c) for c in np.flatnonzero(draws < availability)]
 
+    def expected_seconds(self, client: int, bytes_down: int, tokens: int, bytes_up: int) -> float:
+        """Client ``client``'s seconds for a round of this work (oort's and fastest's t_i)."""
+        return client_time(self.profiles[client], bytes_down, tokens, bytes_up).total
+
     def replay(self, history: list[dict[str, Any]]) -> None:
         """Continue a resumed run's clock from its last recorded round."""
         recorded = [r["system"]["elapsed"] for r in history if "system" in r]

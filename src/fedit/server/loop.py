@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -15,6 +16,7 @@ from fedit.server.privacy import PrivacyRun
 from fedit.server.protocols import ServerModel, Transport
 from fedit.server.secure import fit_secure, public_metrics, too_few_to_hide, weighted_mean
 from fedit.strategy.base import Strategy
+from fedit.strategy.informed import category_counts
 from fedit.strategy.selection import Selection
 from fedit.types import AdapterState, ClientUpdate, FitInstruction, RoundResult
 
@@ -151,6 +153,7 @@ def run_rounds(
         privacy.replay(history)
     if clock is not None:
         clock.replay(history)
+    _inform_selection(cfg, strategy, run_dir, history, clock)
 
     if cfg.eval.base and not any(r["round"] == 0 for r in history):
         started = time.perf_counter()
@@ -250,6 +253,7 @@ def run_rounds(
             record["privacy"] = privacy.round_metrics()
         server.save_adapter(state, run_dir.round_dir(server_round))
         history.append(record)
+        strategy.selection_context.observe(record)
         run_dir.write_metrics(history)
         run_dir.complete_round(server_round, strategy.state_dict())
         log.info("round %d/%d: %s", server_round, cfg.federation.rounds, _summary(record))
@@ -257,6 +261,23 @@ def run_rounds(
     if privacy is not None:
         log.info("%s", privacy.final_line())
     return state, history
+
+
+def _inform_selection(
+    cfg: Config,
+    strategy: Strategy,
+    run_dir: RunDir,
+    history: list[dict[str, Any]],
+    clock: SimulatedClock | None,
+) -> None:
+    """What oort, fastest and diverse select from: past rounds, the clock, the partition."""
+    context = strategy.selection_context
+    for record in history:
+        context.observe(record)
+    context.time_of = clock.expected_seconds if clock is not None else None
+    if cfg.federation.selection == "diverse":  # partition.json: examples per client and category
+        partition = run_dir.path / "partition.json"
+        context.categories = category_counts(json.loads(partition.read_text(encoding="utf-8")))
 
 
 def communication_totals(updates: list[ClientUpdate]) -> dict[str, int]:

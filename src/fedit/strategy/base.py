@@ -8,6 +8,7 @@ from collections.abc import Callable
 from torch import Tensor
 
 from fedit.config import Config
+from fedit.strategy.informed import SelectionContext
 from fedit.strategy.selection import (
     Selection,
     among_online,
@@ -33,8 +34,13 @@ class Strategy(ABC):
     def __init__(self, cfg: Config):
         self.cfg = cfg
         federation = cfg.federation
+        # What oort, fastest and diverse read; the round loop fills it (server.loop).
+        self.selection_context = SelectionContext(settings=federation.oort)
         self.selector = build_selector(
-            federation.selection, federation.availability, federation.sample_rate
+            federation.selection,
+            federation.availability,
+            federation.sample_rate,
+            self.selection_context,
         )
         self.num_clients = federation.num_clients
 

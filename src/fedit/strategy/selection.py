@@ -3,7 +3,9 @@
 Selection is the strategy's first phase (``Strategy.configure_fit``), as in Flower.
 
 Every selector is a plain function ``(round, client_sizes, count, seed) -> Selection`` in the
-``SELECTORS`` registry, picked by ``federation.selection``.
+``SELECTORS`` registry, picked by ``federation.selection``. Those that read what the server knows
+of its clients (oort, fastest, diverse: ``strategy.informed``) are ``Informed`` selectors, bound
+to the strategy's ``SelectionContext``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from fedit.strategy.informed import InformedPick, SelectionContext, select_diverse, select_fastest
+from fedit.strategy.oort import select_oort
 
 
 @dataclass
@@ -106,6 +111,30 @@ def poisson_selector(sample_rate: float) -> Selector:
 Selector = Callable[[int, list[int], int, int], Selection]
 
 
+class Informed:
+    """A selector that picks client ids from a ``SelectionContext`` (oort, fastest, diverse)."""
+
+    def __init__(self, pick: InformedPick, context: SelectionContext | None = None):
+        self.pick = pick
+        self.context = context
+
+    def bound(self, context: SelectionContext) -> Informed:
+        """The same selector reading ``context``."""
+        return Informed(self.pick, context)
+
+    def __call__(self, server_round: int, sizes: list[int], count: int, seed: int) -> Selection:
+        return self.among(list(range(len(sizes))), server_round, sizes, count, seed)
+
+    def among(
+        self, candidates: list[int], server_round: int, sizes: list[int], count: int, seed: int
+    ) -> Selection:
+        """``count`` of ``candidates`` (client ids; ``sizes`` indexed by client id)."""
+        if self.context is None:
+            raise ValueError("an informed selector needs a SelectionContext (build_selector)")
+        picked = self.pick(server_round, candidates, sizes, count, seed, self.context)
+        return Selection(sorted(picked))
+
+
 def among_online(
     selector: Selector, online: Callable[[int], list[int]], over_select: float = 1.0
 ) -> Selector:
@@ -121,6 +150,8 @@ def among_online(
         wanted = min(len(ids), math.ceil(count * over_select - 1e-9))
         if not ids:
             return Selection([])
+        if isinstance(selector, Informed):  # it reads records by client id
+            return selector.among(ids, server_round, sizes, wanted, seed)
         inner = selector(server_round, [sizes[c] for c in ids], wanted, seed)
         return Selection([ids[i] for i in inner.selected], [ids[i] for i in inner.dropped])
 
@@ -131,6 +162,9 @@ SELECTORS: dict[str, Selector] = {
     "random": select_random,
     "weighted": select_weighted,
     "round_robin": select_round_robin,
+    "oort": Informed(select_oort),
+    "fastest": Informed(select_fastest),
+    "diverse": Informed(select_diverse),
 }
 
 
@@ -139,12 +173,20 @@ def client_seed(seed: int, server_round: int, client_id: int) -> int:
     return int(np.random.SeedSequence([seed, server_round, client_id]).generate_state(1)[0])
 
 
-def build_selector(name: str, availability: float = 1.0, sample_rate: float = 1.0) -> Selector:
-    """The selector named by ``federation.selection``."""
+def build_selector(
+    name: str,
+    availability: float = 1.0,
+    sample_rate: float = 1.0,
+    context: SelectionContext | None = None,
+) -> Selector:
+    """The selector named by ``federation.selection``; informed ones read ``context``."""
     if name == "availability":
         return availability_selector(availability)
     if name == "poisson":
         return poisson_selector(sample_rate)
     if name not in SELECTORS:
         raise ValueError(f"federation.selection: unknown value {name!r}")
-    return SELECTORS[name]
+    selector = SELECTORS[name]
+    if isinstance(selector, Informed):
+        return selector.bound(context or SelectionContext())
+    return selector
