@@ -223,6 +223,23 @@ def test_client_level_dp_logs_no_client_training_loss(tiny_model_dir, tmp_path, 
     assert any(key.startswith("train_loss/client_") for key in Recording.runs[0].metrics)
 
 
+def test_a_resumed_run_logs_the_finished_rounds_then_redoes_an_unfinished_one(
+    tiny_model_dir, tmp_path, recording
+):
+    out = tmp_path / "run"
+    assert _run(tiny_model_dir, out) == 0  # no tracker yet: report_to may change on resume
+    (out / "checkpoints" / "round_002" / "round.json").unlink()  # round 2 crashed unmarked
+    stale = read_jsonl(out / "metrics.jsonl")[2]
+    assert _run(tiny_model_dir, out, "resume=true", "report_to=[tensorboard]") == 0
+    (run,) = recording
+    final = read_jsonl(out / "metrics.jsonl")
+    assert final[2]["seconds"]["fit"] != stale["seconds"]["fit"]
+    # Rounds 0 and 1 from metrics.jsonl, then round 2 as redone, not its stale record.
+    fit = {record["round"]: record["seconds"]["fit"] for record in final[1:]}
+    assert run.metrics["seconds/fit"] == fit
+    assert sorted(run.metrics["eval/loss"]) == [0, 1, 2]
+
+
 def test_an_unknown_tracker_is_one_line_exit_2_writing_nothing(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["run", QUICKSTART, f"output_dir={out}", "report_to=[tensorboard,neptune]"]) == 2

@@ -73,7 +73,10 @@ class Tracking(RunObserver):
 
     def on_run_start(self, first_round: int, last_round: int) -> None:
         if self.history_file is not None and self.history_file.is_file():
-            self.log_history(read_jsonl(self.history_file))
+            # Only rounds before the first that runs: a record of a round that crashed before
+            # its completion marker is redone, and logged when it is.
+            done = read_jsonl(self.history_file)
+            self.log_history([record for record in done if record["round"] < first_round])
 
     def on_round_end(self, record: dict[str, Any]) -> None:
         self.log_history([record])
