@@ -58,6 +58,8 @@ def test_lm_eval_result_has_accuracy_and_stderr(
     correct = sum(p["predicted"] == p["target"] for p in predictions)
     assert result["acc"] == pytest.approx(correct / NUM_QUESTIONS)
     assert result["acc_by_category"] == {TASK: result["acc"]}
+    in_order = sorted(predictions, key=lambda p: p["doc_id"])
+    assert result["per_example"]["acc"] == [p["scores"]["acc"] for p in in_order]
     # lm-eval's standard error of a mean of 0/1 scores: the sample standard deviation / sqrt(n).
     acc, norm = result["acc"], result["acc_norm"]
     assert result["acc_stderr"] == pytest.approx(math.sqrt(acc * (1 - acc) / (NUM_QUESTIONS - 1)))

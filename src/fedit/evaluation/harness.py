@@ -127,10 +127,13 @@ def harness_result(raw: dict[str, Any], tasks: HarnessTasks) -> dict[str, Any]:
     for name in names:
         result[name] = overall.get(name)
         result[f"{name}_by_category"] = {task: m.get(name) for task, m in per_task.items()}
+    samples = raw.get("samples") or {}
     result["predictions"] = {
-        task: [sample_prediction(sample) for sample in samples]
-        for task, samples in (raw.get("samples") or {}).items()
+        task: [sample_prediction(sample) for sample in task_samples]
+        for task, task_samples in samples.items()
     }
+    # What compare's paired bootstrap needs: each document's score, tasks in order.
+    result["per_example"] = per_example_scores(samples, names)
     result["lm_eval"] = {
         "version": _lm_eval_version(),
         "task_versions": raw.get("versions", {}),
@@ -165,6 +168,25 @@ def _pooled(name: str, per_task: dict[str, dict[str, Any]], sizes: dict[str, int
     if "_stderr" in name:
         return float(pooled_sample_stderr(scores, counts))
     return float(aggregate_subtask_metrics(scores, counts))
+
+
+def per_example_scores(
+    samples: dict[str, list[dict[str, Any]]], names: list[str]
+) -> dict[str, list[float]]:
+    """Each unfiltered metric's per-document scores (``acc``: 0 or 1), by task and document."""
+    ordered = [
+        sample
+        for task_samples in samples.values()
+        for sample in sorted(task_samples, key=lambda s: s["doc_id"])
+        if sample.get("filter", "none") == "none"
+    ]
+    scores = {}
+    for name in names:
+        values = [sample.get(name) for sample in ordered]
+        numbers = [float(v) for v in values if isinstance(v, (int, float))]
+        if values and len(numbers) == len(values):
+            scores[name] = numbers
+    return scores
 
 
 def sample_prediction(sample: dict[str, Any]) -> dict[str, Any]:
