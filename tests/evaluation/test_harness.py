@@ -3,6 +3,8 @@ checked question by question against fedit's own ``mc`` scorer on the same 20 qu
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import json
 import math
 import shutil
@@ -21,7 +23,10 @@ from fedit.evaluation.runner import load_for_eval
 from fedit.evaluation.suites import EvalContext, load_suites, parse_suite
 from helpers import tiny_lora
 
-pytest.importorskip("lm_eval", reason="needs the lmeval extra: pip install fedit[lmeval]")
+needs_lm_eval = pytest.mark.skipif(
+    importlib.util.find_spec("lm_eval") is None,
+    reason="needs the lmeval extra: pip install fedit[lmeval]",
+)
 
 TASK = "mc_sample_fedit"  # the shipped task that writes fedit's Alpaca prompt
 NUM_QUESTIONS = 20
@@ -41,6 +46,7 @@ def adapter(tiny_model_dir: Path, tmp_path_factory) -> Path:
     return folder
 
 
+@needs_lm_eval
 def test_lm_eval_result_has_accuracy_and_stderr(
     adapter, tiny_model_dir, repository_data, tmp_path, capsys
 ):
@@ -75,6 +81,7 @@ def test_lm_eval_result_has_accuracy_and_stderr(
     assert f"| model | {TASK} | overall |" in summary
 
 
+@needs_lm_eval
 def test_lm_eval_and_mc_choose_the_same_answer_for_every_question(
     adapter, tiny_model_dir, repository_data
 ):
@@ -109,6 +116,7 @@ def test_lm_eval_and_mc_choose_the_same_answer_for_every_question(
         assert max(gaps) - min(gaps) < 1e-2, gaps
 
 
+@needs_lm_eval
 def test_shipped_task_reads_its_data_from_any_directory(repository_data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # lm-eval alone would look for questions.jsonl here
     sample = repository_data / "mc_sample"
@@ -129,6 +137,7 @@ def test_shipped_task_reads_its_data_from_any_directory(repository_data, tmp_pat
     assert suite.spec.name == "lm_eval_copied" and suite.size() == 4 * NUM_QUESTIONS
 
 
+@needs_lm_eval
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
@@ -180,6 +189,7 @@ def test_lm_eval_suite_names(spec, name):
     assert (parsed.name, parsed.kind) == (name, "lm_eval")
 
 
+@needs_lm_eval
 def test_several_tasks_pool_by_size_as_lm_eval_groups_do():
     """Values computed by hand: 10 questions at 0.5 and 30 at 0.2."""
     raw = {
@@ -206,3 +216,27 @@ def test_several_tasks_pool_by_size_as_lm_eval_groups_do():
     raw["groups"] = {"both": {"alias": "both", "acc,none": 0.35, "acc_stderr,none": 0.07}}
     result = harness_result(raw, HarnessTasks([], ["both"], None, 0))
     assert (result["acc"], result["acc_stderr"]) == (0.35, 0.07)
+
+
+def _imports_lm_eval(node: ast.AST) -> bool:
+    if isinstance(node, ast.ImportFrom):
+        names = [node.module or ""]
+    elif isinstance(node, ast.Import):
+        names = [alias.name for alias in node.names]
+    else:
+        return False
+    return any(name.split(".")[0] == "lm_eval" for name in names)
+
+
+def test_lm_eval_is_imported_only_by_the_harness_modules_and_lazily():
+    src = Path(__file__).resolve().parents[2] / "src" / "fedit"
+    trees = {
+        path.relative_to(src).as_posix(): ast.parse(path.read_text(encoding="utf-8"))
+        for path in src.rglob("*.py")
+    }
+    anywhere = {name for name, tree in trees.items() if any(map(_imports_lm_eval, ast.walk(tree)))}
+    harness = {f"evaluation/{name}.py" for name in ("harness", "harness_tasks", "harness_model")}
+    assert anywhere == harness
+    # At module level only harness_model.py, which harness.py imports inside a function.
+    top_level = {name for name, tree in trees.items() if any(map(_imports_lm_eval, tree.body))}
+    assert top_level == {"evaluation/harness_model.py"}
