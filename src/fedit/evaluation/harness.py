@@ -74,6 +74,7 @@ def run_harness(ctx: EvalContext, tasks: HarnessTasks) -> dict[str, Any]:
     from fedit.evaluation.harness_model import ProgressLM
 
     device = model_device(ctx.model)
+    log.info("lm-eval %s, lm_eval %s", ", ".join(tasks.names), _lm_eval_version())
     with eval_mode(ctx.model), _generators_restored():
         lm = ProgressLM(
             pretrained=ctx.model,

@@ -82,7 +82,11 @@ def load_harness_tasks(source: str, key: str) -> HarnessTasks:
         _check_known(name, manager, key)
     names = [spec if isinstance(spec, str) else str(spec["task"]) for spec in specs]
     loaded = _build(manager, specs, names, key)
-    return HarnessTasks(specs, names, manager, count_requests(loaded["tasks"].values()))
+    num_requests = count_requests(loaded["tasks"].values())
+    log.info(
+        "lm-eval %s: %d tasks, %d requests", ", ".join(names), len(loaded["tasks"]), num_requests
+    )
+    return HarnessTasks(specs, names, manager, num_requests)
 
 
 @functools.lru_cache(maxsize=2)
