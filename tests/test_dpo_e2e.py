@@ -157,6 +157,7 @@ def test_feddpo_with_every_strategy_and_int8_uploads(name, tiny_model_dir, sft_a
         tmp_path / name,
         sft_adapter,
         f"strategy.name={name}",
+        *(("federation.system.profiles=sampled",) if name == "fedbuff" else ()),
         "federation.upload_compression=int8",
         "eval.generate=false",
     )

@@ -23,6 +23,7 @@ from fedit.model.lora import apply_lora
 from fedit.model.start_adapter import load_start_adapter
 from fedit.reporting.report import write_report
 from fedit.robust.defended import defend
+from fedit.server.async_loop import run_buffered
 from fedit.server.checkpoint import METRICS_FILE, RunDir
 from fedit.server.clock import SimulatedClock
 from fedit.server.global_model import GlobalModel
@@ -157,9 +158,14 @@ def run_experiment(
     tracking.open(run_dir.path / METRICS_FILE)  # only now: bad input has written nothing
     observers = Observers(observer, tracking)  # progress bars, and report_to's trackers
     try:
-        state, history = run_rounds(
-            cfg, transport, setup.server, strategy, run_dir, observers, privacy, clock
-        )
+        if cfg.strategy.name == "fedbuff":  # asynchronous: its own driver (docs/systems.md)
+            state, history = run_buffered(
+                cfg, transport, setup.server, strategy, run_dir, observers, clock
+            )
+        else:
+            state, history = run_rounds(
+                cfg, transport, setup.server, strategy, run_dir, observers, privacy, clock
+            )
         setup.server.save_adapter(state, run_dir.path / "global_adapter")
         report = write_report(run_dir.path)
         tracking.log_outcome(history, run_dir.path)

@@ -28,6 +28,7 @@ STRATEGIES = (
     "scaffold",
     "ffa_lora",
     "exact",
+    "fedbuff",
 )
 # Upload compression (fedit.communication implements them).
 COMPRESSIONS = ("none", "fp16", "bf16", "int8", "int8_channel")
@@ -69,6 +70,11 @@ class FederationConfig:
         1.0,
         "with federation.deadline: select ceil(m * over_select) of the online clients, m the "
         "round's usual number, so that enough beat the deadline (e.g. 1.3)",
+    )
+    concurrency: int | None = option(
+        None,
+        "strategy.name=fedbuff: clients training at once on the simulated clock (default: "
+        "the clients a synchronous round selects)",
     )
 
     def validate(self) -> list[str]:
@@ -128,13 +134,22 @@ class StrategyConfig:
     )
     server_lr: float | None = option(
         None,
-        "server learning rate eta; default 1.0 for fedavgm and scaffold, 0.01 for "
+        "server learning rate eta; default 1.0 for fedavgm, scaffold and fedbuff, 0.01 for "
         "fedadam/fedyogi/fedadagrad",
     )
     server_momentum: float = option(0.9, "fedavgm: server momentum beta (Hsu et al. 2019)")
     beta1: float = option(0.9, "fedadam/fedyogi/fedadagrad: first-moment decay beta_1")
     beta2: float = option(0.99, "fedadam/fedyogi: second-moment decay beta_2")
     tau: float = option(1e-3, "fedadam/fedyogi/fedadagrad: adaptivity tau (Reddi et al. 2021)")
+    buffer_size: int | None = option(
+        None,
+        "fedbuff: updates per aggregation, K (default: federation.concurrency)",
+    )
+    staleness: str = option(
+        "sqrt",
+        "fedbuff: weight of an update tau global versions old: sqrt (1/sqrt(1+tau), Nguyen et "
+        "al. 2022), inverse (1/(1+tau)) or constant (1)",
+    )
 
     def validate(self) -> list[str]:
         problems = check_choice("strategy.name", self.name, STRATEGIES)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedit.config.adversary import AttackConfig, RobustConfig, combination_problems
+from fedit.config.asynchronous import fedbuff_problems
 from fedit.config.evaluation import CompareConfig, EvalConfig
 from fedit.config.federation import FederationConfig, FlowerConfig, StrategyConfig
 from fedit.config.fields import check_choice, option
@@ -82,6 +83,7 @@ class Config:
         ranks = {self.lora.r, *(self.lora.client_ranks or [])}
         problems += self._adversary_problems(len(ranks) > 1)
         problems += self._privacy_combinations() + secagg_problems(self)
+        problems += fedbuff_problems(self)
         if len(ranks) > 1 and self.strategy.name != "exact" and self.privacy.level == "none":
             problems.append(
                 f"lora.client_ranks: client ranks other than lora.r={self.lora.r} need "

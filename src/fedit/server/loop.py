@@ -112,6 +112,41 @@ def _evaluate(
     return metrics
 
 
+def evaluate_start(
+    cfg: Config,
+    server: ServerModel,
+    run_dir: RunDir,
+    history: list[dict[str, Any]],
+    observer: RunObserver,
+) -> None:
+    """Record round 0 (with ``eval.base``, unless a resumed run has it): what round 1 starts
+    from, the base model or ``model.adapter``."""
+    if not cfg.eval.base or any(r["round"] == 0 for r in history):
+        return
+    started = time.perf_counter()
+    start = server.initial_state() if cfg.model.adapter else None
+    base = _evaluate(server, start, "start" if start else "base", observer)
+    record = {"round": 0, "eval": base, "seconds": {"eval": _since(started)}}
+    if start is not None:
+        record["start"] = cfg.model.adapter  # the report labels round 0 by it
+    history.append(record)
+    run_dir.write_metrics(history)
+
+
+def evaluate_round(
+    cfg: Config,
+    server: ServerModel,
+    state: AdapterState,
+    server_round: int,
+    observer: RunObserver,
+) -> dict[str, Any] | None:
+    """The held-out scores of ``state`` after ``server_round``, or None when none is due."""
+    if not _eval_due(cfg, server_round):
+        return None
+    generate = generation_due(cfg, server_round)
+    return _evaluate(server, state, f"round {server_round}", observer, generate)
+
+
 def run_rounds(
     cfg: Config,
     transport: Transport,
@@ -155,17 +190,7 @@ def run_rounds(
         clock.replay(history)
     _inform_selection(cfg, strategy, run_dir, history, clock)
 
-    if cfg.eval.base and not any(r["round"] == 0 for r in history):
-        started = time.perf_counter()
-        # Round 0 scores what round 1 starts from: the base model, or model.adapter.
-        start = server.initial_state() if cfg.model.adapter else None
-        base = _evaluate(server, start, "start" if start else "base", observer)
-        record = {"round": 0, "eval": base, "seconds": {"eval": _since(started)}}
-        if start is not None:
-            record["start"] = cfg.model.adapter  # the report labels round 0 by it
-        history.append(record)
-        run_dir.write_metrics(history)
-
+    evaluate_start(cfg, server, run_dir, history, observer)
     observer.on_run_start(first_round, cfg.federation.rounds)
     for server_round in range(first_round, cfg.federation.rounds + 1):
         started = time.perf_counter()
@@ -219,10 +244,7 @@ def run_rounds(
                 f"{cfg.federation.min_fit_clients} clients replied; global adapter unchanged"
             )
         aggregate_done = time.perf_counter()
-        evaluation = None
-        if _eval_due(cfg, server_round):
-            generate = generation_due(cfg, server_round)
-            evaluation = _evaluate(server, state, f"round {server_round}", observer, generate)
+        evaluation = evaluate_round(cfg, server, state, server_round, observer)
         eval_done = time.perf_counter()
 
         record = RoundResult(

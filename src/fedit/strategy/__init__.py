@@ -7,6 +7,7 @@ from fedit.strategy.base import Strategy
 from fedit.strategy.exact import Exact
 from fedit.strategy.fedavg import FedAvg
 from fedit.strategy.fedavgm import FedAvgM
+from fedit.strategy.fedbuff import FedBuff
 from fedit.strategy.fedopt import FedAdagrad, FedAdam, FedYogi
 from fedit.strategy.fedprox import FedProx
 from fedit.strategy.ffa_lora import FfaLora
@@ -22,6 +23,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "scaffold": Scaffold,
     "ffa_lora": FfaLora,
     "exact": Exact,
+    "fedbuff": FedBuff,
 }
 
 
