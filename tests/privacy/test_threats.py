@@ -31,6 +31,7 @@ DISTRIBUTED = [
     "privacy.noise_at=clients",
     "privacy.noise_multiplier=1.0",
     "federation.num_clients=8",
+    "federation.fraction_fit=0.5",
 ]
 PROVISO = "fewer than `privacy.secagg.reconstruction_threshold` clients collude with it"
 
