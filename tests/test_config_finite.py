@@ -13,14 +13,17 @@ from fedit.cli.main import main
 from fedit.config import Config, ConfigError, load_config
 
 
-def _float_keys(cls: type = Config, prefix: str = "") -> list[str]:
-    """Dotted names of every field typed float, float | None or list[float], at any depth."""
+def _float_keys(cls: type = Config, prefix: str = "", lists: bool = False) -> list[str]:
+    """Dotted names of every field typed float, float | None or list[float], at any depth
+    (with ``lists``, only the list[float] ones)."""
     keys = []
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         annotation = hints[field.name]
         if dataclasses.is_dataclass(annotation):
-            keys += _float_keys(annotation, f"{prefix}{field.name}.")  # type: ignore[arg-type]
+            keys += _float_keys(annotation, f"{prefix}{field.name}.", lists)  # type: ignore[arg-type]
+            continue
+        if lists and typing.get_origin(annotation) is not list:
             continue
         options = (
             typing.get_args(annotation)
@@ -33,6 +36,7 @@ def _float_keys(cls: type = Config, prefix: str = "") -> list[str]:
 
 
 FLOAT_KEYS = _float_keys()
+LIST_KEYS = set(_float_keys(lists=True))
 
 
 def test_the_walk_finds_the_float_keys():
@@ -45,6 +49,8 @@ def test_the_walk_finds_the_float_keys():
 @pytest.mark.parametrize("key", FLOAT_KEYS)
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", ".nan", "-.inf", "1e400"])
 def test_every_float_key_must_be_finite(key, value):
+    if key in LIST_KEYS:  # a list of floats: each entry must be finite
+        value = f"[1.0,{value}]"
     with pytest.raises(ConfigError, match=rf"{re.escape(key)}: got .*, expected (a finite|float)"):
         load_config(None, [f"{key}={value}"])
 

@@ -52,6 +52,7 @@ def _within_bound(expected: Path, got: Path, bound: float) -> None:
     assert worst <= bound + 2 * float(np.finfo(np.float32).eps) * largest
 
 
+@pytest.mark.slow  # ~80 s; the TLS path is the plain TLS test's, the ClientApp is the loopback's
 def test_tls_deployment_with_site_workers_sums_securely(tiny_model_dir, tmp_path):
     certificates = write_certificates(tmp_path / "certs", ["127.0.0.1", "localhost"], bits=2048)
     args = [f"model.name={tiny_model_dir}", *SECURE]
