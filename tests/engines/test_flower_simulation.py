@@ -275,3 +275,19 @@ def test_secure_aggregation_runs_on_the_simulation_runtime(tiny_model_dir, tmp_p
     largest = max(t.abs().max().item() for t in expected.values())
     worst = max((expected[k] - got[k]).abs().max().item() for k in expected)
     assert worst <= secure["error_bound"] + 2 * torch.finfo(torch.float32).eps * largest
+
+
+@pytest.mark.slow  # one more Ray run; the driver is the in-process one, tested by default
+def test_fedbuff_on_the_simulation_runtime_matches_in_process(tiny_model_dir, tmp_path):
+    fedbuff = (
+        "strategy.name=fedbuff",
+        "federation.system.profiles=sampled",
+        "federation.num_clients=4",
+    )
+    outcome = run_flower_simulation(_config(tiny_model_dir, tmp_path / "sim", SIM, *fedbuff))
+    local = run_experiment(_config(tiny_model_dir, tmp_path / "local", *fedbuff)).run_dir
+    expected, got = _adapter(local), _adapter(outcome.run_dir)
+    assert max((expected[k] - got[k]).abs().max().item() for k in expected) == 0
+    staleness = [row["aggregation"]["staleness"] for row in _rounds(outcome.run_dir)]
+    assert staleness == [row["aggregation"]["staleness"] for row in _rounds(local)]
+    assert any(set(histogram) != {"0"} for histogram in staleness)  # some update was stale
