@@ -10,7 +10,7 @@ from its ``metrics.jsonl`` (``system.elapsed``; docs/systems.md). The deadline i
 the same seed's random run, with over-selection 1.3. fedbuff aggregates every
 ``--per-round`` arrivals with ``--fedbuff-concurrency`` clients training at once.
 
-    .venv/bin/python benchmarks/systems.py                      # every run: ~4 h on 2 idle cores
+    .venv/bin/python benchmarks/systems.py                      # all: ~5-6 h on 2 cores (estimate)
     .venv/bin/python benchmarks/systems.py --methods random oort --seeds 42   # a piece
     .venv/bin/python benchmarks/systems.py --report-only        # the section from results.json
     .venv/bin/python benchmarks/systems.py --clock-cost         # the simulator's own cost, seconds
