@@ -283,6 +283,8 @@ def test_fedbuff_on_the_simulation_runtime_matches_in_process(tiny_model_dir, tm
         "strategy.name=fedbuff",
         "federation.system.profiles=sampled",
         "federation.num_clients=4",
+        "federation.fraction_fit=0.5",  # two clients train at once, one update a buffer
+        "strategy.buffer_size=1",
     )
     outcome = run_flower_simulation(_config(tiny_model_dir, tmp_path / "sim", SIM, *fedbuff))
     local = run_experiment(_config(tiny_model_dir, tmp_path / "local", *fedbuff)).run_dir
