@@ -111,6 +111,30 @@ def _time(function, repeat: int = 3) -> float:
     return best
 
 
+def _protocol_row(n: int, k: int, values: np.ndarray, rng: np.random.Generator) -> str:
+    """One client's and the server's times for n clients with k neighbours each."""
+    d = len(values)
+    params = SecAggParams(bits=24, clipping_range=0.25, threshold=k // 2 + 1, max_weight=100.0)
+    private, _ = secagg.new_keys()
+    others = [secagg.new_keys()[1] for _ in range(k)]
+    pk2s = {j + 1: key[1] for j, key in enumerate(others)}
+    shares_s = _time(lambda: secagg.share_secrets(0, private, pk2s, params.threshold))
+    seeds = secagg.pair_seeds(private, {j + 1: key[0] for j, key in enumerate(others)})
+    seed = bytes(32)
+    mask_s = _time(lambda: secagg.mask(secagg.encode(values, 10, 0.0, params), 0, seed, seeds))
+    uploads = {i: rng.integers(0, 2**32, d + 3, dtype=np.uint64).astype("<u4") for i in range(n)}
+    # The server's work is streams: one per survivor (self-mask) plus k per lost client.
+    survivors_s = _time(
+        lambda: [secagg.mask_stream(bytes([i % 256]) * 32, d + 3) for i in range(n)]
+    )
+    summing_s = _time(lambda: sum(u.astype(np.uint64) for u in uploads.values()) % 2**32)
+    lost_s = _time(lambda: [secagg.mask_stream(bytes(32), d + 3) for _ in range(k)])
+    return (
+        f"| {n} | {k} | {shares_s:.3f} | {mask_s:.2f} | {survivors_s + summing_s:.2f} | "
+        f"{survivors_s + summing_s + lost_s:.2f} |"
+    )
+
+
 def protocol(d: int) -> str:
     rng = np.random.default_rng(0)
     values = rng.normal(0, 0.01, d)
@@ -122,25 +146,7 @@ def protocol(d: int) -> str:
         "|---:|---:|---:|---:|---:|---:|",
     ]
     for n, k in ((8, 7), (32, 31), (32, 8), (128, 8)):
-        params = SecAggParams(bits=24, clipping_range=0.25, threshold=k // 2 + 1, max_weight=100.0)
-        private, (pk1, pk2) = secagg.new_keys()
-        others = [secagg.new_keys()[1] for _ in range(k)]
-        pk2s = {j + 1: key[1] for j, key in enumerate(others)}
-        shares_s = _time(lambda: secagg.share_secrets(0, private, pk2s, params.threshold))
-        seeds = secagg.pair_seeds(private, {j + 1: key[0] for j, key in enumerate(others)})
-        seed = bytes(32)
-        mask_s = _time(lambda: secagg.mask(secagg.encode(values, 10, 0.0, params), 0, seed, seeds))
-        uploads = {i: rng.integers(0, 2**32, d + 3, dtype=np.uint64).astype("<u4") for i in range(n)}
-        # The server's work is streams: one per survivor (self-mask) plus k per lost client.
-        survivors_s = _time(
-            lambda: [secagg.mask_stream(bytes([i % 256]) * 32, d + 3) for i in range(n)]
-        )
-        summing_s = _time(lambda: sum(u.astype(np.uint64) for u in uploads.values()) % 2**32)
-        lost_s = _time(lambda: [secagg.mask_stream(bytes(32), d + 3) for _ in range(k)])
-        lines.append(
-            f"| {n} | {k} | {shares_s:.3f} | {mask_s:.2f} | {survivors_s + summing_s:.2f} | "
-            f"{survivors_s + summing_s + lost_s:.2f} |"
-        )
+        lines.append(_protocol_row(n, k, values, rng))
     return "\n".join(lines)
 
 
