@@ -25,9 +25,10 @@ from fedit.reporting.report import write_report
 from fedit.robust.defended import defend
 from fedit.server.async_loop import run_buffered
 from fedit.server.checkpoint import METRICS_FILE, RunDir
-from fedit.server.clock import SimulatedClock
+from fedit.server.clock import Clock, SimulatedClock
 from fedit.server.global_model import GlobalModel
 from fedit.server.loop import run_rounds
+from fedit.server.measured import MeasuredClock
 from fedit.server.observer import Observers, RunObserver
 from fedit.server.privacy import PrivacyRun
 from fedit.server.privacy_budget import resumed_plan
@@ -132,7 +133,8 @@ def run_experiment(
         resumed_privacy = resumed_plan(cfg, run_dir.path)  # refuses rounds beyond the ε budget
     else:
         run_dir.check_fresh(cfg.overwrite)
-    clock = SimulatedClock.from_config(cfg)  # a bad profile CSV fails before anything loads
+    # A bad profile CSV fails before anything loads.
+    clock: Clock | None = SimulatedClock.from_config(cfg)
     setup = load_setup(cfg, prepare_data(cfg))
     setup.data.table["tokenization"] = setup.tokenization
     if observer is not None:
@@ -141,6 +143,8 @@ def run_experiment(
         transport = SimulationTransport(cfg, setup.server.model, setup.client_data, observer)
     # A remote transport connects here, so that missing clients fail before anything is written.
     sizes = transport.client_sizes
+    if cfg.federation.system.profiles == "measured":  # a deployment's own wall clock
+        clock = MeasuredClock.for_transport(cfg, transport)
     log.info("%d clients with %d training examples", len(sizes), sum(sizes))
     privacy = None
     if cfg.privacy.level != "none":  # z calibrated before anything is written
@@ -159,8 +163,9 @@ def run_experiment(
     observers = Observers(observer, tracking)  # progress bars, and report_to's trackers
     try:
         if cfg.strategy.name == "fedbuff":  # asynchronous: its own driver (docs/systems.md)
+            simulated = clock if isinstance(clock, SimulatedClock) else None
             state, history = run_buffered(
-                cfg, transport, setup.server, strategy, run_dir, observers, clock
+                cfg, transport, setup.server, strategy, run_dir, observers, simulated
             )
         else:
             state, history = run_rounds(

@@ -149,16 +149,6 @@ def test_malformed_replies_are_rejected_naming_the_client(kind):
         flower.update_from_content(_malformed(kind), _instruction())
 
 
-@pytest.fixture
-def run_identity():
-    """Messages built outside a ServerApp need a run id."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = 1
-    yield
-    TaskIdentity._run_id = TaskIdentity._node_id = TaskIdentity._task_id = None
-
-
 class FakeGrid:
     """Answers messages with canned replies at the first pull; node id = client id + 100."""
 

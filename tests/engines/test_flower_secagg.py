@@ -38,15 +38,6 @@ FAST = (
 SECURE = "privacy.secure_aggregation=true"
 
 
-@pytest.fixture
-def run_identity():
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = 1
-    yield
-    TaskIdentity._run_id = TaskIdentity._node_id = TaskIdentity._task_id = None
-
-
 def run(model_dir: Path, out: Path, *extra: str, silent=None) -> tuple[Path, LoopbackGrid]:
     cfg = load_config(QUICKSTART, tiny_args(model_dir, out, *FAST, *extra))
     grid = LoopbackGrid(cfg, CLIENTS, silent)

@@ -247,7 +247,7 @@ def test_the_deadline_drops_exactly_the_clients_over_it_and_counts_their_waste(t
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        (["federation.deadline=60"], "federation.deadline: the simulated clock decides"),
+        (["federation.deadline=60"], "federation.deadline: the clock decides"),
         (["federation.over_select=1.3"], "federation.over_select: over-selection makes up"),
         (["federation.system.profiles=sampled", "federation.deadline=0"], "must be > 0 seconds"),
     ],

@@ -64,7 +64,8 @@ class FederationConfig:
     deadline: float | None = option(
         None,
         "simulated seconds a round waits for its clients; slower ones are dropped and their "
-        "work counted as wasted (needs federation.system; docs/systems.md)",
+        "work counted as wasted (needs federation.system; with profiles=measured on "
+        "engine=flower, wall-clock seconds that replace flower.reply_timeout; docs/systems.md)",
     )
     over_select: float = option(
         1.0,
@@ -83,7 +84,7 @@ class FederationConfig:
         if self.selection == "fastest" and not self.system.enabled:
             problems.append(
                 "federation.selection=fastest: picks by the simulated clock's expected times; "
-                "set federation.system.profiles=sampled or csv (docs/systems.md)"
+                "set federation.system.profiles=sampled, csv or measured (docs/systems.md)"
             )
         problems += check_choice(
             "federation.upload_compression", self.upload_compression, COMPRESSIONS
@@ -111,8 +112,8 @@ class FederationConfig:
             problems.append(f"federation.deadline: must be > 0 seconds, got {self.deadline}")
         if self.deadline is not None and not self.system.enabled:
             problems.append(
-                "federation.deadline: the simulated clock decides who misses it; set "
-                "federation.system.profiles=sampled or csv (docs/systems.md)"
+                "federation.deadline: the clock decides who misses it; set "
+                "federation.system.profiles=sampled, csv or measured (docs/systems.md)"
             )
         if self.over_select < 1:
             problems.append(f"federation.over_select: must be >= 1, got {self.over_select}")

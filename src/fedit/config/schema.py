@@ -62,6 +62,7 @@ class Config:
         problems += self.compare.validate(self.federation.num_clients)
         problems += check_choice("engine", self.engine, ENGINES)
         problems += selection_engine_problems(self.federation.selection, self.engine)
+        problems += self.federation.system.engine_problems(self.engine)
         problems += _tracker_problems(self.report_to)
         if self.engine == "flower":
             problems += self.flower.validate()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from fedit.config.fields import check_choice, option
 
-PROFILE_SOURCES = ("none", "sampled", "csv")
+PROFILE_SOURCES = ("none", "sampled", "csv", "measured")
 # The columns of federation.system.csv; availability may be left out.
 PROFILE_COLUMNS = (
     "client_id",
@@ -28,7 +28,8 @@ class SystemConfig:
     profiles: str = option(
         "none",
         "where client profiles come from: none (no simulated clock), sampled (seeded draws "
-        "from the keys below) or csv (one row per client in federation.system.csv)",
+        "from the keys below), csv (one row per client in federation.system.csv) or measured "
+        "(engine=flower: each client's measured wall-clock time instead of a profile)",
     )
     csv: str | None = option(
         None,
@@ -95,6 +96,25 @@ class SystemConfig:
         if self.availability_period < 0:
             problems.append(
                 f"{key}.availability_period: must be >= 0 rounds, got {self.availability_period}"
+            )
+        return problems
+
+    def engine_problems(self, engine: str) -> list[str]:
+        """Measured times are real only where every client is its own machine."""
+        key = "federation.system"
+        if self.profiles != "measured":
+            return []
+        problems = []
+        if engine != "flower":
+            problems.append(
+                f"{key}.profiles=measured: times real clients on their own machines, which "
+                f"only engine=flower has (engine={engine} trains every client on this machine); "
+                "use profiles=sampled or csv"
+            )
+        if self.availability != 1 or self.availability_period != 0:
+            problems.append(
+                f"{key}.availability: profiles=measured times real clients, which are online "
+                "or not on their own; leave availability at 1 and availability_period at 0"
             )
         return problems
 

@@ -29,6 +29,7 @@ from flwr.serverapp import Grid
 from fedit.config import Config, ConfigError, config_from_dict, save_config
 
 if TYPE_CHECKING:
+    from fedit.server.measured import Exchange
     from fedit.types import ClientUpdate, FitInstruction, SecureSum
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,10 @@ class FlowerTransport:
     """Sends each round's instructions to the clients' SuperNodes and collects the replies.
 
     It connects on first use (``client_sizes``, before round 1): it waits for a SuperNode per
-    client id and asks each for its number of examples.
+    client id and asks each for its number of examples. Each reply's ``round_trip_seconds`` is
+    the server's wall-clock time from pushing its instruction to pulling it, and
+    ``last_exchange`` how the last training exchange went: what ``federation.system.profiles=
+    measured`` times rounds by (``server.measured``).
     """
 
     def __init__(self, cfg: Config, grid: Grid):
@@ -134,6 +138,7 @@ class FlowerTransport:
         self.grid = grid
         self._nodes: dict[int, int] = {}
         self._sizes: dict[int, int] = {}
+        self.last_exchange: Exchange | None = None
 
     def _connect(self) -> None:
         if not self._nodes:
@@ -146,6 +151,7 @@ class FlowerTransport:
 
     def fit(self, instructions: list[FitInstruction], server_round: int) -> list[ClientUpdate]:
         from fedit.engines.messages import pack_instruction
+        from fedit.server.measured import Exchange
 
         self._connect()
         by_node = {self._nodes[i.client_id]: i for i in instructions}
@@ -159,10 +165,20 @@ class FlowerTransport:
             )
             for node_id, instruction in by_node.items()
         ]
-        replies = exchange(self.grid, messages, self.cfg.flower.reply_timeout)
+        timeout = fit_timeout(self.cfg)
+        started = time.monotonic()
+        arrived: dict[int, float] = {}  # node id -> seconds after the push
+        replies = exchange(self.grid, messages, timeout, arrived)
+        seconds = time.monotonic() - started
         updates = collect_updates(replies, by_node)
         for update in updates:
             update.metrics["bytes_down"] = len(downloads[update.client_id])
+            node = next(n for n, i in by_node.items() if i.client_id == update.client_id)
+            update.metrics["round_trip_seconds"] = arrived[node]
+        unanswered = {
+            i.client_id: len(downloads[i.client_id]) for n, i in by_node.items() if n not in arrived
+        }
+        self.last_exchange = Exchange(seconds, unanswered, timeout)
         return sorted(updates, key=lambda u: u.client_id)
 
     def fit_secure(self, instructions: list[FitInstruction], server_round: int) -> SecureSum:
@@ -183,19 +199,42 @@ class FlowerTransport:
             raise RoundFailedError(str(err)) from None
 
 
-def exchange(grid: Grid, messages: Iterable[Message], timeout: float) -> list[Message]:
+def fit_timeout(cfg: Config) -> float:
+    """Seconds a training round waits for replies: ``flower.reply_timeout``, or the deadline.
+
+    With measured times (``federation.system.profiles=measured``), ``federation.deadline`` is
+    wall-clock seconds and replaces the reply timeout: the clients not heard from by then
+    missed it (docs/systems.md).
+    """
+    federation = cfg.federation
+    if federation.system.profiles == "measured" and federation.deadline is not None:
+        return federation.deadline
+    return cfg.flower.reply_timeout
+
+
+def exchange(
+    grid: Grid,
+    messages: Iterable[Message],
+    timeout: float,
+    arrived: dict[int, float] | None = None,
+) -> list[Message]:
     """Push ``messages`` and pull their replies until all arrived or ``timeout`` seconds passed.
 
     ``grid.send_and_receive`` does the same but sleeps 3 s between pulls; this polls every
     ``POLL_SECONDS``. A message the SuperLink refused (id ``None``) simply gets no reply.
+    ``arrived``, when given, gets each replying node's seconds from the push to the pull that
+    brought its reply (so to within ``POLL_SECONDS``).
     """
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     pending = {message_id for message_id in grid.push_messages(messages) if message_id}
     replies: list[Message] = []
     while pending:
         for reply in grid.pull_messages(sorted(pending)):
             replies.append(reply)
             pending.discard(reply.metadata.reply_to_message_id)
+            if arrived is not None:
+                arrived[reply.metadata.src_node_id] = time.monotonic() - started
         if not pending or time.monotonic() >= deadline:
             break
         time.sleep(POLL_SECONDS)

@@ -65,18 +65,20 @@ def plot_accuracy(history: list[dict[str, Any]], path: Path) -> None:
     _save(fig, path)
 
 
-def plot_simulated_time(points: list[tuple[float, dict[str, Any]]], path: Path) -> None:
-    """Held-out loss and accuracy against simulated hours (the clock of ``federation.system``)."""
+def plot_simulated_time(
+    points: list[tuple[float, dict[str, Any]]], path: Path, kind: str = "simulated"
+) -> None:
+    """Held-out loss and accuracy against simulated (or measured) hours: ``federation.system``."""
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric, label in ((loss_ax, "loss", "held-out loss"), (acc_ax, "accuracy", None)):
         series = [(s / 3600, e[metric]) for s, e in points if e.get(metric) is not None]
         if series:
             ax.plot(*zip(*series, strict=True), marker="o")
-        ax.set_xlabel("simulated hours")
+        ax.set_xlabel(f"{kind} hours")
         ax.set_ylabel(label or "exact-match accuracy")
         ax.grid(alpha=0.3)
     acc_ax.set_ylim(0, 1.02)
-    fig.suptitle("Held-out loss and accuracy against simulated time")
+    fig.suptitle(f"Held-out loss and accuracy against {kind} time")
     _save(fig, path)
 
 

@@ -213,7 +213,12 @@ def write_report(run_dir: Path) -> Path:
     plots.plot_loss(history, run_dir / PLOTS["loss"])
     plots.plot_accuracy(history, run_dir / PLOTS["accuracy"])
     if has_clock(history):
-        plots.plot_simulated_time(evaluations_in_time(history), run_dir / SIMULATED_TIME_PLOT)
+        measured = cfg["federation"]["system"]["profiles"] == "measured"
+        plots.plot_simulated_time(
+            evaluations_in_time(history),
+            run_dir / SIMULATED_TIME_PLOT,
+            "measured" if measured else "simulated",
+        )
     rows = summary_rows(history)
     has_accuracy = len(rows) == 2 and "accuracy_by_category" in rows[-1][1]
     if has_accuracy:

@@ -69,34 +69,46 @@ def _targets(history: list[dict[str, Any]], eval_cfg: dict[str, Any]) -> list[st
 
 
 def systems_section(history: list[dict[str, Any]], cfg: dict[str, Any]) -> list[str]:
-    """Markdown lines: profiles, simulated time, time-to-target, waste, the plot."""
+    """Markdown lines: profiles, simulated (or measured) time, time-to-target, waste, the plot."""
     records = [r["system"] for r in history if "system" in r]
     if not records:
         return []
     system = cfg["federation"]["system"]
     source = system["profiles"]
+    measured = source == "measured"
     if source == "csv":
         source = f"csv `{system['csv']}`"
+    elif measured:
+        source = "measured: each client's wall-clock round trip on the deployment"
     else:
         source += f" (median {system['speed_median']:g} tokens/s, σ {system['speed_sigma']:g})"
     times = [t for r in records for t in r["clients"].values()]
     total = sum(t["total"] for t in times) or 1.0
-    shares = {k: sum(t[k] for t in times) / total for k in ("download", "compute", "upload")}
+    parts = ("compute", "network") if measured else ("download", "compute", "upload")
+    shares = ", ".join(f"{k} {sum(t[k] for t in times) / total:.0%}" for k in parts)
+    kind = "Measured" if measured else "Simulated"
     lines = [
-        "## Simulated time",
+        f"## {kind} time",
         "",
-        f"- Profiles: {source}; availability {system['availability']:g}",
-        f"- Simulated time: {_hours(records[-1]['elapsed'])} over {len(records)} rounds, "
+        f"- Profiles: {source}"
+        + ("" if measured else f"; availability {system['availability']:g}"),
+        f"- {kind} time: {_hours(records[-1]['elapsed'])} over {len(records)} rounds, "
         f"the slowest client's time each round (docs/systems.md)",
-        f"- Client time spent: download {shares['download']:.0%}, compute "
-        f"{shares['compute']:.0%}, upload {shares['upload']:.0%}",
+        f"- Client time spent: {shares}",
         *_targets(history, cfg.get("eval") or {}),
     ]
     late = sum(len(r.get("late", [])) for r in records)
     if "wasted" in records[0]:
         wasted = {k: sum(r["wasted"][k] for r in records) for k in records[0]["wasted"]}
-        lines.append(
-            f"- Missed the deadline: {late} client rounds, wasting {wasted['tokens']:,} "
-            f"tokens and {(wasted['bytes_down'] + wasted['bytes_up']) / 1e6:.2f} MB"
-        )
-    return [*lines, "", f"![held-out loss and accuracy against simulated hours]({PLOT})", ""]
+        if measured:
+            waste = (
+                f"{wasted['bytes_down'] / 1e6:.2f} MB sent to them (their training and "
+                "uploads never reached the server)"
+            )
+        else:
+            waste = (
+                f"{wasted['tokens']:,} tokens and "
+                f"{(wasted['bytes_down'] + wasted['bytes_up']) / 1e6:.2f} MB"
+            )
+        lines.append(f"- Missed the deadline: {late} client rounds, wasting {waste}")
+    return [*lines, "", f"![held-out loss and accuracy against {kind.lower()} hours]({PLOT})", ""]

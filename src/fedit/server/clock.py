@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -59,7 +59,7 @@ def client_time(profile: ClientProfile, bytes_down: int, tokens: int, bytes_up: 
 class RoundTiming:
     """A synchronous round on the clock: each client's time, who missed the deadline, how long."""
 
-    times: dict[int, ClientTime]
+    times: dict[int, Any]  # a ClientTime each, or server.measured's MeasuredTime
     late: list[int]  # over federation.deadline: dropped, their work wasted
     duration: float  # seconds: the slowest client, or the deadline when someone missed it
 
@@ -73,6 +73,27 @@ def time_round(times: dict[int, ClientTime], deadline: float | None = None) -> R
     if late and deadline is not None:
         return RoundTiming(times, late, deadline)
     return RoundTiming(times, late, max((t.total for t in times.values()), default=0.0))
+
+
+class Clock(Protocol):
+    """What the round loop and selection need of a clock: simulated or measured."""
+
+    elapsed: float
+    deadline: float | None
+
+    def online(self, server_round: int) -> list[int]: ...
+
+    def expected_seconds(
+        self, client: int, bytes_down: int, tokens: int, bytes_up: int
+    ) -> float: ...
+
+    def replay(self, history: list[dict[str, Any]]) -> None: ...
+
+    def time_round(self, updates: list[ClientUpdate]) -> RoundTiming: ...
+
+    def record(
+        self, server_round: int, timing: RoundTiming, updates: list[ClientUpdate]
+    ) -> dict[str, Any]: ...
 
 
 class SimulatedClock:
@@ -96,13 +117,13 @@ class SimulatedClock:
 
     @classmethod
     def from_config(cls, cfg: Config) -> SimulatedClock | None:
-        """The run's clock, or None without ``federation.system`` profiles.
+        """The run's clock, or None without ``federation.system`` profiles (or with measured).
 
         Raises:
             ConfigError: the profile CSV is unreadable or does not match the clients.
         """
         system = cfg.federation.system
-        if not system.enabled:
+        if system.profiles in ("none", "measured"):  # measured: server.measured, not profiles
             return None
         profiles = load_profiles(system, cfg.federation.num_clients, cfg.seed)
         return cls(profiles, cfg.seed, system.availability_period, cfg.federation.deadline)

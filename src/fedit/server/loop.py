@@ -10,7 +10,7 @@ from typing import Any
 
 from fedit.config import Config
 from fedit.server.checkpoint import RunDir
-from fedit.server.clock import SimulatedClock
+from fedit.server.clock import Clock
 from fedit.server.observer import RunObserver
 from fedit.server.privacy import PrivacyRun
 from fedit.server.protocols import ServerModel, Transport
@@ -155,7 +155,7 @@ def run_rounds(
     run_dir: RunDir,
     observer: RunObserver | None = None,
     privacy: PrivacyRun | None = None,
-    clock: SimulatedClock | None = None,
+    clock: Clock | None = None,
 ) -> tuple[AdapterState, list[dict[str, Any]]]:
     """Run (or resume) FedIT rounds, checkpointing after each one.
 
@@ -168,8 +168,9 @@ def run_rounds(
         observer: Progress hooks.
         privacy: Differential privacy (``privacy.level`` other than none): C and noise shares
             in the instructions, the noised unweighted mean, ε in each round's record.
-        clock: The simulated clock (``federation.system``): each round's simulated duration
-            and clients' times in its record; clients past ``federation.deadline`` dropped.
+        clock: The simulated clock (``federation.system``), or the measured one on a
+            deployment (``server.measured``): each round's duration and clients' times in its
+            record; clients past ``federation.deadline`` dropped.
 
     Returns:
         The final global adapter and the metrics history (round 0 is the base
@@ -290,7 +291,7 @@ def _inform_selection(
     strategy: Strategy,
     run_dir: RunDir,
     history: list[dict[str, Any]],
-    clock: SimulatedClock | None,
+    clock: Clock | None,
 ) -> None:
     """What oort, fastest and diverse select from: past rounds, the clock, the partition."""
     context = strategy.selection_context
