@@ -117,3 +117,27 @@ def test_measured_time_refusals_exit_2_with_one_line(
     assert code == 2
     assert len(err.splitlines()) == 1 and expected in err, err
     assert not out.exists()
+
+
+@pytest.mark.slow  # a SuperLink and two SuperNodes (~1 min); the loopback tests cover the logic
+def test_a_real_deployment_records_its_measured_times(tiny_model_dir, tmp_path):
+    from flower_support import Federation
+
+    out = tmp_path / "run"
+    overrides = [o for o in FAST if not o.startswith(("engine=", "federation.num_clients"))]
+    with Federation(tmp_path) as federation:
+        for client in range(2):
+            federation.add_node({"partition-id": client, "num-partitions": 2})
+        result = federation.run(
+            str(QUICKSTART),
+            *tiny_args(tiny_model_dir, out, *overrides, "federation.num_clients=2"),
+        )
+    assert (out / "global_adapter").is_dir(), result.stdout + federation.logs()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for record in rows[1:]:
+        times = record["system"]["clients"]
+        assert sorted(times) == ["0", "1"]
+        for t in times.values():
+            # a real SuperNode starts a ClientApp and moves the bytes: the network part is real
+            assert t["compute"] > 0 and t["network"] > 0
+    assert "## Measured time" in (out / "report.md").read_text()
