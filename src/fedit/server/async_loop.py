@@ -25,7 +25,7 @@ import numpy as np
 from fedit.config import Config
 from fedit.server.checkpoint import RunDir
 from fedit.server.clock import SimulatedClock, client_time
-from fedit.server.inflight import InFlight, Queue, time_entry
+from fedit.server.inflight import InFlight, Queue
 from fedit.server.loop import RoundFailedError, evaluate_round, evaluate_start, round_lr
 from fedit.server.observer import RunObserver
 from fedit.server.protocols import ServerModel, Transport
@@ -105,7 +105,7 @@ class BufferedRun:
             train_loss=reply.train_loss,
             num_examples=reply.num_examples,
             metrics=dict(metrics),
-            times=time_entry(times),
+            times=times.as_record(),
             delta=self.strategy.delta(self.state, reply),
         )
         self.queue.waiting.append(item)

@@ -45,6 +45,14 @@ class ClientTime:
     def total(self) -> float:
         return self.download + self.compute + self.upload
 
+    def as_record(self) -> dict[str, float]:
+        return {
+            "download": self.download,
+            "compute": self.compute,
+            "upload": self.upload,
+            "total": self.total,
+        }
+
 
 def client_time(profile: ClientProfile, bytes_down: int, tokens: int, bytes_up: int) -> ClientTime:
     """Seconds to receive the instruction, train ``tokens`` tokens and send the reply."""
@@ -73,6 +81,16 @@ def time_round(times: dict[int, ClientTime], deadline: float | None = None) -> R
     if late and deadline is not None:
         return RoundTiming(times, late, deadline)
     return RoundTiming(times, late, max((t.total for t in times.values()), default=0.0))
+
+
+def system_record(timing: RoundTiming, elapsed: float, online: int) -> dict[str, Any]:
+    """A round's ``system`` entry without the deadline's fields: duration, clients' times."""
+    return {
+        "duration": timing.duration,
+        "elapsed": elapsed,
+        "online": online,
+        "clients": {str(c): t.as_record() for c, t in sorted(timing.times.items())},
+    }
 
 
 class Clock(Protocol):
@@ -170,20 +188,7 @@ class SimulatedClock:
         self, server_round: int, timing: RoundTiming, updates: list[ClientUpdate]
     ) -> dict[str, Any]:
         """The round's ``system`` entry in metrics.jsonl (seconds; docs/systems.md)."""
-        record: dict[str, Any] = {
-            "duration": timing.duration,
-            "elapsed": self.elapsed,
-            "online": len(self.online(server_round)),
-            "clients": {
-                str(c): {
-                    "download": t.download,
-                    "compute": t.compute,
-                    "upload": t.upload,
-                    "total": t.total,
-                }
-                for c, t in sorted(timing.times.items())
-            },
-        }
+        record = system_record(timing, self.elapsed, len(self.online(server_round)))
         if self.deadline is not None:
             late = [u for u in updates if u.client_id in set(timing.late)]
             record["late"] = timing.late

@@ -20,7 +20,6 @@ from typing import Any
 from safetensors.torch import load, save
 
 from fedit.io import atomic_write_bytes, atomic_write_json
-from fedit.server.clock import ClientTime
 from fedit.types import AdapterState
 
 INFLIGHT_JSON = "inflight.json"
@@ -46,16 +45,6 @@ class InFlight:
     def order(self) -> tuple[float, float, int]:
         """Arrival order: earliest first; the seeded tiebreak, then the draw, for equal times."""
         return (self.finish, self.tiebreak, self.draw)
-
-
-def time_entry(times: ClientTime) -> dict[str, float]:
-    """A client's times as they appear in a round's ``system.clients`` record."""
-    return {
-        "download": times.download,
-        "compute": times.compute,
-        "upload": times.upload,
-        "total": times.total,
-    }
 
 
 @dataclass

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fedit.config import Config, ConfigError
-from fedit.server.clock import RoundTiming
+from fedit.server.clock import RoundTiming, system_record
 from fedit.types import ClientUpdate
 
 
@@ -51,6 +51,9 @@ class MeasuredTime:
     @property
     def total(self) -> float:
         return self.compute + self.network
+
+    def as_record(self) -> dict[str, float]:
+        return {"compute": self.compute, "network": self.network, "total": self.total}
 
 
 def measured_time(update: ClientUpdate) -> MeasuredTime:
@@ -121,15 +124,7 @@ class MeasuredClock:
         self, server_round: int, timing: RoundTiming, updates: list[ClientUpdate]
     ) -> dict[str, Any]:
         """The round's ``system`` entry in metrics.jsonl: measured seconds (docs/systems.md)."""
-        record: dict[str, Any] = {
-            "duration": timing.duration,
-            "elapsed": self.elapsed,
-            "online": self.num_clients,
-            "clients": {
-                str(c): {"compute": t.compute, "network": t.network, "total": t.total}
-                for c, t in sorted(timing.times.items())
-            },
-        }
+        record = system_record(timing, self.elapsed, self.num_clients)
         if self.deadline is not None:
             record["late"] = timing.late
             # the late replies never arrive: only what was sent to them is known
