@@ -27,6 +27,12 @@ def make_run(model_dir: Path, run_dir: Path, template: str, seed: int) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     config = {"model": {"name": str(model_dir)}, "data": {"template": template}}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    return random_adapter(model_dir, run_dir / "global_adapter", seed)
+
+
+def random_adapter(model_dir: Path, folder: Path, seed: int) -> Path:
+    """A PEFT adapter on the tiny model whose LoRA weights are all random (B too, unlike
+    LoRA's init), so that it changes the model's output."""
     base = AutoModelForCausalLM.from_pretrained(model_dir)
     torch.manual_seed(seed)
     lora = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], bias="none")
@@ -35,8 +41,8 @@ def make_run(model_dir: Path, run_dir: Path, template: str, seed: int) -> Path:
         for name, param in model.named_parameters():
             if "lora_" in name:
                 param.copy_(torch.randn_like(param) * 0.5)
-    model.save_pretrained(run_dir / "global_adapter")
-    return run_dir / "global_adapter"
+    model.save_pretrained(folder)
+    return folder
 
 
 def make_runs(model_dir: Path, root: Path) -> dict[str, Path]:

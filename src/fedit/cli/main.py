@@ -8,7 +8,9 @@ Usage:
     fedit validate CONFIG [key=value ...]         # check a configuration
     fedit generate --adapter RUN/global_adapter "What is 12 + 30?"
     fedit serve --adapter RUN/global_adapter [--adapter name=DIR ...] [--port 8000]
+    fedit serve --run RUN                     # global and every client-<id> personal adapter
     fedit export --adapter RUN/global_adapter --out DIR [--merge]
+    fedit export --run RUN --client ID --out DIR [--merge]
     fedit eval --adapter RUN/global_adapter --suite heldout [--suite mc:FILE ...]
     fedit compare CONFIG [key=value ...]          # base vs Local-k vs FedIT vs Centralized
     fedit flower superlink|supernode|run|certificates ...   # across machines (docs/deploy.md)
@@ -114,7 +116,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from fedit.serving.models import parse_adapter_specs
+    from fedit.serving.models import served_adapters
     from fedit.serving.server import bind_socket, require_serve_extra, run_server
 
     require_serve_extra()
@@ -122,10 +124,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-tokens-limit: must be >= 1, got {args.max_tokens_limit}")
     if args.max_request_bytes < 1:
         raise ConfigError(f"--max-request-bytes: must be >= 1, got {args.max_request_bytes}")
-    specs = parse_adapter_specs(args.adapter)
+    specs, personal = served_adapters(args.adapter or [], Path(args.run) if args.run else None)
     sock = bind_socket(args.host, args.port)  # a taken port fails before the model loads
     try:
-        app = _serve_app(args, specs)
+        app = _serve_app(args, specs, personal)
         run_server(app, sock, log_level="debug" if args.verbose else "info")
     except KeyboardInterrupt:  # Ctrl-C; uvicorn re-raises it after its graceful shutdown
         pass
@@ -134,12 +136,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve_app(args: argparse.Namespace, specs: list[Any]) -> Any:
+def _serve_app(args: argparse.Namespace, specs: list[Any], personal: dict[int, Path]) -> Any:
     from fedit.serving.app import create_app
     from fedit.serving.engine import CompletionEngine
     from fedit.serving.models import ServedModels
 
-    models = ServedModels(specs, args.model, args.template, args.dtype)
+    models = ServedModels(specs, args.model, args.template, args.dtype, personal)
     api_key = args.api_key or os.environ.get("FEDIT_API_KEY") or None
     if api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         logging.getLogger(__name__).warning(
@@ -151,15 +153,17 @@ def _serve_app(args: argparse.Namespace, specs: list[Any]) -> Any:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from fedit.serving.export import export_model
+    from fedit.serving.export import export_model, export_source
 
+    adapter, provenance = export_source(args.adapter, args.run, args.client)
     out_dir = export_model(
-        adapter=Path(args.adapter),
+        adapter=adapter,
         out=Path(args.out),
         merge=args.merge,
         model_name=args.model,
         dtype=args.dtype,
         overwrite=args.overwrite,
+        provenance=provenance,
     )
     kind = "merged model" if args.merge else "adapter + tokenizer"
     out.print(f"exported {kind}: {out_dir}")
@@ -203,10 +207,14 @@ def _add_serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--adapter",
         action="append",
-        required=True,
         metavar="[NAME=]DIR",
         help="adapter folder; unnamed: served as 'global' (once), NAME=DIR: served as NAME; "
         "repeatable. The base model is always served as 'base'",
+    )
+    parser.add_argument(
+        "--run",
+        help="a run folder: serve its global adapter as 'global' and each client's personal "
+        "adapter (RUN/personal/client-<id>) as 'client-<id>'",
     )
     parser.add_argument("--model", help="base model (default: the first adapter's model.name)")
     parser.add_argument(
@@ -232,7 +240,11 @@ def _add_serve_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_export_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--adapter", required=True, help="PEFT adapter folder")
+    parser.add_argument("--adapter", help="PEFT adapter folder (or --run)")
+    parser.add_argument("--run", help="a run folder: export its global adapter, or --client's")
+    parser.add_argument(
+        "--client", type=int, help="with --run: this client's personal adapter (client-<id>)"
+    )
     parser.add_argument("--out", required=True, help="folder to write")
     parser.add_argument(
         "--merge",

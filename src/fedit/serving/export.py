@@ -20,8 +20,13 @@ Both write ``fedit_export.json``: the source adapter, the base model and the pro
 adapter was trained with (prompt the exported model the same way). The folder is written to a
 temporary sibling and renamed into place, so a failed export leaves nothing half-written.
 
+``--run RUN --client ID`` exports one client's personal adapter (``RUN/personal/client-<id>``,
+``serving.personal``); for fedsa that folder already pairs the global A with the client's own B.
+``fedit_export.json`` then also names the client and the run's ``personalization.method``.
+
 Example:
     fedit export --adapter runs/quickstart/global_adapter --out exported/quickstart --merge
+    fedit export --run runs/ditto --client 3 --out exported/client-3 --merge
 """
 
 from __future__ import annotations
@@ -36,10 +41,43 @@ from fedit.config import ConfigError, ModelConfig
 from fedit.integrity import check_adapter_folder
 from fedit.io import atomic_directory, atomic_write_json
 from fedit.serving.generate import run_quantization, run_settings
+from fedit.serving.personal import client_adapter, global_adapter, run_method
 
 logger = logging.getLogger(__name__)
 
 EXPORT_INFO = "fedit_export.json"
+
+
+def export_source(
+    adapter: str | None, run: str | None, client: int | None
+) -> tuple[Path, dict[str, object]]:
+    """The folder ``fedit export`` reads (``--adapter``, or ``--run`` with ``--client``) and
+    what ``fedit_export.json`` says of where it came from.
+
+    Raises:
+        ConfigError: ``--client`` without ``--run``, both ``--adapter`` and ``--run``, neither,
+            or a run without the adapter asked for (each naming the flag).
+    """
+    if client is not None and run is None:
+        raise ConfigError(
+            "--client: needs --run RUN (a client's adapter is RUN/personal/client-<id>)"
+        )
+    if adapter is not None and run is not None:
+        raise ConfigError("--adapter: give either --adapter DIR or --run RUN, not both")
+    if run is None:
+        if adapter is None:
+            raise ConfigError("--adapter: give the adapter folder, or --run RUN [--client ID]")
+        return Path(adapter), {}
+    folder = Path(run)
+    if client is not None:
+        return client_adapter(folder, client), {"client": client, "method": run_method(folder)}
+    found = global_adapter(folder)
+    if found is None:
+        raise ConfigError(
+            f"--run: {folder} has no global_adapter (personalization.method="
+            f"{run_method(folder)}); export a client's with --client ID"
+        )
+    return found, {"client": None, "method": run_method(folder)}
 
 
 def _check_paths(adapter: Path, out: Path, overwrite: bool) -> None:
@@ -103,6 +141,7 @@ def export_model(
     model_name: str | None = None,
     dtype: str = "fp32",
     overwrite: bool = False,
+    provenance: dict[str, object] | None = None,
 ) -> Path:
     """Write ``adapter`` (merged into its base model, or as a self-contained adapter) to ``out``.
 
@@ -114,6 +153,7 @@ def export_model(
         model_name: Base model (default: the run's ``model.name``).
         dtype: Weight dtype of the merged model (fp32, bf16 or fp16).
         overwrite: Replace a non-empty ``out``.
+        provenance: More for ``fedit_export.json`` (``export_source``'s client and method).
 
     Returns:
         ``out``.
@@ -138,6 +178,7 @@ def export_model(
             "merged": merge,
             "dtype": dtype if merge else None,
             "dequantized_from": quantization if quantization != "none" else None,
+            **(provenance or {}),
         }
         atomic_write_json(tmp / EXPORT_INFO, info)
     logger.info(
