@@ -87,6 +87,7 @@ def test_study_end_to_end_and_finished_seeds_are_reused(tiny_model_dir, tmp_path
         "compare.num_local=1",
         "compare.centralized=false",
         "compare.seeds=[3,4]",
+        "data.client_test_fraction=0.2",
     ]
     assert main(args) == 0
     for seed in (3, 4):
@@ -98,6 +99,10 @@ def test_study_end_to_end_and_finished_seeds_are_reused(tiny_model_dir, tmp_path
     assert summary["models"] == ["base", "local#1", "fedit"]
     report = (out / "study" / "report.md").read_text()
     assert "over 2 seeds" in report and "paired bootstrap over seeds x test examples" in report
+    # who gains, per client, over the seeds: each row's mean, worst and std, with intervals
+    assert sorted(summary["per_client"]["models"]) == ["base", "fedit", "local"]
+    assert "## Per client" in report and "| fedit | local | worst |" in report
+    assert "lift" not in report  # base is no method, and FedIT is what methods are held to
     first = (out / "seed-3" / "compare" / "results.json").stat().st_mtime_ns
     caplog.clear()
     with caplog.at_level("INFO"):
@@ -149,7 +154,7 @@ def test_compare_scores_every_model_on_every_clients_own_share(tiny_model_dir, t
     for scores in per_client.values():
         assert [scores[str(c)]["num_examples"] for c in range(4)] == partition["client_test"]
     report = (out / "compare" / "report.md").read_text()
-    assert "## Per client" in report and "that have their own Local model" in report
+    assert "## Per client" in report and "compared with their own Local model" in report
     assert (out / "compare" / "per_client_gain.png").is_file()
     assert (out / "compare" / "curve_accuracy.png").is_file()
 
@@ -169,4 +174,30 @@ def test_fairness_by_hand():
     assert summary["fedit"]["std"] == pytest.approx((0.08 / 3) ** 0.5)
     # client 0: 0.5 < its own 0.6; client 2: 0.7 > its own 0.4; client 1 has no Local model
     assert summary["fedit_helps"] == {"clients": 2, "helped": 1}
+    assert summary["helps"]["fedit"] == {"vs_local": {"clients": 2, "helped": 1}}
     assert gains(per_client, "accuracy") == pytest.approx({"0": -0.1, "2": 0.3})
+    # the composite row: client 0 by local-0 (0.6), client 2 by local-2 (0.4)
+    assert summary["local"] == pytest.approx({"mean": 0.5, "worst": 0.4, "std": 0.1})
+
+
+def test_fairness_counts_help_against_local_and_fedit_for_every_model():
+    from fedit.evaluation.per_client import fairness, gains
+
+    def scores(*values):
+        return {str(c): {"loss": v} for c, v in enumerate(values)}
+
+    per_client = {
+        "fedit": scores(1.0, 2.0, 3.0),
+        "ditto": scores(0.5, 2.5, 1.0),  # lower loss is better
+        "local-0": scores(0.8, 9.0, 9.0),
+        "local-1": scores(9.0, 2.2, 9.0),
+        "local-2": scores(9.0, 9.0, 2.0),
+    }
+    summary = fairness(per_client, "loss")
+    # ditto vs own Local (0.8, 2.2, 2.0): better on clients 0 and 2; vs FedIT: on 0 and 2
+    assert summary["helps"]["ditto"] == {
+        "vs_local": {"clients": 3, "helped": 2},
+        "vs_fedit": {"clients": 3, "helped": 2},
+    }
+    assert summary["local"]["worst"] == pytest.approx(2.2)  # loss: the worst is the highest
+    assert gains(per_client, "loss", "ditto") == pytest.approx({"0": -0.3, "1": 0.3, "2": -1.0})

@@ -24,8 +24,10 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -34,6 +36,7 @@ LEVEL = 0.95
 RESAMPLES = 10_000
 T_METHOD = "t-interval over seeds"
 BOOTSTRAP_METHOD = "paired bootstrap over seeds x test examples"
+CLIENT_BOOTSTRAP_METHOD = "paired bootstrap over seeds x clients"
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,14 @@ class Interval:
         return (self.high - self.low) / 2
 
 
+def as_json(interval: Interval) -> dict[str, Any]:
+    """An Interval as JSON: undefined bounds (one seed) become null."""
+    return {
+        key: None if isinstance(value, float) and math.isnan(value) else value
+        for key, value in dataclasses.asdict(interval).items()
+    }
+
+
 def t_interval(values: list[float] | np.ndarray, level: float = LEVEL) -> Interval:
     """Student-t interval of the mean of ``values`` (nan bounds for fewer than two values)."""
     x = np.asarray(values, dtype=float)
@@ -70,15 +81,17 @@ def paired_bootstrap(
     level: float = LEVEL,
     resamples: int = RESAMPLES,
     seed: int = 0,
+    method: str = BOOTSTRAP_METHOD,
 ) -> Interval:
     """Percentile interval of the mean paired difference, resampling seeds then test examples.
 
     Args:
         diffs: One array per seed: score of model A minus score of model B on each test example
-            of that seed (the seeds' test sets may differ in size).
+            of that seed (the seeds' test sets may differ in size), or on each client.
         level: Confidence level.
         resamples: Bootstrap resamples.
         seed: Seeds the resampling, so a report is reproducible.
+        method: How the interval is named where it is reported (the unit resampled).
     """
     arrays = [np.asarray(d, dtype=float) for d in diffs]
     if not arrays or any(a.size == 0 for a in arrays):
@@ -99,7 +112,7 @@ def paired_bootstrap(
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
     mean = float(np.concatenate(arrays).mean())
-    return Interval(mean, float(low), float(high), BOOTSTRAP_METHOD, level)
+    return Interval(mean, float(low), float(high), method, level)
 
 
 @dataclass(frozen=True)

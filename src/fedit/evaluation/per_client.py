@@ -3,10 +3,12 @@
 With ``data.client_test_fraction`` > 0 each client keeps a share of its data out of training
 (``data/partition.split_client_tests``). ``fedit compare`` then scores every model on each
 client's share, and its report shows a client x model table, the mean, worst client and
-standard deviation per model, the share of clients FedIT helps compared with their own Local
-model (only clients that have one: set ``compare.num_local`` to the number of clients for all),
-and a plot of each client's gain from federation against how far its data sit from the global
-mix (its Jensen–Shannon divergence, ``data/heterogeneity.py``).
+standard deviation per model, the share of clients each model helps compared with their own
+Local model and with global FedIT (only clients that have a Local model: set
+``compare.num_local`` to the number of clients for all), and a plot of each client's gain over
+its own Local model against how far its data sit from the global mix (its Jensen–Shannon
+divergence, ``data/heterogeneity.py``), one series per model. ``local`` is the composite row:
+client c scored by ``local-<c>``, its own Local model.
 
 Example:
     per_client = score_clients(cfg, loaded, contenders, client_test, observer)
@@ -61,32 +63,74 @@ def score_clients(
     return out
 
 
-def fairness(per_client: dict[str, dict[str, dict[str, float]]], metric: str) -> dict[str, Any]:
-    """Per model: mean, worst client, population std over clients; and FedIT's help count."""
-    lower = metric == "loss"
+LOCAL = "local"  # the composite row: each client scored by its own Local model
+FEDIT = "fedit"
+_UNPLOTTED = ("base", LOCAL)  # no gain series: the base model, and Local against itself
+
+Scores = dict[str, dict[str, dict[str, float]]]  # model -> client id (str) -> metric -> value
+
+
+def by_role(per_client: Scores) -> Scores:
+    """The models as rows: every model but the Local-k ones, then the composite ``local``."""
+    rows = {m: clients for m, clients in per_client.items() if not m.startswith("local-")}
+    own = {
+        c: per_client[f"local-{c}"][c]
+        for c in sorted({c for clients in per_client.values() for c in clients}, key=int)
+        if f"local-{c}" in per_client and c in per_client[f"local-{c}"]
+    }
+    if own:
+        rows[LOCAL] = own
+    return rows
+
+
+def better(metric: str, a: float, b: float) -> bool:
+    """Whether ``a`` is a better score than ``b`` (lower loss, higher anything else)."""
+    return a < b if metric == "loss" else a > b
+
+
+def fairness(per_client: Scores, metric: str) -> dict[str, Any]:
+    """Per row (``by_role``): mean, worst client, population std over clients; and ``helps``:
+    per model, how many clients it serves better than their own Local model (``vs_local``)
+    and than global FedIT (``vs_fedit``), over the clients both have."""
+    rows = by_role(per_client)
     summary: dict[str, Any] = {}
-    for model, clients in per_client.items():
+    for model, clients in rows.items():
         values = np.array([scores[metric] for scores in clients.values()])
-        worst = float(values.max() if lower else values.min())
+        worst = float(values.max() if metric == "loss" else values.min())
         summary[model] = {"mean": float(values.mean()), "worst": worst, "std": float(values.std())}
-    fedit = per_client.get("fedit", {})
-    helped = [
-        (fedit[c][metric] < own[c][metric]) if lower else (fedit[c][metric] > own[c][metric])
-        for c in fedit
-        if (own := per_client.get(f"local-{c}")) and c in own
-    ]
-    summary["fedit_helps"] = {"clients": len(helped), "helped": int(sum(helped))}
+    helps: dict[str, dict[str, dict[str, int]]] = {}
+    for model, clients in rows.items():
+        if model == LOCAL:
+            continue
+        helps[model] = {}
+        for name, other in ((LOCAL, rows.get(LOCAL, {})), (FEDIT, rows.get(FEDIT, {}))):
+            if model == name or not other:
+                continue
+            shared = [c for c in clients if c in other]
+            won = [better(metric, clients[c][metric], other[c][metric]) for c in shared]
+            helps[model][f"vs_{name}"] = {"clients": len(won), "helped": int(sum(won))}
+    summary["helps"] = helps
+    summary["fedit_helps"] = helps.get(FEDIT, {}).get("vs_local", {"clients": 0, "helped": 0})
     return summary
 
 
-def gains(per_client: dict[str, dict[str, dict[str, float]]], metric: str) -> dict[str, float]:
-    """client -> FedIT minus the client's own Local model, where it has one."""
-    fedit = per_client.get("fedit", {})
-    return {
-        c: fedit[c][metric] - own[c][metric]
-        for c in fedit
-        if (own := per_client.get(f"local-{c}")) and c in own
-    }
+def gains(per_client: Scores, metric: str, model: str = FEDIT) -> dict[str, float]:
+    """client -> ``model`` minus the client's own Local model, where it has one."""
+    rows = by_role(per_client)
+    scores, own = rows.get(model, {}), rows.get(LOCAL, {})
+    return {c: scores[c][metric] - own[c][metric] for c in scores if c in own}
+
+
+def _helps_line(model: str, metric: str, helps: dict[str, dict[str, int]]) -> str | None:
+    parts = [
+        f"{h['helped']} of {h['clients']} clients ({100 * h['helped'] / h['clients']:.0f}%) "
+        + ("compared with their own Local model" if key == "vs_local" else "compared with FedIT")
+        for key, h in helps.items()
+        if h["clients"]
+    ]
+    if not parts:
+        return None
+    return f"- {model} serves better " + " and ".join(parts) + f" on {metric}."
 
 
 def per_client_section(
@@ -95,42 +139,52 @@ def per_client_section(
     """The report's "Per client" section (and its plot, when FedIT has Local models to beat)."""
     from fedit.reporting.plots import plot_client_gains
 
-    models = list(per_client)
+    rows = by_role(per_client)
+    models = list(rows)
     clients = sorted({c for scores in per_client.values() for c in scores}, key=int)
     lines = ["## Per client: each model on each client's own test share", ""]
+    if LOCAL in rows:
+        lines += [
+            f"`{LOCAL}` is each client's own Local model (`local-<c>` on client c); the Local "
+            "models' scores on other clients are in `results.json` (`per_client`).",
+            "",
+        ]
     for metric in METRICS:
         summary = fairness(per_client, metric)
-        better = "lower" if metric == "loss" else "higher"
-        lines += [f"**{metric}** ({better} is better)", ""]
+        direction = "lower" if metric == "loss" else "higher"
+        lines += [f"**{metric}** ({direction} is better)", ""]
         lines.append("| client | " + " | ".join(models) + " |")
         lines.append("|---|" + "---:|" * len(models))
         for c in clients:
-            cells = [
-                f"{per_client[m][c][metric]:.3f}" if c in per_client[m] else "–" for m in models
-            ]
+            cells = [f"{rows[m][c][metric]:.3f}" if c in rows[m] else "–" for m in models]
             lines.append(f"| {c} | " + " | ".join(cells) + " |")
         for stat in ("mean", "worst", "std"):
             cells = [f"{summary[m][stat]:.3f}" for m in models]
             lines.append(f"| *{stat}* | " + " | ".join(cells) + " |")
-        helps = summary["fedit_helps"]
-        if helps["clients"]:
-            lines += [
-                "",
-                f"FedIT helps {helps['helped']} of the {helps['clients']} clients that have their "
-                f"own Local model ({100 * helps['helped'] / helps['clients']:.0f}%) on {metric}.",
-            ]
+        helped = [_helps_line(m, metric, h) for m, h in summary["helps"].items()]
+        if any(helped):
+            lines += ["", *[line for line in helped if line]]
         lines.append("")
     distance = {
         str(c["client"]): c["js_divergence"]
         for c in table.get("heterogeneity", {}).get("clients", [])
         if c["js_divergence"] is not None
     }
-    gain = gains(per_client, "accuracy")
-    points = {c: (distance[c], g) for c, g in gain.items() if c in distance}
-    if points:
-        plot_client_gains(points, out / PLOT)
+    series = {
+        model: {
+            c: (distance[c], g)
+            for c, g in gains(per_client, "accuracy", model).items()
+            if c in distance
+        }
+        for model in models
+        if model not in _UNPLOTTED
+    }
+    series = {model: points for model, points in series.items() if points}
+    if series:
+        plot_client_gains(series, out / PLOT)
         lines += [
-            f"![FedIT's accuracy gain over each client's own model against its divergence]({PLOT})",
+            f"![Each model's accuracy gain over each client's own model against its divergence]"
+            f"({PLOT})",
             "",
         ]
     return lines

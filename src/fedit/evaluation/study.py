@@ -13,7 +13,9 @@ seed, a finished FedIT run and finished baselines are reused as ``fedit compare`
   of each seed, Centralized): on per-example scores with the two-level bootstrap over seeds x
   test examples; on loss (a per-token mean, not per example) with a t-interval over per-seed
   differences. A difference counts only when its interval excludes zero; otherwise the summary
-  says how large a study would resolve it (``evaluation/intervals.py``).
+  says how large a study would resolve it (``evaluation/intervals.py``);
+- with ``data.client_test_fraction``, who gains on each client's own test share, over seeds
+  (``evaluation/per_client_study.py``).
 
 Local-k models are matched across seeds by rank (``local#1`` is the client FedIT trained most in
 that seed), since different seeds pick different clients.
@@ -34,7 +36,8 @@ import numpy as np
 from fedit.config import Config, save_config
 from fedit.evaluation.compare import run_compare
 from fedit.evaluation.compare_report import reference_lines
-from fedit.evaluation.intervals import paired_bootstrap, resolving_size, t_interval
+from fedit.evaluation.intervals import as_json, paired_bootstrap, resolving_size, t_interval
+from fedit.evaluation.per_client_study import summarize_clients
 from fedit.io import atomic_write_json, read_jsonl
 from fedit.server.observer import RunObserver
 
@@ -98,14 +101,6 @@ def run_study(cfg: Config, observer: RunObserver | None = None) -> StudyOutcome:
     return StudyOutcome(study_dir, report, summary, time.perf_counter() - started)
 
 
-def _plain(interval: Any) -> dict[str, Any]:
-    """An Interval as JSON: undefined bounds (one seed) become null."""
-    return {
-        key: None if isinstance(value, float) and np.isnan(value) else value
-        for key, value in dataclasses.asdict(interval).items()
-    }
-
-
 def _read(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -152,6 +147,7 @@ def summarize(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
         "num_test": {str(seed): _num_test(per_seed[seed]) for seed in seeds},
         "seconds": {str(seed): per_seed[seed].get("seconds", {}) for seed in seeds},
         "suites": suites,
+        "per_client": summarize_clients(per_seed),
     }
 
 
@@ -183,9 +179,9 @@ def _model_intervals(
             values = [by_seed[seed][role][metric] for seed in by_seed]
             categories = sorted(first[f"{metric}_by_category"])
             out[role][metric] = {
-                "overall": _plain(t_interval(values)),
+                "overall": as_json(t_interval(values)),
                 "by_category": {
-                    c: _plain(
+                    c: as_json(
                         t_interval(
                             [
                                 by_seed[s][role][f"{metric}_by_category"][c]
@@ -241,7 +237,7 @@ def _paired(by_seed: dict[int, dict[str, dict[str, Any]]], common: list[str]) ->
             verdict = "no significant difference"
             if interval.excludes_zero():
                 verdict = "FedIT better" if better > 0 else "FedIT worse"
-            row = {"opponent": opponent, "metric": metric, **_plain(interval)}
+            row = {"opponent": opponent, "metric": metric, **as_json(interval)}
             row["verdict"] = verdict
             if verdict == "no significant difference" and metric != "loss":
                 row["resolve"] = dataclasses.asdict(resolving_size(diffs))

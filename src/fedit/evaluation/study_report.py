@@ -93,6 +93,9 @@ def write_study_report(
         for row in data["paired"]:
             if row["metric"] in FINDING_METRICS:
                 lines.append(f"- {suite}: {finding(row, summary)}")
+    clients = summary.get("per_client")
+    if clients:
+        lines += worst_client_findings(clients)
     lines += ["", "## Learning curves", ""] + learning_curves(histories, references, out)
     for suite, data in summary["suites"].items():
         lines += ["", f"## {suite}", ""]
@@ -117,6 +120,66 @@ def write_study_report(
                 f"| {row['opponent']} | {row['metric']} | {row['mean']:+.3f} | {_span(row)} "
                 f"| {row['verdict']} |"
             )
+    if clients:
+        lines += ["", *per_client_lines(clients)]
     report = out / "report.md"
     atomic_write_text(report, "\n".join(lines) + "\n")
     return report
+
+
+def _seeds(row: dict[str, Any]) -> str:
+    return ", ".join(f"{d:+.3f}" for d in row["per_seed"])
+
+
+def worst_client_findings(clients: dict[str, Any]) -> list[str]:
+    """One finding per model and metric: does it lift the worst client over FedIT and Local?"""
+    lines = []
+    for metric in FINDING_METRICS:
+        rows = [r for r in clients["paired"] if r["metric"] == metric and r["stat"] == "worst"]
+        for model in dict.fromkeys(r["model"] for r in rows if r["model"] not in ("fedit", "base")):
+            parts = [
+                f"worst − {r['vs']}'s = {r['mean']:+.3f} {_span(r)} (per seed {_seeds(r)})"
+                for r in rows
+                if r["model"] == model
+            ]
+            lifted = model in clients["lifts_worst"][metric]
+            head = "lifts" if lifted else "does not lift, at this size,"
+            lines.append(
+                f"- per client: {model} {head} the worst client on {metric}: {'; '.join(parts)}."
+            )
+    return lines
+
+
+def per_client_lines(clients: dict[str, Any]) -> list[str]:
+    """The per-client section: each model's mean, worst and std over clients, and the pairs."""
+    lines = [
+        "## Per client: each model on each client's own test share",
+        "",
+        "Over clients, per seed, then a 95% t-interval over seeds (mean ± half-width). `local` "
+        "is each client's own Local model. Paired differences: the mean per-client score with "
+        "a paired bootstrap over seeds x clients; the worst client with a t-interval over the "
+        "per-seed differences (each seed's value is shown: three seeds make wide intervals).",
+        "",
+    ]
+    for metric in ("accuracy", "loss"):
+        lines += [
+            f"**{metric}**",
+            "",
+            "| model | mean over clients | worst client | std over clients |",
+            "|---|---:|---:|---:|",
+        ]
+        for model, metrics in clients["models"].items():
+            cells = [_cell(metrics[metric][stat]) for stat in ("mean", "worst", "std")]
+            lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        lines += [
+            "",
+            "| model | vs | of | difference | 95% interval | verdict |",
+            "|---|---|---|---:|---|---|",
+        ]
+        for row in [r for r in clients["paired"] if r["metric"] == metric]:
+            lines.append(
+                f"| {row['model']} | {row['vs']} | {row['stat']} | {row['mean']:+.3f} "
+                f"| {_span(row)} | {row['verdict']} |"
+            )
+        lines.append("")
+    return lines

@@ -130,16 +130,22 @@ def plot_compare(
     )
 
 
-def plot_client_gains(points: dict[str, tuple[float, float]], path: Path) -> None:
-    """Each client's gain from federation (y) against its divergence from the global mix (x)."""
+def plot_client_gains(series: dict[str, dict[str, tuple[float, float]]], path: Path) -> None:
+    """Each client's gain over its own Local model (y) against its divergence from the global
+    mix (x): one series per model (FedIT, and each personalization method)."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    for client, (distance, gain) in sorted(points.items(), key=lambda item: int(item[0])):
-        ax.scatter(distance, gain, color="tab:blue")
-        ax.annotate(client, (distance, gain), textcoords="offset points", xytext=(4, 4))
+    for model, points in series.items():
+        ordered = sorted(points.items(), key=lambda item: int(item[0]))
+        xs = [distance for _, (distance, _) in ordered]
+        ys = [gain for _, (_, gain) in ordered]
+        ax.scatter(xs, ys, label=model)
+        for client, (distance, gain) in ordered:
+            ax.annotate(client, (distance, gain), textcoords="offset points", xytext=(4, 4))
     ax.axhline(0, color="grey", linewidth=1)
     ax.set_xlabel("client's Jensen–Shannon divergence from the global mix")
-    ax.set_ylabel("FedIT − own Local model, accuracy on its test share")
-    ax.set_title("Who gains from federation")
+    ax.set_ylabel("model − own Local model, accuracy on its test share")
+    ax.set_title("Who gains, and from which model")
+    ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
     _save(fig, path)
 
