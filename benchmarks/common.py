@@ -53,11 +53,26 @@ def write_section(section: str, block: str) -> None:
     atomic_write_text(DOC, text)
 
 
-def record(section: str, title: str, body: str) -> None:
-    """Replace (or append) the section ``section`` of docs/benchmarks.md, atomically."""
-    block = (
+def section_block(section: str, title: str, body: str) -> str:
+    """The section as docs/benchmarks.md holds it: markers, title, this command and machine."""
+    return (
         f"<!-- {section}:start -->\n## {title}\n\n```bash\n{command_line()}\n```\n\n"
         f"Machine: {machine()}\n\n{body.strip()}\n<!-- {section}:end -->"
     )
+
+
+def record_from(path: Path) -> None:
+    """Put a section that a run wrote elsewhere (a GPU machine's results folder) into the docs."""
+    block = path.read_text(encoding="utf-8").strip()
+    match = re.match(r"<!-- (\w+):start -->", block)
+    if match is None:
+        raise SystemExit(f"{path}: not a section (no start marker)")
+    write_section(match.group(1), block)
+    print(block)
+
+
+def record(section: str, title: str, body: str) -> None:
+    """Replace (or append) the section ``section`` of docs/benchmarks.md, atomically."""
+    block = section_block(section, title, body)
     write_section(section, block)
     print(block)
