@@ -39,14 +39,13 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import torch
-from common import ROOT, record_from, section_block, write_section
+from common import ROOT, Clock, record_from, section_block, torch_threads, write_section
 
 import fedit.client.train as train_module
 from fedit.client.batching import collate, iterate_batches, split_micro_batches
@@ -82,18 +81,6 @@ SMOKE = [
     "train.micro_batch_size=2",
     "train.cutoff_len=64",
 ]
-
-
-class Clock:
-    """Wall-clock marks; on CUDA each waits for the queued work first."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-
-    def now(self) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter()
 
 
 @dataclasses.dataclass
@@ -424,14 +411,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-@contextlib.contextmanager
-def _threads_restored(threads: int) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def main(argv: list[str] | None = None) -> str:
     """Measure, write the output folder (and the docs with ``--record``); returns the body."""
     args = parse_args(argv)
@@ -440,10 +419,8 @@ def main(argv: list[str] | None = None) -> str:
         return ""
     args.output_dir.mkdir(parents=True, exist_ok=True)
     overrides = [f"model.device={args.device}", *(SMOKE if args.smoke else [])]
-    threads = torch.get_num_threads()
-    if args.smoke:  # measures nothing, and on a shared 2-core machine one thread is faster
-        torch.set_num_threads(1)
-    with tempfile.TemporaryDirectory() as scratch, _threads_restored(threads):
+    # A smoke run measures nothing, and on a shared 2-core machine one thread is faster.
+    with tempfile.TemporaryDirectory() as scratch, torch_threads(1 if args.smoke else None):
         if args.smoke and not args.model:
             sys.path.insert(0, str(ROOT / "tests"))
             from conftest import build_tiny_model

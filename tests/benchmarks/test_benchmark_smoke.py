@@ -6,6 +6,7 @@ They measure nothing here; the checks are that every table is written and adds u
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,45 @@ def test_step_profile_smoke_writes_split_step_syncs_and_profile(
     assert (out / "summary.md").read_text().strip() == body.strip()
     assert "### Steady-state step" in body and "### Host-device syncs per step" in body
     assert not (out / "section.md").exists()  # a smoke run never reaches the docs
+
+
+def test_gpu_scale_smoke_writes_its_table(benchmarks_on_path, tmp_path):
+    import gpu_scale
+
+    out = tmp_path / "scale"
+    body = gpu_scale.main(["--smoke", "--output-dir", str(out)])
+
+    assert (out / "table.md").read_text().strip() == body.strip()
+    assert not (out / "section.md").exists()  # a smoke run never reaches the docs
+    entries = json.loads((out / "figures.json").read_text())
+    measured = {(e["base"], e["loop"]): e for e in entries if e["result"] is not None}
+    for base in ("bf16", "4bit"):  # bf16 means fp32 on a CPU; the 4-bit base is bitsandbytes'
+        assert {(base, gpu_scale.BARE), (base, gpu_scale.NO_LEVER + " (as shipped)")} <= set(
+            measured
+        )
+    for entry in measured.values():
+        result = entry["result"]
+        assert result["micro_batch"] == 2 and result["tokens"] == 2 * 64  # 1 timed step
+        assert result["seconds"] > 0 and 0 <= result["warmup_seconds"] < 60  # a duration
+        assert abs(result["loss"] - math.log(512)) < 0.5  # random init: about ln V
+    not_run = [e["note"] for e in entries if e["result"] is None]
+    assert any("liger" in note or "CUDA" in note for note in not_run)
+    assert "| tiny | bf16 | 64 | gradient checkpointing" in body
+    assert "MFU counts F = 4·N_lin·s" in body
+
+
+def test_mfu_formula_by_hand(benchmarks_on_path):
+    from gpu_scale import SHAPES, card_peak, flops_per_sequence
+
+    d, inner, layers, vocab = 4096, 11008, 32, 32000  # 7b: no grouped KV heads
+    linear = layers * (4 * d * d + 3 * d * inner)
+    expected = (
+        4 * linear * 2048 + 6 * 1000 * 2048 + 4 * d * vocab * 1024 + 12 * layers * 2048**2 * d
+    )
+    assert SHAPES["7b"]["num_key_value_heads"] == SHAPES["7b"]["num_attention_heads"]
+    assert flops_per_sequence("7b", 2048, 1024, 1000) == expected
+    # The frozen base dominates: about 4 FLOPs per base weight per token at this length.
+    assert 4.0 < expected / (2048 * linear) < 5.0
+    assert card_peak("NVIDIA H100 80GB HBM3") == ("H100 SXM", 989e12)
+    assert card_peak("NVIDIA H200") == ("H200", 989e12)
+    assert card_peak("NVIDIA H100 PCIe") is None
