@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
 import shlex
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -19,6 +22,31 @@ Each section is written by the script named in its command; rerun the command to
 All numbers are from the machine named in the section. Timings need an otherwise idle machine:
 on 2 cores, a second busy process slows small torch operations by an order of magnitude.
 """
+
+
+class Clock:
+    """Wall-clock marks; on CUDA each waits for the queued work first."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def now(self) -> float:
+        """``time.perf_counter()`` once the device has finished what it was given."""
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``count`` for the block (None leaves them)."""
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def machine() -> str:
@@ -53,11 +81,26 @@ def write_section(section: str, block: str) -> None:
     atomic_write_text(DOC, text)
 
 
-def record(section: str, title: str, body: str) -> None:
-    """Replace (or append) the section ``section`` of docs/benchmarks.md, atomically."""
-    block = (
+def section_block(section: str, title: str, body: str) -> str:
+    """The section as docs/benchmarks.md holds it: markers, title, this command and machine."""
+    return (
         f"<!-- {section}:start -->\n## {title}\n\n```bash\n{command_line()}\n```\n\n"
         f"Machine: {machine()}\n\n{body.strip()}\n<!-- {section}:end -->"
     )
+
+
+def record_from(path: Path) -> None:
+    """Put a section that a run wrote elsewhere (a GPU machine's results folder) into the docs."""
+    block = path.read_text(encoding="utf-8").strip()
+    match = re.match(r"<!-- (\w+):start -->", block)
+    if match is None:
+        raise SystemExit(f"{path}: not a section (no start marker)")
+    write_section(match.group(1), block)
+    print(block)
+
+
+def record(section: str, title: str, body: str) -> None:
+    """Replace (or append) the section ``section`` of docs/benchmarks.md, atomically."""
+    block = section_block(section, title, body)
     write_section(section, block)
     print(block)

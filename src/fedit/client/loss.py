@@ -144,17 +144,19 @@ def _step(
         for micro in micro_batches
     ]
     label_tokens = max(1, sum(count_label_tokens(batch) for batch in batches))
-    step_loss, real, slots = 0.0, 0, 0
+    # Counted on the host batches, and the loss read once per step: each read of a value on
+    # the GPU waits for the work queued before it (a host-device sync).
+    real = sum(int(batch["attention_mask"].sum()) for batch in batches)
+    slots = sum(batch["attention_mask"].numel() for batch in batches)
+    step_loss = torch.zeros((), dtype=torch.float64, device=device)
     for batch in batches:
         batch = {key: value.to(device) for key, value in batch.items()}
         with autocast_context(device, autocast):
             loss_sum, _ = token_loss_sum(model, batch)
         loss = loss_sum / label_tokens
         scaler.scale(loss).backward()
-        step_loss += loss.item()
-        real += int(batch["attention_mask"].sum())
-        slots += batch["attention_mask"].numel()
-    return step_loss, real, slots
+        step_loss += loss.detach().double()  # the same float64 sums as adding loss.item()s
+    return step_loss.item(), real, slots
 
 
 class TokenLoss:

@@ -14,6 +14,7 @@ PARTITION_METHODS = ("iid", "dirichlet", "shards", "natural")
 LR_SCHEDULES = ("constant", "cosine")
 LOCAL_LR_SCHEDULES = ("constant", "linear", "cosine")
 AUTOCAST = ("auto", "bf16", "fp16", "none")
+KERNELS = ("auto", "liger", "none")
 OBJECTIVES = ("sft", "dpo")
 DPO_REFERENCES = ("base", "global")
 DPO_LOSSES = ("sigmoid", "ipo")
@@ -227,6 +228,12 @@ class TrainConfig:
         "torch.compile the training forward: true, false, or auto (on a CUDA GPU only); "
         "falls back to eager, with one log line, if compilation fails",
     )
+    kernels: str = option(
+        "auto",
+        "fused kernels for Llama-family models on CUDA: liger (liger-kernel's RMSNorm, RoPE and "
+        "SwiGLU; pip install 'fedit[kernels]'), none, or auto (liger where CUDA and "
+        "liger-kernel are both present, else none)",
+    )
     objective: str = option(
         "sft", "sft (instruction tuning) or dpo (preference pairs; see the dpo section)"
     )
@@ -238,6 +245,7 @@ class TrainConfig:
         )
         problems += check_choice("train.objective", self.objective, OBJECTIVES)
         problems += check_choice("train.autocast", self.autocast, AUTOCAST)
+        problems += check_choice("train.kernels", self.kernels, KERNELS)
         for key in ("batch_size", "micro_batch_size", "cutoff_len"):
             if getattr(self, key) < 1:
                 problems.append(f"train.{key}: must be >= 1, got {getattr(self, key)}")

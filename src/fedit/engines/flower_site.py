@@ -51,6 +51,7 @@ from fedit.client.site_policy import SitePolicy, node_flag
 from fedit.config import Config, ConfigError, ModelConfig, save_config
 from fedit.data.prepare import prepare_data, tokenize_training
 from fedit.data.sources import load_examples
+from fedit.model.kernels import apply_kernels
 from fedit.model.loading import load_model, load_tokenizer
 from fedit.model.lora import apply_lora
 from fedit.types import ClientUpdate, Example, FitInstruction
@@ -221,7 +222,9 @@ def load_site(cfg: Config, node_config: dict[str, Any]) -> Site:
     loaded = key != _CACHE.model_key
     if loaded:
         _CACHE.model_key, _CACHE.model = "", None  # the old model goes before the new one loads
-        base, _CACHE.tokenizer = load_model(_site_model_config(cfg, node_config))
+        model_cfg = _site_model_config(cfg, node_config)
+        base, _CACHE.tokenizer = load_model(model_cfg)
+        apply_kernels(base, cfg.train.kernels, model_cfg.device)
         _CACHE.model = apply_lora(base, cfg.lora, seed=cfg.seed)
         _CACHE.model_key = key
         _CACHE.loads += 1
