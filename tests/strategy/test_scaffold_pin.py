@@ -35,7 +35,7 @@ PINNED_BYTES_DOWN = {
     3: {0: 178715, 2: 178715},
 }
 # FitConfig fields added since the pin: each adds `, "key": value` to every header.
-ADDED_FIELDS: dict[str, object] = {}
+ADDED_FIELDS: dict[str, object] = {"shared": "all"}
 
 
 def _digest(state: dict[str, torch.Tensor]) -> str:
