@@ -62,6 +62,12 @@ class FitConfig:
     dp_noise_multiplier: float = 0.0
     dp_noise_shares: float = 0.0  # D, the plan's expected clients per round; 0: server adds noise
     dp_count_noise_std: float = 0.0  # adaptive clip, noise_at=clients: σ_b, of which √(1/D) each
+    # The stamp of a run that keeps client state (client.state): the round (FitConfig.seed is a
+    # hash of it), the run's id (32 hex digits) and the first round of each of its attempts
+    # ("1,5": started at 1, resumed at 5). Unstamped: 0, "" and "".
+    server_round: int = 0
+    state_run: str = ""
+    state_attempts: str = ""
 
     def to_header(self) -> dict[str, Any]:
         """The JSON-ready form that goes on the wire."""
@@ -118,6 +124,18 @@ def shared_names(state: AdapterState, config: FitConfig) -> list[str]:
         if (config.trainable == "all" or ".lora_B." in name)
         and (config.shared == "all" or (config.shared == "lora_A" and ".lora_A." in name))
     )
+
+
+def prefixed(prefix: str, state: AdapterState) -> dict[str, Tensor]:
+    """``state`` with every key under ``prefix/``, to flatten several states into one file
+    (a strategy's checkpoint, a client's stored state)."""
+    return {f"{prefix}/{key}": value for key, value in state.items()}
+
+
+def unprefixed(prefix: str, state: dict[str, Tensor]) -> AdapterState:
+    """The entries of ``state`` under ``prefix/``, with the prefix removed."""
+    start = f"{prefix}/"
+    return {key[len(start) :]: value for key, value in state.items() if key.startswith(start)}
 
 
 def _has_type(value: Any, annotation: type) -> bool:

@@ -36,6 +36,8 @@ PINNED_BYTES_DOWN = {
 }
 # FitConfig fields added since the pin: each adds `, "key": value` to every header.
 ADDED_FIELDS: dict[str, object] = {"shared": "all"}
+# ... and the stamp of a run that keeps client state (client.state), for round r.
+STAMP_FIELDS = {"state_run": "0" * 32, "state_attempts": "1"}
 
 
 def _digest(state: dict[str, torch.Tensor]) -> str:
@@ -56,14 +58,17 @@ def test_scaffold_matches_the_pinned_run(tiny_model_dir, tmp_path):
     outcome = run_experiment(load_config(QUICKSTART, args))
     final = load_file(str(outcome.run_dir / "global_adapter" / "adapter_model.safetensors"))
     assert _digest(final) == PINNED_ADAPTER_SHA256
-    grown = added_header_bytes(ADDED_FIELDS)
+
+    def grown(server_round: int) -> int:
+        return added_header_bytes({**ADDED_FIELDS, **STAMP_FIELDS, "server_round": server_round})
+
     measured = {
         record["round"]: {int(c): m["bytes_down"] for c, m in record["client_metrics"].items()}
         for record in outcome.history
         if record["round"] > 0
     }
     expected = {
-        r: {c: pinned + grown for c, pinned in clients.items()}
+        r: {c: pinned + grown(r) for c, pinned in clients.items()}
         for r, clients in PINNED_BYTES_DOWN.items()
     }
     assert measured == expected

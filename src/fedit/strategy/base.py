@@ -120,14 +120,3 @@ class Strategy(ABC):
     def load_state_dict(self, state: StrategyState) -> None:
         """Restore what ``state_dict`` returned."""
         del state  # stateless by default
-
-
-def prefixed(prefix: str, state: AdapterState) -> StrategyState:
-    """``state`` with every key under ``prefix/`` (to flatten several states into one file)."""
-    return {f"{prefix}/{key}": value for key, value in state.items()}
-
-
-def unprefixed(prefix: str, state: StrategyState) -> AdapterState:
-    """The entries of ``state`` under ``prefix/``, with the prefix removed."""
-    start = f"{prefix}/"
-    return {key[len(start) :]: value for key, value in state.items() if key.startswith(start)}

@@ -13,9 +13,9 @@ from fedit.strategy.aggregate import (
     validate_updates,
     weighted_average,
 )
-from fedit.strategy.base import StrategyState, prefixed, unprefixed
+from fedit.strategy.base import StrategyState
 from fedit.strategy.fedavg import FedAvg
-from fedit.types import CONTROL_DELTA, AdapterState, ClientUpdate, FitConfig
+from fedit.types import CONTROL_DELTA, AdapterState, ClientUpdate, FitConfig, prefixed, unprefixed
 
 DEFAULT_SERVER_LR = 1.0
 
