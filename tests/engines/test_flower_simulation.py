@@ -293,3 +293,21 @@ def test_fedbuff_on_the_simulation_runtime_matches_in_process(tiny_model_dir, tm
     staleness = [row["aggregation"]["staleness"] for row in _rounds(outcome.run_dir)]
     assert staleness == [row["aggregation"]["staleness"] for row in _rounds(local)]
     assert any(set(histogram) != {"0"} for histogram in staleness)  # some update was stale
+
+
+@pytest.mark.slow  # one more Ray run; the client's store is the in-process one, tested by default
+def test_scaffold_on_the_simulation_runtime_keeps_c_i_in_the_run_folder(tiny_model_dir, tmp_path):
+    scaffold = ("strategy.name=scaffold", "federation.rounds=3")
+    outcome = run_flower_simulation(_config(tiny_model_dir, tmp_path / "sim", SIM, *scaffold))
+    local = run_experiment(_config(tiny_model_dir, tmp_path / "local", *scaffold)).run_dir
+    _assert_same(local, outcome.run_dir)  # the same files, clients/<id>/ included
+    for client in (0, 1):
+        kept = sorted(p.name for p in (outcome.run_dir / "clients" / str(client)).iterdir())
+        assert kept == ["state-a001-r0002.safetensors", "state-a001-r0003.safetensors"]
+        for name in kept:
+            torch.testing.assert_close(
+                load_file(str(outcome.run_dir / "clients" / str(client) / name)),
+                load_file(str(local / "clients" / str(client) / name)),
+                rtol=0,
+                atol=1e-5,
+            )

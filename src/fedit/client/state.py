@@ -1,6 +1,7 @@
 """What a client keeps between rounds, kept by the client: one versioned file per round trained.
 
-Layout under the store's root (a run folder in-process and in Flower simulation)::
+Layout under the store's root (the run folder in-process and in Flower simulation,
+``STATE_DIR/<run id>`` at a deployed site)::
 
     ROOT/clients/<id>/state-a<attempt:03d>-r<round:04d>.safetensors
 
@@ -34,6 +35,10 @@ from fedit.types import FitConfig, FitInstruction
 
 ClientState = dict[str, Tensor]
 CLIENTS_FOLDER = "clients"
+# The namespace of SCAFFOLD's client control variate c_i in a ClientState.
+SCAFFOLD_CONTROL = "scaffold/control"
+# A deployed site's default STATE_DIR, under $FEDIT_CACHE; node config state-dir=DIR overrides.
+SITE_STATE = "site-state"
 _FILE = re.compile(r"state-a(\d{3,})-r(\d{4,})\.safetensors")
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -141,13 +146,24 @@ def file_name(attempt: int, server_round: int) -> str:
 class ClientStateStore:
     """Every client's versioned state under one root (see the module docstring)."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, private: bool = False):
         self.root = Path(root)
+        self.private = private  # owner-only folders and files (a site's own data)
 
     @classmethod
     def for_run(cls, output_dir: str | Path) -> ClientStateStore:
         """The store of an in-process or Flower-simulation run: inside its run folder."""
         return cls(output_dir)
+
+    @classmethod
+    def for_site(cls, state_dir: str | Path, run_id: str) -> ClientStateStore:
+        """A deployed site's store: ``state_dir/<run id>``, owner-only, kept across restarts.
+
+        Raises:
+            StampError: a run id that is not 32 hex digits (it would name another folder).
+        """
+        _check_run_id(run_id)
+        return cls(Path(state_dir) / run_id, private=True)
 
     def folder(self, client_id: int) -> Path:
         return self.root / CLIENTS_FOLDER / str(client_id)
@@ -184,7 +200,10 @@ class ClientStateStore:
         path = self.folder(client_id) / file_name(stamp.attempt, stamp.server_round)
         metadata = _metadata(stamp, client_id)
         tensors = {key: value.detach().cpu().contiguous() for key, value in state.items()}
-        atomic_write_bytes(path, save(tensors, metadata=metadata))
+        if self.private:
+            for folder in (self.root.parent, self.root, self.root / CLIENTS_FOLDER, path.parent):
+                folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        atomic_write_bytes(path, save(tensors, metadata=metadata), private=self.private)
         for other in self.versions(client_id).values():
             if other not in (path, keep):
                 other.unlink(missing_ok=True)

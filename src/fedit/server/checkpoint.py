@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from safetensors import safe_open
 from safetensors.torch import load, save
 from torch import Tensor
 
@@ -292,6 +293,16 @@ class RunDir:
         strategy_state = load(strategy_file.read_bytes()) if strategy_file.is_file() else {}
         log.info("resuming %s after round %d", self.path, last)
         return ResumePoint(last + 1, self.round_dir(last), history, strategy_state)
+
+    def saved_strategy_keys(self) -> list[str]:
+        """The tensor names in the last complete round's ``strategy.safetensors`` (read from
+        its header only), so a strategy can refuse a checkpoint before anything loads."""
+        last = self._last_complete_round()
+        path = self.round_dir(last) / STRATEGY_FILE
+        if not last or not path.is_file():
+            return []
+        with safe_open(str(path), framework="pt") as handle:
+            return list(handle.keys())
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         write_jsonl(self.path / METRICS_FILE, history)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from torch import Tensor
 
@@ -116,6 +116,11 @@ class Strategy(ABC):
     def state_dict(self) -> StrategyState:
         """Server-side tensors to checkpoint (stateless strategies return {})."""
         return {}
+
+    def check_saved(self, keys: Collection[str]) -> None:
+        """Refuse, before anything loads, a checkpoint whose tensors (``keys``) this strategy
+        cannot resume from (raise ``ConfigError``); any is fine by default."""
+        del keys
 
     def load_state_dict(self, state: StrategyState) -> None:
         """Restore what ``state_dict`` returned."""
