@@ -87,6 +87,29 @@ def run_until_killed(config: str, args: list[str], server_round: int) -> None:
     run_experiment(load_config(config, args), KillInRound(server_round))
 
 
+class KillGroupAtEval(RunObserver):
+    """SIGKILLs its whole process group (the run and the Ray processes it started) when the
+    evaluation ``label`` starts: the round's clients have saved their state, and the round has
+    no completion marker yet."""
+
+    def __init__(self, label: str):
+        self.label = label
+
+    def on_eval_start(self, label: str) -> None:
+        if label == self.label:
+            os.killpg(os.getpgid(0), signal.SIGKILL)
+
+
+def simulate_until_killed(config: str, args: list[str], label: str) -> None:
+    """A spawned child's target: a Flower simulation in a session of its own (so its process
+    group holds Ray's processes too), killed with that group at evaluation ``label``."""
+    from fedit.config import load_config
+    from fedit.flower_simulation import run_flower_simulation
+
+    os.setsid()
+    run_flower_simulation(load_config(config, args), KillGroupAtEval(label))
+
+
 class CrashInRound(RunObserver):
     def __init__(self, server_round: int):
         self.server_round = server_round
