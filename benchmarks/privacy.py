@@ -30,8 +30,8 @@ from fedit.data.prepare import prepare_data
 from fedit.engines.simulation import SimulationTransport
 from fedit.experiment import load_setup, run_experiment
 from fedit.model.lora import get_adapter_state
-from fedit.privacy.mechanism import global_norm, trained_names, update_delta
-from fedit.types import FitConfig, FitInstruction
+from fedit.privacy.mechanism import global_norm, update_delta
+from fedit.types import FitConfig, FitInstruction, shared_names
 
 CLIENTS_PER_ROUND_RATE = 0.1
 EPSILONS = (8.0, 3.0, 1.0)
@@ -78,7 +78,7 @@ def measure(out: Path) -> dict:
     for client in range(3):
         for trainable in norms:
             _, state = _fit(setup, cfg, client, start, trainable=trainable)
-            names = trained_names(start, trainable)
+            names = shared_names(start, FitConfig(lr=0.0, rank=0, seed=0, trainable=trainable))
             norms[trainable].append(global_norm(update_delta(state, start, names)))
     clip = {k: statistics.median(v) for k, v in norms.items()}
     for client in range(3):  # interleaved, so that load on the machine hits all three alike

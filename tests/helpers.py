@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,54 @@ def tiny_args(model_dir: Path, out: Path, *extra: str) -> list[str]:
         "eval.max_new_tokens=4",
         *extra,
     ]
+
+
+class KillInRound(RunObserver):
+    """SIGKILLs its own process once the first client of ``server_round`` has replied: that
+    client has saved its state, and the round has no completion marker (nothing runs after
+    SIGKILL, as after a power cut)."""
+
+    def __init__(self, server_round: int):
+        self.server_round = server_round
+        self.current = 0
+
+    def on_round_start(self, server_round: int, selected: list[int]) -> None:
+        self.current = server_round
+
+    def on_client_end(self, update) -> None:
+        if self.current == self.server_round:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def run_until_killed(config: str, args: list[str], server_round: int) -> None:
+    """A spawned child's target: ``run_experiment`` that dies by SIGKILL in ``server_round``."""
+    from fedit.config import load_config
+    from fedit.experiment import run_experiment
+
+    run_experiment(load_config(config, args), KillInRound(server_round))
+
+
+class KillGroupAtEval(RunObserver):
+    """SIGKILLs its whole process group (the run and the Ray processes it started) when the
+    evaluation ``label`` starts: the round's clients have saved their state, and the round has
+    no completion marker yet."""
+
+    def __init__(self, label: str):
+        self.label = label
+
+    def on_eval_start(self, label: str) -> None:
+        if label == self.label:
+            os.killpg(os.getpgid(0), signal.SIGKILL)
+
+
+def simulate_until_killed(config: str, args: list[str], label: str) -> None:
+    """A spawned child's target: a Flower simulation in a session of its own (so its process
+    group holds Ray's processes too), killed with that group at evaluation ``label``."""
+    from fedit.config import load_config
+    from fedit.flower_simulation import run_flower_simulation
+
+    os.setsid()
+    run_flower_simulation(load_config(config, args), KillGroupAtEval(label))
 
 
 class CrashInRound(RunObserver):

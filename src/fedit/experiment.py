@@ -131,8 +131,10 @@ def run_experiment(
     started = time.perf_counter()
     run_dir = RunDir(cfg.output_dir)
     resumed_privacy = None
+    strategy = build_strategy(cfg)
     if cfg.resume:
         run_dir.check_resumable(cfg)
+        strategy.check_saved(run_dir.saved_strategy_keys())  # e.g. SCAFFOLD's before issue 33
         resumed_privacy = resumed_plan(cfg, run_dir.path)  # refuses rounds beyond the ε budget
     else:
         run_dir.check_fresh(cfg.overwrite)
@@ -156,7 +158,6 @@ def run_experiment(
         run_dir.start(cfg, setup.data.table, cfg.overwrite)
         if privacy is not None:
             privacy.plan.save(run_dir.path)
-    strategy = build_strategy(cfg)
     if clock is not None:  # only clients online at selection are selected
         strategy.select_among(clock.online)
     strategy = defend(cfg, strategy)  # attacks' collusion and robust.method

@@ -19,6 +19,12 @@ CONTROL_DELTA = "control_delta"
 # ClientUpdate.client_id of a reply that a defence combined from several clients (fedit.robust).
 COMBINED_CLIENT_ID = -1
 
+# FitConfig.trainable: which LoRA factors the client trains ("lora_B": FFA-LoRA freezes A).
+TRAINABLE = ("all", "lora_B")
+# FitConfig.shared: which trained factors the reply carries ("lora_A": FedSA-LoRA keeps B at
+# the client; "none": a round that sends no adapter back).
+SHARED = ("all", "lora_A", "none")
+
 # One instruction example, normalised: instruction / input / output / category (all str).
 Example = dict[str, str]
 
@@ -43,6 +49,7 @@ class FitConfig:
     seed: int  # seeds the client's batch order and LoRA dropout this round
     compression: str = "none"  # upload codec (communication.COMPRESSIONS)
     trainable: str = "all"  # "all" LoRA parameters, or "lora_B" (FFA-LoRA freezes A)
+    shared: str = "all"  # of the trained tensors, which the reply carries (SHARED)
     proximal_mu: float = 0.0  # FedProx's μ: the client minimises F_k(w) + μ/2 ‖w − w_global‖²
     scaffold: bool = False  # SCAFFOLD: correct every step by c − c_i and reply with Δc_i
     # Differential privacy (fedit.privacy): "none", "client" (clip the update, optionally add
@@ -55,6 +62,12 @@ class FitConfig:
     dp_noise_multiplier: float = 0.0
     dp_noise_shares: float = 0.0  # D, the plan's expected clients per round; 0: server adds noise
     dp_count_noise_std: float = 0.0  # adaptive clip, noise_at=clients: σ_b, of which √(1/D) each
+    # The stamp of a run that keeps client state (client.state): the round (FitConfig.seed is a
+    # hash of it), the run's id (32 hex digits) and the first round of each of its attempts
+    # ("1,5": started at 1, resumed at 5). Unstamped: 0, "" and "".
+    server_round: int = 0
+    state_run: str = ""
+    state_attempts: str = ""
 
     def to_header(self) -> dict[str, Any]:
         """The JSON-ready form that goes on the wire."""
@@ -88,6 +101,41 @@ class FitConfig:
                     f"{where} key {name!r} is {value!r}, expected {hints[name].__name__}"
                 )
         return cls(**{name: hints[name](value) for name, value in raw.items()})
+
+
+def shared_names(state: AdapterState, config: FitConfig) -> list[str]:
+    """The keys of ``state`` that a reply to ``config`` carries, sorted: trained ∩ shared.
+
+    The one answer to "what is sent" for the wire format (``engines.messages``), client-level
+    DP's clip and noise (``privacy.mechanism``, ``server.privacy``) and secure aggregation's
+    vector (``engines.secagg``), so that all of them cover exactly the same tensors. FFA-LoRA
+    trains and sends B; FedSA-LoRA trains everything and sends A.
+
+    Raises:
+        ValueError: ``trainable`` or ``shared`` is not one of its values.
+    """
+    if config.trainable not in TRAINABLE:
+        raise ValueError(f"trainable: unknown value {config.trainable!r}; use one of {TRAINABLE}")
+    if config.shared not in SHARED:
+        raise ValueError(f"shared: unknown value {config.shared!r}; use one of {SHARED}")
+    return sorted(
+        name
+        for name in state
+        if (config.trainable == "all" or ".lora_B." in name)
+        and (config.shared == "all" or (config.shared == "lora_A" and ".lora_A." in name))
+    )
+
+
+def prefixed(prefix: str, state: AdapterState) -> dict[str, Tensor]:
+    """``state`` with every key under ``prefix/``, to flatten several states into one file
+    (a strategy's checkpoint, a client's stored state)."""
+    return {f"{prefix}/{key}": value for key, value in state.items()}
+
+
+def unprefixed(prefix: str, state: dict[str, Tensor]) -> AdapterState:
+    """The entries of ``state`` under ``prefix/``, with the prefix removed."""
+    start = f"{prefix}/"
+    return {key[len(start) :]: value for key, value in state.items() if key.startswith(start)}
 
 
 def _has_type(value: Any, annotation: type) -> bool:

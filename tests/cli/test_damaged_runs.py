@@ -57,6 +57,11 @@ DAMAGE = {
         _garbage_line,
         ["metrics.jsonl:2 is not valid JSON"],
     ),
+    "garbage run.json": (
+        "run.json",
+        lambda path: path.write_text('{"run_id": "../elsewhere", "attempts": [1]}'),
+        ["run.json is not a run's id and attempts", "overwrite=true"],
+    ),
     "garbage saved config": (
         "config.yaml",
         lambda path: path.write_text("model: [unclosed\n"),

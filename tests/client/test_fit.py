@@ -9,11 +9,12 @@ import torch
 
 from fedit.client import train as train_module
 from fedit.client.fit import fit_client
+from fedit.client.state import ClientStateStore, Stamp, StampError
 from fedit.config import Config, LoraConfig, ModelConfig, TrainConfig
 from fedit.data.templates import tokenize_examples
 from fedit.model import apply_lora, get_adapter_state, load_model
 from fedit.model.lora import adapter_parameters
-from fedit.types import CONTROL_DELTA, FitConfig, FitInstruction
+from fedit.types import CONTROL_DELTA, FitConfig, FitInstruction, prefixed
 
 EXAMPLES = [
     {"instruction": f"What is {a} + {b}?", "input": "", "output": str(a + b), "category": "math"}
@@ -70,37 +71,62 @@ def test_proximal_gradient_matches_autograd():
     torch.testing.assert_close(param.grad, reference.grad)
 
 
-def test_scaffold_reply_carries_option_ii_control_delta(setup):
+RUN_ID = "0123456789abcdef0123456789abcdef"
+
+
+def _scaffold(start, server_control, server_round: int = 1) -> FitInstruction:
+    """A SCAFFOLD instruction of ``server_round``, stamped as the loop stamps it."""
+    stamp = Stamp(RUN_ID, (1,), server_round)
+    config = stamp.stamped(FitConfig(lr=5e-2, rank=LORA.r, seed=1, scaffold=True))
+    return FitInstruction(0, start, config, {"server_control": server_control})
+
+
+def test_scaffold_reply_carries_option_ii_control_delta(setup, tmp_path):
     model, examples, start = setup
     server = {k: torch.full_like(v, 1e-3) for k, v in start.items()}
-    client = {k: torch.zeros_like(v) for k, v in start.items()}
-    instruction = FitInstruction(
-        0,
-        start,
-        FitConfig(lr=5e-2, rank=LORA.r, seed=1, scaffold=True),
-        {"server_control": server, "client_control": client},
-    )
-    update = fit_client(model, examples, CFG, instruction)
+    store = ClientStateStore.for_run(tmp_path)
+    update = fit_client(model, examples, CFG, _scaffold(start, server), store=store)
     lr_sum = update.metrics["lr_sum"]
     assert lr_sum == pytest.approx(3 * 5e-2)
     for key, delta in update.extras[CONTROL_DELTA].items():
         # Δc_i = c_i⁺ − c_i = (x − y_i) / Σ η_t − c
         expected = (start[key] - update.state[key]) / lr_sum - server[key]
         torch.testing.assert_close(delta, expected)
+    # The client kept c_i⁺ = 0 + Δc_i itself, for the next round it trains in.
+    kept = store.load(0, Stamp(RUN_ID, (1,), 2))
+    assert set(kept) == {f"scaffold/control/{key}" for key in start}
+    for key, delta in update.extras[CONTROL_DELTA].items():
+        assert torch.equal(kept[f"scaffold/control/{key}"], delta)
 
 
-def test_scaffold_correction_shifts_every_step(setup):
+def test_scaffold_corrects_by_c_minus_the_clients_own_c_i(setup, tmp_path):
+    model, examples, start = setup
+    zeros = {k: torch.zeros_like(v) for k, v in start.items()}
+    store = ClientStateStore.for_run(tmp_path)
+    c_i = {k: torch.full_like(v, 0.01) for k, v in start.items()}
+    store.save(0, Stamp(RUN_ID, (1,), 1), prefixed("scaffold/control", c_i))
+    # Round 2: c = c_i, so c − c_i = 0: the run is plain training.
+    plain = fit_client(model, examples, CFG, _instruction(start))
+    same = fit_client(model, examples, CFG, _scaffold(start, c_i, 2), store=store)
+    assert all(torch.equal(plain.state[k], same.state[k]) for k in start)
+    # Round 3 reads round 2's c_i⁺, not round 1's.
+    advanced = store.load(0, Stamp(RUN_ID, (1,), 3))
+    for key in start:
+        expected = c_i[key] + same.extras[CONTROL_DELTA][key]
+        assert torch.equal(advanced[f"scaffold/control/{key}"], expected)
+    with pytest.raises(ValueError, match="SCAFFOLD needs a state store"):
+        fit_client(model, examples, CFG, _scaffold(start, zeros))
+    unstamped = FitInstruction(0, start, FitConfig(lr=5e-2, rank=LORA.r, seed=1, scaffold=True))
+    with pytest.raises(StampError, match="state_run '' is not 32 hex digits"):
+        fit_client(model, examples, CFG, unstamped, store=store)
+
+
+def test_scaffold_correction_shifts_every_step(setup, tmp_path):
     model, examples, start = setup
     plain = fit_client(model, examples, CFG, _instruction(start))
     correction = {k: torch.full_like(v, 0.01) for k, v in start.items()}
-    zeros = {k: torch.zeros_like(v) for k, v in start.items()}
-    instruction = FitInstruction(
-        0,
-        start,
-        FitConfig(lr=5e-2, rank=LORA.r, seed=1, scaffold=True),
-        {"server_control": correction, "client_control": zeros},
-    )
-    corrected = fit_client(model, examples, CFG, instruction)
+    store = ClientStateStore.for_run(tmp_path)  # empty: c_i = 0
+    corrected = fit_client(model, examples, CFG, _scaffold(start, correction), store=store)
     # Each of the 3 steps moves every parameter by −η (c − c_i) = −5e-4 on top of AdamW's step.
     shift = torch.cat([(corrected.state[k] - plain.state[k]).flatten() for k in start])
     assert shift.mean().item() == pytest.approx(-3 * 5e-2 * 0.01, rel=0.3)

@@ -7,6 +7,10 @@ that no Ray process is left when the run returns. Each costs Ray's start-up (sev
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import signal
+import time
 from pathlib import Path
 
 import psutil
@@ -29,6 +33,7 @@ from fedit.server.loop import RoundFailedError  # noqa: E402
 from helpers import (  # noqa: E402
     check_nothing_per_client_in_the_clear,
     record_replies,
+    simulate_until_killed,
     tiny_args,
 )
 
@@ -293,3 +298,67 @@ def test_fedbuff_on_the_simulation_runtime_matches_in_process(tiny_model_dir, tm
     staleness = [row["aggregation"]["staleness"] for row in _rounds(outcome.run_dir)]
     assert staleness == [row["aggregation"]["staleness"] for row in _rounds(local)]
     assert any(set(histogram) != {"0"} for histogram in staleness)  # some update was stale
+
+
+@pytest.mark.slow  # one more Ray run; the client's store is the in-process one, tested by default
+def test_scaffold_on_the_simulation_runtime_keeps_c_i_in_the_run_folder(tiny_model_dir, tmp_path):
+    scaffold = ("strategy.name=scaffold", "federation.rounds=3")
+    outcome = run_flower_simulation(_config(tiny_model_dir, tmp_path / "sim", SIM, *scaffold))
+    local = run_experiment(_config(tiny_model_dir, tmp_path / "local", *scaffold)).run_dir
+    _assert_same(local, outcome.run_dir)  # the same files, clients/<id>/ included
+    for client in (0, 1):
+        kept = sorted(p.name for p in (outcome.run_dir / "clients" / str(client)).iterdir())
+        assert kept == ["state-a001-r0002.safetensors", "state-a001-r0003.safetensors"]
+        for name in kept:
+            torch.testing.assert_close(
+                load_file(str(outcome.run_dir / "clients" / str(client) / name)),
+                load_file(str(local / "clients" / str(client) / name)),
+                rtol=0,
+                atol=1e-5,
+            )
+
+
+def _session(leader: int) -> list[str]:
+    """The processes still in the session that ``leader`` started."""
+    found = []
+    for process in psutil.process_iter(["pid", "name"]):
+        try:
+            if os.getsid(process.pid) == leader:
+                found.append(f"{process.pid} {process.info['name']}")
+        except (ProcessLookupError, PermissionError):
+            continue
+    return found
+
+
+@pytest.mark.slow  # two Ray runs and an in-process one; the in-process kill runs by default
+def test_scaffold_killed_mid_round_on_the_simulation_runtime_resumes_bit_identically(
+    tiny_model_dir, tmp_path
+):
+    scaffold = ("strategy.name=scaffold", "federation.rounds=3")
+    local = run_experiment(_config(tiny_model_dir, tmp_path / "local", *scaffold)).run_dir
+    killed = tmp_path / "sim"
+    args = tiny_args(tiny_model_dir, killed, *FAST, SIM, *scaffold)
+    child = multiprocessing.get_context("spawn").Process(
+        target=simulate_until_killed, args=(str(QUICKSTART), args, "round 2")
+    )
+    child.start()
+    child.join(timeout=600)
+    assert child.exitcode == -signal.SIGKILL
+    # Both clients saved round 2's c_i; round 2 never completed.
+    for client in (0, 1):
+        assert (killed / "clients" / str(client) / "state-a001-r0002.safetensors").is_file()
+    assert not (killed / "checkpoints" / "round_002" / "round.json").exists()
+    deadline = time.monotonic() + 30
+    while _session(child.pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _session(child.pid) == []  # Ray went with the group: no orphans
+
+    resumed = run_flower_simulation(_config(tiny_model_dir, killed, SIM, *scaffold, "resume=true"))
+    assert not ray.is_initialized() and _ray_children() == []
+    torch.testing.assert_close(_adapter(resumed.run_dir), _adapter(local), rtol=0, atol=0)
+    for client in (0, 1):
+        names = sorted(p.name for p in (killed / "clients" / str(client)).iterdir())
+        assert names == ["state-a002-r0002.safetensors", "state-a002-r0003.safetensors"]
+        newest = load_file(str(killed / "clients" / str(client) / names[-1]))
+        expected = load_file(str(local / "clients" / str(client) / "state-a001-r0003.safetensors"))
+        torch.testing.assert_close(newest, expected, rtol=0, atol=0)

@@ -3,6 +3,8 @@ checks that refuse a malformed instruction or reply by name."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -16,7 +18,7 @@ from fedit.engines.messages import (
     unpack_instruction,
     unpack_update,
 )
-from fedit.types import ClientUpdate, FitConfig, FitInstruction
+from fedit.types import ClientUpdate, FitConfig, FitInstruction, shared_names
 
 A_KEY = "m.q_proj.lora_A.weight"
 B_KEY = "m.q_proj.lora_B.weight"
@@ -85,6 +87,48 @@ def test_ffa_lora_uploads_only_b():
     back = unpack_update(half, _sent(received, trainable="lora_B"))
     assert torch.equal(back.state[A_KEY], received[A_KEY])
     assert torch.equal(back.state[B_KEY], trained[B_KEY])
+
+
+@pytest.mark.parametrize("compression", ["none", "int8"])
+def test_fedsa_shares_only_a_and_the_server_fills_b_from_the_instruction(compression):
+    received, trained = _states()  # the client trained both factors
+    sent = _sent(received, shared="lora_A", compression=compression)
+    message = pack_update(ClientUpdate(1, trained, 1, 0.0, 1), sent)
+    _, parts = _split(message)
+    assert set(parts["state"]) - {k for k in parts["state"] if k.startswith("__scale__.")} == {
+        A_KEY
+    }
+    back = unpack_update(message, sent)
+    assert torch.equal(back.state[B_KEY], received[B_KEY])  # B stays at the client
+    assert not torch.equal(back.state[A_KEY], received[A_KEY])
+    if compression == "none":
+        assert torch.equal(back.state[A_KEY], trained[A_KEY])
+
+
+def test_a_reply_must_send_what_the_instruction_shares():
+    received, trained = _states()
+    everything = pack_update(ClientUpdate(1, trained, 1, 0.0, 1), _sent(received))
+    with pytest.raises(MalformedReplyError, match="sends 2 of 1 adapter keys"):
+        unpack_update(everything, _sent(received, shared="lora_A"))
+    nothing = pack_update(ClientUpdate(1, trained, 1, 0.0, 1), _sent(received, shared="none"))
+    back = unpack_update(nothing, _sent(received, shared="none"))
+    assert all(torch.equal(back.state[k], received[k]) for k in received)
+
+
+def test_shared_names_is_trained_and_shared():
+    state = dict.fromkeys([B_KEY, A_KEY], torch.zeros(1))
+    config = FitConfig(lr=1e-3, rank=8, seed=0)
+    cases = {
+        ("all", "all"): [A_KEY, B_KEY],
+        ("all", "lora_A"): [A_KEY],
+        ("lora_B", "all"): [B_KEY],
+        ("lora_B", "lora_A"): [],  # FFA-LoRA x FedSA: nothing is both trained and shared
+        ("all", "none"): [],
+    }
+    for (trainable, shared), names in cases.items():
+        assert shared_names(state, replace(config, trainable=trainable, shared=shared)) == names
+    with pytest.raises(ValueError, match="shared: unknown value 'lora_C'"):
+        shared_names(state, replace(config, shared="lora_C"))
 
 
 def test_garbage_is_rejected():

@@ -18,8 +18,8 @@ def _poisoning(bad_clients: set[int]):
     """fit_client, except that ``bad_clients`` reply with a NaN in their adapter."""
     real = fit_module.fit_client
 
-    def fit_client(model, examples, cfg, instruction, progress=None, attack=None, policy=None):
-        update = real(model, examples, cfg, instruction, progress, attack=attack, policy=policy)
+    def fit_client(model, examples, cfg, instruction, progress=None, **site):
+        update = real(model, examples, cfg, instruction, progress, **site)
         if instruction.client_id in bad_clients:
             name = sorted(update.state)[0]
             update.state[name] = update.state[name].clone().fill_(math.nan)

@@ -127,6 +127,39 @@ def test_resume_matches_uninterrupted(tmp_path):
     ]
 
 
+class RecordingEngine(ArithmeticEngine):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.configs: list[FitConfig] = []
+
+    def fit(self, instructions, server_round):
+        self.configs += [i.config for i in instructions]
+        return super().fit(instructions, server_round)
+
+
+def test_a_run_that_keeps_client_state_stamps_each_attempt(tmp_path, monkeypatch):
+    monkeypatch.setattr("fedit.server.loop.keeps_client_state", lambda cfg: True)
+    cfg = _cfg(tmp_path)
+    run_dir = _start(cfg)
+    run_id = json.loads((run_dir.path / "run.json").read_text())["run_id"]
+    failing = RecordingEngine(5, cfg.seed, fail_in_round=3)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_rounds(cfg, failing, failing, build_strategy(cfg), run_dir)
+    resumed = RecordingEngine(5, cfg.seed)
+    resumed_cfg = _cfg(tmp_path, "resume=true")
+    run_rounds(resumed_cfg, resumed, resumed, build_strategy(resumed_cfg), run_dir)
+    stamps = {(c.server_round, c.state_attempts) for c in failing.configs + resumed.configs}
+    assert stamps == {(1, "1"), (2, "1"), (3, "1"), (3, "1,3"), (4, "1,3")}
+    assert {c.state_run for c in failing.configs + resumed.configs} == {run_id}
+
+
+def test_a_run_without_client_state_is_not_stamped(tmp_path):
+    cfg = _cfg(tmp_path, "federation.rounds=1")
+    engine = RecordingEngine(5, cfg.seed)
+    run_rounds(cfg, engine, engine, build_strategy(cfg), _start(cfg))
+    assert {(c.server_round, c.state_run) for c in engine.configs} == {(0, "")}
+
+
 def test_incomplete_round_is_ignored(tmp_path):
     cfg = _cfg(tmp_path, "federation.rounds=2")
     run_dir = _start(cfg)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fedit.config import STRATEGIES as STRATEGY_NAMES
-from fedit.config import load_config
+from fedit.config import ConfigError, load_config
 from fedit.strategy import STRATEGIES, build_strategy
 from fedit.strategy.aggregate import AggregationError, MismatchedUpdateError
 from fedit.types import CONTROL_DELTA, ClientUpdate
@@ -92,7 +92,7 @@ def test_fedprox_sends_mu_and_averages_like_fedavg():
 
 def test_scaffold_two_rounds():
     # N = 4 clients, |S| = 2, η_g = 1. Round 1 from x = 0, c = 0: y = 1 and 3, Δc = 0.5 and 1.5
-    # -> x = 0 + mean(1, 3) = 2; c = 0 + 2/4 * mean(0.5, 1.5) = 0.5; c_0 = 0.5, c_1 = 1.5.
+    # -> x = 0 + mean(1, 3) = 2; c = 0 + 2/4 * mean(0.5, 1.5) = 0.5. (c_i is the clients'.)
     strategy = _strategy("scaffold", "federation.num_clients=4", "federation.fraction_fit=0.5")
     x = {"w": torch.zeros(1)}
     _, instructions = strategy.configure_fit(1, x, [3, 3, 3, 3], lr=0.1)
@@ -104,9 +104,10 @@ def test_scaffold_two_rounds():
     x, _ = strategy.aggregate_fit(1, x, updates)
     assert x["w"].item() == pytest.approx(2.0)
     assert strategy.control["w"].item() == pytest.approx(0.5)
-    assert strategy.client_extras(1, x)["client_control"]["w"].item() == pytest.approx(1.5)
-    assert strategy.client_extras(3, x)["client_control"]["w"].item() == 0.0  # never trained
-    # Round 2: y = 2 and 4 (mean Δy = 1), Δc = -0.5 and 0.5 (mean 0) -> x = 3, c = 0.5, c_0 = 0
+    assert set(strategy.client_extras(1, x)) == {"server_control"}  # c only, never c_i
+    assert strategy.client_extras(1, x)["server_control"]["w"].item() == pytest.approx(0.5)
+    assert set(strategy.state_dict()) == {"control/w"}
+    # Round 2: y = 2 and 4 (mean Δy = 1), Δc = -0.5 and 0.5 (mean 0) -> x = 3, c = 0.5
     restored = _strategy("scaffold", "federation.num_clients=4")
     restored.load_state_dict(strategy.state_dict())
     updates = [
@@ -116,8 +117,13 @@ def test_scaffold_two_rounds():
     x, _ = restored.aggregate_fit(2, x, updates)
     assert x["w"].item() == pytest.approx(3.0)
     assert restored.control["w"].item() == pytest.approx(0.5)
-    assert restored.client_controls[0]["w"].item() == pytest.approx(0.0)
-    assert restored.client_controls[1]["w"].item() == pytest.approx(2.0)
+
+
+def test_scaffold_refuses_a_checkpoint_that_holds_c_i():
+    strategy = _strategy("scaffold", "federation.num_clients=2")
+    old = {"control/w": torch.zeros(1), "client_control/0/w": torch.zeros(1)}
+    with pytest.raises(ConfigError, match="keeps c_i on the server"):
+        strategy.load_state_dict(old)
 
 
 def test_scaffold_rejects_update_without_control_delta():

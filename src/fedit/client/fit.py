@@ -3,15 +3,18 @@
 Both engines call ``fit_client`` and nothing else between unpacking an instruction and packing
 the reply: it switches to the adapter of the instruction's rank (and back), turns the
 ``FitConfig`` into a seeded ``LocalObjective`` run of ``train_local`` and adds what the strategy
-asked for to the ``ClientUpdate``. The instruction alone decides the client's round.
+asked for to the ``ClientUpdate``. The instruction decides the client's round, together with
+what the client itself kept from its earlier rounds (``client.state``: SCAFFOLD's c_i).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import torch
 from peft import PeftModel
 
 from fedit.client.attacks import forge_update
@@ -19,11 +22,19 @@ from fedit.client.dpo import DPOLoss
 from fedit.client.dpsgd import ExamplePrivacy, private_steps
 from fedit.client.loss import StepLoss
 from fedit.client.site_policy import SitePolicy, public_reply
+from fedit.client.state import SCAFFOLD_CONTROL, ClientState, ClientStateStore, Stamp
 from fedit.client.train import LocalObjective, model_pad_token_id, train_local
 from fedit.config import AttackConfig, Config
 from fedit.model.lora import add_rank_adapter
 from fedit.privacy.mechanism import privatize_update
-from fedit.types import CONTROL_DELTA, AdapterState, ClientUpdate, FitInstruction
+from fedit.types import (
+    CONTROL_DELTA,
+    AdapterState,
+    ClientUpdate,
+    FitInstruction,
+    prefixed,
+    unprefixed,
+)
 
 DEFAULT_ADAPTER = "default"  # peft's name for the adapter apply_lora creates (rank lora.r)
 
@@ -41,6 +52,50 @@ def _adapter_of_rank(model: PeftModel, cfg: Config, rank: int) -> Iterator[None]
         model.set_adapter(DEFAULT_ADAPTER)
 
 
+@dataclass
+class ClientControl:
+    """SCAFFOLD at the client: c from the server, c_i from the client's own store."""
+
+    store: ClientStateStore
+    stamp: Stamp
+    kept: ClientState  # all the client keeps; other namespaces are saved back as they were
+    server: AdapterState  # c
+    own: AdapterState  # c_i: zeros until the client first trains
+
+    @classmethod
+    def load(cls, instruction: FitInstruction, store: ClientStateStore | None) -> ClientControl:
+        """c from the instruction, c_i from the newest committed state.
+
+        Raises:
+            ValueError: no store (an engine must give SCAFFOLD's clients one).
+            StampError: the instruction carries no valid stamp.
+        """
+        if store is None:
+            raise ValueError(f"client {instruction.client_id}: SCAFFOLD needs a state store")
+        stamp = Stamp.of(instruction.config)
+        kept = store.load(instruction.client_id, stamp)
+        server = instruction.extras["server_control"]
+        zeros = {name: torch.zeros_like(t) for name, t in server.items()}
+        return cls(store, stamp, kept, server, unprefixed(SCAFFOLD_CONTROL, kept) or zeros)
+
+    def correction(self) -> AdapterState:
+        """c − c_i, added to every gradient."""
+        return {name: self.server[name] - self.own[name] for name in self.server}
+
+    def advance(self, instruction: FitInstruction, update: ClientUpdate) -> AdapterState:
+        """Δc_i = (x − y_i) / Σ_t η_t − c; saves c_i⁺ = c_i + Δc_i and returns Δc_i."""
+        lr_sum = update.metrics["lr_sum"]
+        delta = {
+            name: (instruction.state[name] - update.state[name]) / lr_sum - self.server[name]
+            for name in self.server
+        }
+        advanced = {name: self.own[name] + delta[name] for name in delta}
+        others = {k: v for k, v in self.kept.items() if not k.startswith(f"{SCAFFOLD_CONTROL}/")}
+        state = others | prefixed(SCAFFOLD_CONTROL, advanced)
+        self.store.save(instruction.client_id, self.stamp, state)
+        return delta
+
+
 def fit_client(
     model: PeftModel,
     examples: Sequence[Any],
@@ -49,6 +104,7 @@ def fit_client(
     progress: Callable[[int, int, float], None] | None = None,
     attack: AttackConfig | None = None,
     policy: SitePolicy | None = None,
+    store: ClientStateStore | None = None,
 ) -> ClientUpdate:
     """Train from ``instruction.state`` as ``instruction.config`` says.
 
@@ -60,6 +116,8 @@ def fit_client(
         progress: Step callback, as for ``train_local``.
         attack: set on a malicious site (``client.attacks``): the reply is forged and marked.
         policy: the site's own privacy floor and noise source (``client.site_policy``).
+        store: where the client keeps its state between rounds (``client.state``); needed
+            by SCAFFOLD, which reads c_i from it and saves c_i + Δc_i before replying.
 
     Under ``dp_level=client`` the reply is the clipped (and, if told, noised) update
     (``privacy.mechanism.privatize_update``); under ``example`` the local run is DP-SGD
@@ -67,8 +125,13 @@ def fit_client(
     ``NoiseSource``, and the reply carries nothing per-client but the update
     (``site_policy.public_reply``).
 
+    The store gets the raw new state before privatisation and forging, so it never holds a
+    noised or forged tensor, and a reply always means that its state was saved. The state
+    advances whenever the client trains, whether or not the server aggregates the reply.
+
     Raises:
         InstructionRefusedError: the instruction's privacy is weaker than the site's floor.
+        StampError: a SCAFFOLD instruction without a valid stamp (``client.state.Stamp``).
 
     Returns:
         The update; with SCAFFOLD its ``extras["control_delta"]`` is
@@ -79,13 +142,10 @@ def fit_client(
     policy.check(config, instruction.client_id)
     noise = policy.noise_source(config.seed)
     objective = LocalObjective(proximal_mu=config.proximal_mu, trainable=config.trainable)
-    server_control: AdapterState = {}
+    control = None
     if config.scaffold:
-        server_control = instruction.extras["server_control"]
-        client_control = instruction.extras["client_control"]
-        objective.scaffold_correction = {
-            name: server_control[name] - client_control[name] for name in server_control
-        }
+        control = ClientControl.load(instruction, store)
+        objective.scaffold_correction = control.correction()
     example_privacy = None
     if config.dp_level == "example":
         example_privacy = ExamplePrivacy(config.dp_clip_norm, config.dp_noise_multiplier, noise)
@@ -103,12 +163,8 @@ def fit_client(
             step_loss=objective_loss(model, cfg),
             steps=private_steps(example_privacy) if example_privacy else None,
         )
-    if server_control:
-        lr_sum = update.metrics["lr_sum"]
-        update.extras[CONTROL_DELTA] = {
-            name: (instruction.state[name] - update.state[name]) / lr_sum - server_control[name]
-            for name in server_control
-        }
+    if control is not None:  # saved before the reply is privatised or forged
+        update.extras[CONTROL_DELTA] = control.advance(instruction, update)
     if config.dp_level == "client":
         update = privatize_update(update, instruction.state, config, noise)
     update = public_reply(update, config)

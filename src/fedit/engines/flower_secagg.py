@@ -50,7 +50,7 @@ from fedit.engines.secagg import (
     split,
     unmask_sum,
 )
-from fedit.types import FitInstruction, SecureSum
+from fedit.types import FitInstruction, SecureSum, shared_names
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,6 @@ def secure_fit(
             than t + 1 clients got through key sharing.
     """
     from fedit.engines.messages import pack_instruction
-    from fedit.privacy.mechanism import trained_names
 
     run = _Round(grid, nodes, cfg.flower.reply_timeout, server_round)
     by_client = {i.client_id: i for i in instructions}
@@ -222,7 +221,7 @@ def secure_fit(
             f"with fewer than privacy.secagg.reconstruction_threshold={params.threshold} "
             "holders of their shares"
         )
-    names = trained_names(instructions[0].state, instructions[0].config.trainable)
+    names = shared_names(instructions[0].state, instructions[0].config)
     shapes = {n: tuple(instructions[0].state[n].shape) for n in names}
     length = 3 + sum(math.prod(s) for s in shapes.values())
     train_asked = {}

@@ -16,6 +16,10 @@ instruction with weaker DP (``client.site_policy``); ``reproducible-noise=true``
 own opt-in to seeded noise (tests only). The run config, which the server writes, sets none of
 them.
 
+``state-dir=DIR`` is where a deployed site keeps its clients' state between rounds (SCAFFOLD's
+c_i), in ``DIR/<run id>``; the default is ``$FEDIT_CACHE/site-state``. In Flower simulation the
+state goes into the run folder, as in-process.
+
 ``num-threads=T`` sets torch's threads for training. SuperNodes that share one machine train at
 once; each with torch's default (every core) makes them fight over the cores, which on 2 cores
 made one training step several times slower.
@@ -48,17 +52,19 @@ import torch
 from fedit.client.attacks import poison_examples, site_attack
 from fedit.client.fit import fit_client
 from fedit.client.site_policy import SitePolicy, node_flag
+from fedit.client.state import SITE_STATE, ClientStateStore, Stamp
 from fedit.config import Config, ConfigError, ModelConfig, save_config
 from fedit.data.prepare import prepare_data, tokenize_training
 from fedit.data.sources import load_examples
 from fedit.model.kernels import apply_kernels
-from fedit.model.loading import load_model, load_tokenizer
+from fedit.model.loading import cache_dir, load_model, load_tokenizer
 from fedit.model.lora import apply_lora
 from fedit.types import ClientUpdate, Example, FitInstruction
 
 log = logging.getLogger(__name__)
 
 TEST_FAULT_KEY = "test-fault"
+STATE_DIR_KEY = "state-dir"
 # malicious=true makes this site run the run's ``attack`` section (docs/robustness.md).
 MALICIOUS_KEY = "malicious"
 # Test-only faults: "nan" trains, then replies with a NaN in the adapter (a malformed update);
@@ -245,6 +251,24 @@ def load_site(cfg: Config, node_config: dict[str, Any]) -> Site:
     return Site(client_id, examples, _CACHE.model, seconds if loaded else 0.0, loaded)
 
 
+def site_store(
+    cfg: Config, node_config: dict[str, Any], instruction: FitInstruction
+) -> ClientStateStore | None:
+    """Where this site keeps client state: the run folder in Flower simulation (as
+    in-process), ``state-dir``/<run id> when deployed; None for an unstamped instruction (the
+    run keeps no client state).
+
+    Raises:
+        StampError: a stamp whose run id is not 32 hex digits.
+    """
+    if not instruction.config.state_run:
+        return None
+    if cfg.engine == "flower-simulation":
+        return ClientStateStore.for_run(cfg.output_dir)
+    state_dir = node_config.get(STATE_DIR_KEY) or cache_dir() / SITE_STATE
+    return ClientStateStore.for_site(Path(str(state_dir)), Stamp.of(instruction.config).run_id)
+
+
 def train_site(
     cfg: Config, node_config: dict[str, Any], instruction: FitInstruction
 ) -> ClientUpdate:
@@ -264,7 +288,10 @@ def train_site(
     attack = site_attack(cfg.attack, is_malicious(node_config))
     # The site's privacy floor and noise are its own node config's, never the run config's.
     policy = SitePolicy.from_node_config(node_config)
-    update = fit_client(site.model, site.examples, cfg, instruction, attack=attack, policy=policy)
+    store = site_store(cfg, node_config, instruction)
+    update = fit_client(
+        site.model, site.examples, cfg, instruction, attack=attack, policy=policy, store=store
+    )
     if instruction.config.dp_level == "none":  # timings say nothing to add under DP either
         update.metrics["load_seconds"] = site.load_seconds
         update.metrics["model_loaded"] = float(site.model_loaded)

@@ -6,7 +6,9 @@ side-channel such as SCAFFOLD's control variates) with its own compression. The 
 engine and the Flower engine send exactly these bytes, so the byte counts in metrics.jsonl are
 the serialised sizes in both, and upload compression really loses what it loses.
 
-Uploads carry only the keys the client trained (FFA-LoRA: B only). Without compression they
+Uploads carry only the keys the client trained and shares (``types.shared_names``; FFA-LoRA:
+B only, FedSA-LoRA: A only), and the server fills the others from the instruction, so a
+strategy always sees whole adapters. Without compression they
 carry the adapter itself (bit-exact); with lossy compression they carry the change from the
 adapter the client received, which quantises far better than the weights themselves.
 
@@ -25,7 +27,14 @@ from typing import Any
 import torch
 
 from fedit.communication import decode_state, encode_state, reconstruction_error
-from fedit.types import AdapterState, ClientUpdate, FitConfig, FitConfigError, FitInstruction
+from fedit.types import (
+    AdapterState,
+    ClientUpdate,
+    FitConfig,
+    FitConfigError,
+    FitInstruction,
+    shared_names,
+)
 
 _LENGTH = struct.Struct("<Q")
 STATE_PART = "state"
@@ -115,20 +124,13 @@ def unpack_instruction(message: bytes) -> FitInstruction:
     return FitInstruction(client_id, parts[STATE_PART], config, _extras(parts))
 
 
-def uploaded_keys(state: AdapterState, trainable: str) -> list[str]:
-    """The adapter keys a client sends back: all of them, or only B for FFA-LoRA."""
-    if trainable == "lora_B":
-        return [name for name in state if ".lora_B." in name]
-    return list(state)
-
-
 def _encode_upload(update: ClientUpdate, instruction: FitInstruction) -> bytes:
     """The adapter part of a reply, encoded as the instruction's config says.
 
     A lossy compression's reconstruction error is recorded in ``update.metrics``.
     """
     config, received = instruction.config, instruction.state
-    keys = uploaded_keys(update.state, config.trainable)
+    keys = shared_names(update.state, config)
     if config.compression == "none":
         payload = {name: update.state[name] for name in keys}
     else:
@@ -203,7 +205,7 @@ def unpack_update(message: bytes, instruction: FitInstruction) -> ClientUpdate:
         header, parts = _split(message)
         _check_update_header(header, instruction)
         payload = parts[STATE_PART]
-        expected = set(uploaded_keys(received, instruction.config.trainable))
+        expected = set(shared_names(received, instruction.config))
         if set(payload) != expected:
             raise ValueError(f"state sends {len(payload)} of {len(expected)} adapter keys")
         compressed = header["compression"] != "none"

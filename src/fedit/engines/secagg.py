@@ -218,10 +218,10 @@ def masked_upload(update: Any, instruction: Any, spec: dict[str, Any]) -> bytes:
     Δ is taken over the tensors the client trains; its weight is its example count, or 1
     under DP's uniform weights; the adaptive-clipping bit is the one DP already noised.
     """
-    from fedit.privacy.mechanism import trained_names
+    from fedit.types import shared_names
 
     params = SecAggParams.from_record(spec["params"])
-    names = trained_names(instruction.state, instruction.config.trainable)
+    names = shared_names(instruction.state, instruction.config)
     values = np.concatenate(
         [
             (update.state[n].detach().float().cpu() - instruction.state[n].float()).numpy().ravel()

@@ -4,7 +4,9 @@ The base model is loaded once. A client is only a slice of tokenized data; "send
 adapter to it means writing the LoRA tensors into the shared model before it trains. Every
 instruction and reply still goes through ``engines.messages`` as bytes, the same bytes the
 Flower engine sends, so communication is counted exactly, upload compression has its real
-effect, and a malformed reply is refused as it would be from a remote client.
+effect, and a malformed reply is refused as it would be from a remote client. What a client
+keeps between rounds lives in the run folder's ``clients/`` (``client.state``), as it would at
+a site.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 from fedit.client.attacks import attacker_ids, site_attack
 from fedit.client.fit import fit_client
 from fedit.client.site_policy import InstructionRefusedError, SitePolicy
+from fedit.client.state import ClientStateStore
 from fedit.client.train import num_local_steps
 from fedit.config import Config
 from fedit.engines.messages import (
@@ -48,6 +51,8 @@ class SimulationTransport:
         self.attackers = set(attacker_ids(cfg.attack, len(client_data), cfg.seed))
         # Every simulated site's privacy floor and noise source (privacy.site_*).
         self.policy = SitePolicy.from_config(cfg.privacy)
+        # What the clients keep between rounds (SCAFFOLD's c_i): in the run folder.
+        self.store = ClientStateStore.for_run(cfg.output_dir)
 
     @property
     def client_sizes(self) -> list[int]:
@@ -80,6 +85,7 @@ class SimulationTransport:
             self.observer.on_step,
             attack=attack,
             policy=self.policy,
+            store=self.store,
         )
         upload = pack_update(update, received)
         reply = unpack_update(upload, instruction)  # what the server sees

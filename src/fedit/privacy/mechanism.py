@@ -1,10 +1,11 @@
 """The Gaussian mechanism on LoRA updates: L2 clipping, a client's noise share, the private mean.
 
-An update Δ_i is the change of the LoRA tensors a client trains, taken as one vector (keys in
-sorted order). DP-FedAvg (McMahan et al. 2018) clips each Δ_i to norm C, sums, adds
-N(0, z²C²) per coordinate (at the server, or as N(0, z²C²/D) from each client, the server
-adding what missing replies took with them), and divides by a fixed denominator D (the
-expected number of clients), so the global step is
+An update Δ_i is the change of the LoRA tensors a client trains and sends
+(``types.shared_names``), taken as one vector (keys in sorted order): what is clipped and
+noised is exactly what leaves the client. DP-FedAvg (McMahan et al. 2018) clips each Δ_i to
+norm C, sums, adds N(0, z²C²) per coordinate (at the server, or as N(0, z²C²/D) from each
+client, the server adding what missing replies took with them), and divides by a fixed
+denominator D (the expected number of clients), so the global step is
 x + (Σ clip(Δ_i) + noise) / D. The weights are uniform whatever the data sizes: with
 example-weighted means the sensitivity would be C·max w_i, not C/D.
 """
@@ -22,12 +23,7 @@ from fedit.privacy.randomness import (
     gaussian_noise,
     gaussian_scalar,
 )
-from fedit.types import AdapterState, ClientUpdate, FitConfig
-
-
-def trained_names(state: AdapterState, trainable: str) -> list[str]:
-    """The tensors a client changes (sorted): all LoRA tensors, or B only (FFA-LoRA)."""
-    return sorted(n for n in state if trainable == "all" or ".lora_B." in n)
+from fedit.types import AdapterState, ClientUpdate, FitConfig, shared_names
 
 
 def update_delta(new: AdapterState, old: AdapterState, names: list[str]) -> AdapterState:
@@ -78,7 +74,7 @@ def privatize_update(
     server adding the noise, the server reads b off the clipped update itself, so nothing
     else leaves the client.
     """
-    names = trained_names(start, config.trainable)
+    names = shared_names(start, config)
     clipped, norm = clip(update_delta(update.state, start, names), config.dp_clip_norm)
     std = client_noise_std(config)
     if std > 0:
@@ -109,7 +105,7 @@ def private_mean(
     Args:
         global_state: x, the adapter the clients started from.
         updates: The replies (already clipped by the clients).
-        names: The tensors the clients train.
+        names: The tensors the clients send (``types.shared_names``).
         denominator: D, fixed by the sampling, never the number of replies.
         clip_norm: Clip each Δ_i again (a trusted server enforces C itself); None when the
             replies carry the clients' noise, which must not be clipped away.

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Collection
 from typing import Any
 
 import torch
@@ -68,6 +69,9 @@ class Defended(Strategy):
 
     def state_dict(self) -> StrategyState:
         return self.inner.state_dict()
+
+    def check_saved(self, keys: Collection[str]) -> None:
+        self.inner.check_saved(keys)
 
     def load_state_dict(self, state: StrategyState) -> None:
         self.inner.load_state_dict(state)

@@ -174,6 +174,7 @@ def run_buffered(
     point = run_dir.resume_point() if cfg.resume else None
     history = point.history if point is not None else []
     first_round = point.next_round if point is not None else 1
+    run_dir.attempt(first_round, resumed=point is not None)  # run.json counts every attempt
     clock.replay(history)
     if point is not None and point.adapter_dir is not None:
         strategy.load_state_dict(point.strategy_state)

@@ -4,12 +4,15 @@ Layout::
 
     output_dir/
       config.yaml            fully resolved configuration
+      run.json               the run's id and the first round of each attempt (resumes append)
       partition.json         clients x categories counts
       metrics.jsonl          one object per round (round 0 = the base model)
       privacy.json           with privacy.level set: the plan (z, C, δ, sampling, budget)
       checkpoints/round_NNN/ PEFT adapter, strategy.safetensors (server optimiser state, if
                              any) and round.json (written last: marks the round complete)
       global_adapter/        the final adapter, PEFT format
+      clients/<id>/          client state kept in-process and in Flower simulation
+                             (client.state; SCAFFOLD's c_i), never in a checkpoint
 """
 
 from __future__ import annotations
@@ -19,14 +22,17 @@ import logging
 import os
 import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from safetensors import safe_open
 from safetensors.torch import load, save
 from torch import Tensor
 
+from fedit.client.state import ClientStateStore, Stamp
 from fedit.config import Config, ConfigError, save_config
 from fedit.integrity import safetensors_problem
 from fedit.io import (
@@ -43,6 +49,7 @@ METRICS_FILE = "metrics.jsonl"
 ROUND_MARKER = "round.json"
 STRATEGY_FILE = "strategy.safetensors"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+RUN_FILE = "run.json"
 
 # Keys that may differ between a run and its resumption: they do not change what was trained.
 RESUMABLE_DIFFERENCES = ("resume", "overwrite", "federation.rounds", "output_dir", "report_to")
@@ -171,6 +178,41 @@ class RunDir:
         atomic_write_text(self.path / CONFIG_FILE, save_config(cfg))
         atomic_write_json(self.path / "partition.json", partition_table)
         write_jsonl(self.path / METRICS_FILE, [])
+        self._write_run_file(uuid.uuid4().hex, [1])
+
+    def _write_run_file(self, run_id: str, attempts: list[int]) -> None:
+        atomic_write_json(self.path / RUN_FILE, {"run_id": run_id, "attempts": attempts})
+
+    def _read_run_file(self) -> tuple[str, list[int]] | None:
+        """run.json's id and attempts; None for a run from before it existed.
+
+        Raises:
+            ConfigError: a run.json that is not an id of 32 hex digits and a list of rounds.
+        """
+        path = self.path / RUN_FILE
+        if not path.is_file():
+            return None
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            run_id, attempts = record["run_id"], [int(a) for a in record["attempts"]]
+            Stamp.checked(run_id, attempts, max(attempts, default=0))
+        except (ValueError, KeyError, TypeError) as err:
+            raise ConfigError(
+                f"resume: {path} is not a run's id and attempts ({err}); "
+                "pass overwrite=true without resume=true to start over"
+            ) from None
+        return run_id, attempts
+
+    def attempt(self, first_round: int, resumed: bool) -> Stamp:
+        """This attempt's stamp at its first round; a resumed run appends that round to
+        run.json's attempts first (a run from before run.json gets one now)."""
+        known = self._read_run_file()
+        run_id, attempts = known if known is not None else (uuid.uuid4().hex, [1])
+        if resumed:
+            attempts.append(first_round)
+        if resumed or known is None:
+            self._write_run_file(run_id, attempts)
+        return Stamp(run_id, tuple(attempts), first_round)
 
     def check_resumable(self, cfg: Config) -> None:
         """Fail unless this is a run whose training-relevant settings match ``cfg``."""
@@ -211,6 +253,25 @@ class RunDir:
                 f"resume: {problem}; delete {self.round_dir(last)} to {earlier}, "
                 "or pass overwrite=true without resume=true to start over"
             )
+        self._check_client_state(last + 1)
+
+    def _check_client_state(self, next_round: int) -> None:
+        """Each client's file that the replay will read (its newest committed version, once
+        the new attempt starts at ``next_round``) is whole."""
+        known = self._read_run_file()
+        if known is None:
+            return  # a run from before client state: it has none
+        run_id, attempts = known
+        stamp = Stamp(run_id, (*attempts, next_round), next_round)
+        store = ClientStateStore.for_run(self.path)
+        for client_id in store.clients():
+            path = store.newest(client_id, stamp)
+            problem = safetensors_problem(path) if path is not None else None
+            if problem:
+                raise ConfigError(
+                    f"resume: client state {path} is damaged ({problem}); "
+                    "pass overwrite=true without resume=true to start over"
+                )
 
     def _last_complete_round(self) -> int:
         complete = sorted(
@@ -232,6 +293,16 @@ class RunDir:
         strategy_state = load(strategy_file.read_bytes()) if strategy_file.is_file() else {}
         log.info("resuming %s after round %d", self.path, last)
         return ResumePoint(last + 1, self.round_dir(last), history, strategy_state)
+
+    def saved_strategy_keys(self) -> list[str]:
+        """The tensor names in the last complete round's ``strategy.safetensors`` (read from
+        its header only), so a strategy can refuse a checkpoint before anything loads."""
+        last = self._last_complete_round()
+        path = self.round_dir(last) / STRATEGY_FILE
+        if not last or not path.is_file():
+            return []
+        with safe_open(str(path), framework="pt") as handle:
+            return list(handle.keys())
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         write_jsonl(self.path / METRICS_FILE, history)

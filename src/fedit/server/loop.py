@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import time
 from typing import Any
 
+from fedit.client.state import keeps_client_state, stamp_instructions
 from fedit.config import Config
 from fedit.server.checkpoint import RunDir
 from fedit.server.clock import Clock
@@ -185,6 +187,9 @@ def run_rounds(
         state = server.initial_state()
     history = point.history if point is not None else []
     first_round = point.next_round if point is not None else 1
+    # A resume is a new attempt: client state saved in a round it replays is never read.
+    attempt = run_dir.attempt(first_round, resumed=point is not None)
+    stamps = keeps_client_state(cfg)
     if privacy is not None:
         privacy.replay(history)
     if clock is not None:
@@ -202,6 +207,9 @@ def run_rounds(
         )
         if privacy is not None:
             instructions = privacy.instruct(instructions)
+        if stamps:  # the round, for the clients' stores (client.state)
+            stamp = dataclasses.replace(attempt, server_round=server_round)
+            instructions = stamp_instructions(instructions, stamp)
         observer.on_round_start(server_round, selection.participants)
         secure = None  # under secure aggregation: the sum, and no update per client
         if cfg.privacy.secure_aggregation:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from fedit.config import Config
-from fedit.privacy.mechanism import private_mean, trained_names
+from fedit.privacy.mechanism import private_mean
 from fedit.privacy.plan import VOID_REASON, PrivacyPlan, epsilon_line
 from fedit.privacy.randomness import (
     SERVER_COUNT_NOISE,
@@ -34,7 +34,14 @@ from fedit.privacy.randomness import (
     gaussian_scalar,
 )
 from fedit.server.privacy_budget import exposure, make_plan
-from fedit.types import AdapterState, ClientUpdate, FitInstruction, SecureSum
+from fedit.types import (
+    AdapterState,
+    ClientUpdate,
+    FitConfig,
+    FitInstruction,
+    SecureSum,
+    shared_names,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +63,7 @@ class PrivacyRun:
         self.clip_norm = plan.clip_norm
         self._epsilons: dict[tuple[float, int], float] = {}
         self._round: dict[str, Any] = {}
+        self._sent_by: FitConfig | None = None  # the round's FitConfig (what replies carry)
         log.info(
             "privacy.level=%s: the mean is unweighted over each round's clients, whatever "
             "strategy.name=%s's weighting says (example counts would raise the sensitivity)",
@@ -106,8 +114,9 @@ class PrivacyRun:
             fields["dp_noise_shares"] = self._shares
             if plan.count_noise_std is not None:
                 fields["dp_count_noise_std"] = plan.count_noise_std
-        trainable = instructions[0].config.trainable if instructions else "all"
-        self._round = {"clip_norm_used": clip_norm, "trainable": trainable}
+        # What the replies carry; every client of a round is told the same (FedAvg's config).
+        self._sent_by = instructions[0].config if instructions else None
+        self._round = {"clip_norm_used": clip_norm}
         return [
             dataclasses.replace(i, config=dataclasses.replace(i.config, **fields))
             for i in instructions
@@ -167,7 +176,9 @@ class PrivacyRun:
         return [reply]
 
     def _names(self, global_state: AdapterState) -> list[str]:
-        return trained_names(global_state, self._round.get("trainable", "all"))
+        """The tensors the round's replies carry; all of them when nobody was instructed."""
+        config = self._sent_by or FitConfig(lr=0.0, rank=0, seed=0)
+        return shared_names(global_state, config)
 
     def _top_up(
         self, server_round: int, global_state: AdapterState, names: list[str], replies: int

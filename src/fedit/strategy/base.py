@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from torch import Tensor
 
@@ -117,17 +117,11 @@ class Strategy(ABC):
         """Server-side tensors to checkpoint (stateless strategies return {})."""
         return {}
 
+    def check_saved(self, keys: Collection[str]) -> None:
+        """Refuse, before anything loads, a checkpoint whose tensors (``keys``) this strategy
+        cannot resume from (raise ``ConfigError``); any is fine by default."""
+        del keys
+
     def load_state_dict(self, state: StrategyState) -> None:
         """Restore what ``state_dict`` returned."""
         del state  # stateless by default
-
-
-def prefixed(prefix: str, state: AdapterState) -> StrategyState:
-    """``state`` with every key under ``prefix/`` (to flatten several states into one file)."""
-    return {f"{prefix}/{key}": value for key, value in state.items()}
-
-
-def unprefixed(prefix: str, state: StrategyState) -> AdapterState:
-    """The entries of ``state`` under ``prefix/``, with the prefix removed."""
-    start = f"{prefix}/"
-    return {key[len(start) :]: value for key, value in state.items() if key.startswith(start)}

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fedit.config import Config
 from fedit.strategy.aggregate import momentum_step, pseudo_gradient, validate_updates
-from fedit.strategy.base import StrategyState, prefixed, unprefixed
+from fedit.strategy.base import StrategyState
 from fedit.strategy.fedavg import FedAvg
-from fedit.types import AdapterState, ClientUpdate
+from fedit.types import AdapterState, ClientUpdate, prefixed, unprefixed
 
 DEFAULT_SERVER_LR = 1.0
 
