@@ -36,6 +36,7 @@ from fedit.server.privacy import PrivacyRun
 from fedit.server.privacy_budget import resumed_plan
 from fedit.server.protocols import Transport
 from fedit.strategy import build_strategy
+from fedit.strategy.personalized import personalize
 from fedit.tracking import Tracking, run_identity
 
 log = logging.getLogger(__name__)
@@ -162,6 +163,7 @@ def run_experiment(
     if clock is not None:  # only clients online at selection are selected
         strategy.select_among(clock.online)
     strategy = defend(cfg, strategy)  # attacks' collusion and robust.method
+    strategy = personalize(cfg, strategy)  # personalization.method's fields in each round
     own = tracking is None
     tracking = tracking or Tracking(cfg, run_identity(run_dir.path))
     tracking.open(run_dir.path / METRICS_FILE)  # only now: bad input has written nothing
