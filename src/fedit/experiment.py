@@ -27,6 +27,7 @@ from fedit.robust.defended import defend
 from fedit.server.async_loop import run_buffered
 from fedit.server.checkpoint import METRICS_FILE, RunDir
 from fedit.server.clock import Clock, SimulatedClock
+from fedit.server.closing import close_run
 from fedit.server.global_model import GlobalModel
 from fedit.server.loop import run_rounds
 from fedit.server.measured import MeasuredClock
@@ -35,6 +36,7 @@ from fedit.server.privacy import PrivacyRun
 from fedit.server.privacy_budget import resumed_plan
 from fedit.server.protocols import Transport
 from fedit.strategy import build_strategy
+from fedit.strategy.personalized import personalize
 from fedit.tracking import Tracking, run_identity
 
 log = logging.getLogger(__name__)
@@ -161,6 +163,7 @@ def run_experiment(
     if clock is not None:  # only clients online at selection are selected
         strategy.select_among(clock.online)
     strategy = defend(cfg, strategy)  # attacks' collusion and robust.method
+    strategy = personalize(cfg, strategy)  # personalization.method's fields in each round
     own = tracking is None
     tracking = tracking or Tracking(cfg, run_identity(run_dir.path))
     tracking.open(run_dir.path / METRICS_FILE)  # only now: bad input has written nothing
@@ -175,6 +178,8 @@ def run_experiment(
             state, history = run_rounds(
                 cfg, transport, setup.server, strategy, run_dir, observers, privacy, clock
             )
+        # personalization: every client makes and keeps its own model (server/closing.py)
+        close_run(cfg, transport, state, run_dir, privacy)
         setup.server.save_adapter(state, run_dir.path / "global_adapter")
         report = write_report(run_dir.path)
         tracking.log_outcome(history, run_dir.path)

@@ -62,6 +62,13 @@ class FitConfig:
     dp_noise_multiplier: float = 0.0
     dp_noise_shares: float = 0.0  # D, the plan's expected clients per round; 0: server adds noise
     dp_count_noise_std: float = 0.0  # adaptive clip, noise_at=clients: σ_b, of which √(1/D) each
+    # Personalization (config.personalization, client.personal): the method, and the phase:
+    # "round" (a federated round) or "close" (after the last round: the client makes and
+    # publishes its own model, and sends no adapter).
+    personalization: str = "none"
+    phase: str = "round"
+    lam: float = 0.0  # Ditto's λ: the personal run minimises F_k(v) + λ/2 ‖v − w_global‖²
+    personal_steps: int = 0  # Ditto's personal run: 0, as many steps as the round's run
     # The stamp of a run that keeps client state (client.state): the round (FitConfig.seed is a
     # hash of it), the run's id (32 hex digits) and the first round of each of its attempts
     # ("1,5": started at 1, resumed at 5). Unstamped: 0, "" and "".

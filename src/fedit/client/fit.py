@@ -21,6 +21,7 @@ from fedit.client.attacks import forge_update
 from fedit.client.dpo import DPOLoss
 from fedit.client.dpsgd import ExamplePrivacy, private_steps
 from fedit.client.loss import StepLoss
+from fedit.client.personal import close_client
 from fedit.client.site_policy import SitePolicy, public_reply
 from fedit.client.state import SCAFFOLD_CONTROL, ClientState, ClientStateStore, Stamp
 from fedit.client.train import LocalObjective, model_pad_token_id, train_local
@@ -117,7 +118,9 @@ def fit_client(
         attack: set on a malicious site (``client.attacks``): the reply is forged and marked.
         policy: the site's own privacy floor and noise source (``client.site_policy``).
         store: where the client keeps its state between rounds (``client.state``); needed
-            by SCAFFOLD, which reads c_i from it and saves c_i + Δc_i before replying.
+            by SCAFFOLD, which reads c_i from it and saves c_i + Δc_i before replying, and by
+            personalization, whose closing phase publishes the client's own model there
+            (``client.personal``).
 
     Under ``dp_level=client`` the reply is the clipped (and, if told, noised) update
     (``privacy.mechanism.privatize_update``); under ``example`` the local run is DP-SGD
@@ -140,6 +143,10 @@ def fit_client(
     config = instruction.config
     policy = policy or SitePolicy()
     policy.check(config, instruction.client_id)
+    if config.phase == "close":  # after the last round: the client's own model, nothing sent
+        with _adapter_of_rank(model, cfg, config.rank):
+            update = close_client(model, examples, cfg, instruction, store, progress)
+        return public_reply(update, config)
     noise = policy.noise_source(config.seed)
     objective = LocalObjective(proximal_mu=config.proximal_mu, trainable=config.trainable)
     control = None

@@ -27,7 +27,9 @@ from fedit.privacy.randomness import NoiseSource
 from fedit.types import ClientUpdate, FitConfig
 
 # The only metrics a reply may carry under DP: each is noised at the client like the update.
-PRIVATE_REPLY_METRICS = ("dp_unclipped",)
+# "published": the closing round's answer (client.personal), which the server knows anyway:
+# it chose who trained
+PRIVATE_REPLY_METRICS = ("dp_unclipped", "published")
 
 # Node-config keys of a Flower site's policy (``fedit flower supernode`` sets them).
 MIN_NOISE_KEY = "min-noise-multiplier"

@@ -25,16 +25,20 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from safetensors.torch import load, save
 from torch import Tensor
 
 from fedit.config import Config
 from fedit.io import atomic_write_bytes
-from fedit.types import FitConfig, FitInstruction
+from fedit.types import AdapterState, FitConfig, FitInstruction
 
 ClientState = dict[str, Tensor]
 CLIENTS_FOLDER = "clients"
+# Each client's own model (personalization), a PEFT folder: ROOT/personal/client-<id>/
+PERSONAL_FOLDER = "personal"
+PERSONAL_PREFIX = "client-"
 # The namespace of SCAFFOLD's client control variate c_i in a ClientState.
 SCAFFOLD_CONTROL = "scaffold/control"
 # A deployed site's default STATE_DIR, under $FEDIT_CACHE; node config state-dir=DIR overrides.
@@ -128,9 +132,9 @@ def _check_run_id(run_id: str) -> None:
 
 
 def keeps_client_state(cfg: Config) -> bool:
-    """Whether the run's clients keep state between rounds (SCAFFOLD's c_i), so that its
-    instructions carry a ``Stamp``."""
-    return cfg.strategy.name == "scaffold"
+    """Whether the run's clients keep state between rounds (SCAFFOLD's c_i, a personal
+    adapter or model), so that its instructions carry a ``Stamp``."""
+    return cfg.strategy.name == "scaffold" or cfg.personalization.enabled
 
 
 def stamp_instructions(instructions: list[FitInstruction], stamp: Stamp) -> list[FitInstruction]:
@@ -208,6 +212,20 @@ class ClientStateStore:
             if other not in (path, keep):
                 other.unlink(missing_ok=True)
         return path
+
+    def personal_folder(self, client_id: int) -> Path:
+        """Where the client publishes its own model (``fedit serve --run`` reads it)."""
+        return self.root / PERSONAL_FOLDER / f"{PERSONAL_PREFIX}{client_id}"
+
+    def publish(self, client_id: int, model: Any, adapter: AdapterState) -> Path:
+        """Write the client's own model as a PEFT folder, atomically (owner-only at a site)."""
+        from fedit.model.lora import save_adapter
+
+        folder = self.personal_folder(client_id)
+        if self.private:
+            for parent in (self.root.parent, self.root, folder.parent):
+                parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return save_adapter(model, adapter, folder, private=self.private)
 
     def clients(self) -> list[int]:
         """The clients that have a folder in the store."""

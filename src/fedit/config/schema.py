@@ -11,6 +11,7 @@ from fedit.config.asynchronous import fedbuff_problems
 from fedit.config.evaluation import CompareConfig, EvalConfig
 from fedit.config.federation import FederationConfig, FlowerConfig, StrategyConfig
 from fedit.config.fields import check_choice, option
+from fedit.config.personalization import PersonalizationConfig, personalization_problems
 from fedit.config.privacy import PrivacyConfig
 from fedit.config.secagg import secagg_problems
 from fedit.config.selection import selection_engine_problems
@@ -32,6 +33,7 @@ class Config:
     federation: FederationConfig = field(default_factory=FederationConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    personalization: PersonalizationConfig = field(default_factory=PersonalizationConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     engine: str = option(
         "simulation",
@@ -58,6 +60,7 @@ class Config:
         for section in sections:
             problems += section.validate()
         problems += self.strategy.validate() + self.eval.validate() + self.privacy.validate()
+        problems += self.personalization.validate() + personalization_problems(self)
         problems += self.privacy.conflicts(self.strategy, self.lora, self.federation, self.train)
         problems += self.compare.validate(self.federation.num_clients)
         problems += check_choice("engine", self.engine, ENGINES)

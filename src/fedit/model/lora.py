@@ -150,7 +150,9 @@ def set_adapter_state(model: PeftModel, state: AdapterState) -> None:
         raise ValueError(f"adapter state has keys the model did not take: {unexpected[:3]}")
 
 
-def save_adapter(model: PeftModel, state: AdapterState, path: str | Path) -> Path:
+def save_adapter(
+    model: PeftModel, state: AdapterState, path: str | Path, private: bool = False
+) -> Path:
     """Write ``state`` as a PEFT adapter folder (adapter_config.json + adapter_model.safetensors).
 
     The folder is written next to ``path`` and renamed into place, so readers see either the old
@@ -160,12 +162,13 @@ def save_adapter(model: PeftModel, state: AdapterState, path: str | Path) -> Pat
         model: The peft model whose adapter config describes ``state``.
         state: Adapter weights, e.g. the aggregated global adapter.
         path: Destination folder; an existing one is replaced.
+        private: Owner-only permissions (a site's own model).
 
     Returns:
         The folder, loadable with ``PeftModel.from_pretrained(base_model, path)``.
     """
     path = Path(path)
-    with atomic_directory(path) as tmp:
+    with atomic_directory(path, private) as tmp:
         model.peft_config[model.active_adapter].save_pretrained(str(tmp))
         tensors = {key: value.detach().cpu().contiguous() for key, value in state.items()}
         save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})

@@ -11,6 +11,7 @@ import yaml
 from fedit.data.heterogeneity import format_heterogeneity
 from fedit.io import atomic_write_text, read_jsonl
 from fedit.reporting import plots
+from fedit.reporting.personalization import personalization_section
 from fedit.reporting.preference import objective_line, preference_table
 from fedit.reporting.privacy_report import privacy_section
 from fedit.reporting.robustness import robustness_lines
@@ -257,6 +258,7 @@ def write_report(run_dir: Path) -> Path:
         *_robustness(history, cfg),
         *_secure_aggregation(history),
         *systems_section(history, cfg),
+        *personalization_section(run_dir, cfg),
         "## Communication",
         "",
         *(_communication(history, fed.get("upload_compression", "none")) or [_unrecorded(history)]),

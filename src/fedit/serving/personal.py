@@ -18,12 +18,12 @@ from pathlib import Path
 
 import yaml
 
+from fedit.client.state import PERSONAL_FOLDER as PERSONAL_DIR
+from fedit.client.state import PERSONAL_PREFIX as CLIENT_PREFIX
 from fedit.config import ConfigError
 from fedit.integrity import check_adapter_folder
 
 GLOBAL_DIR = "global_adapter"
-PERSONAL_DIR = "personal"
-CLIENT_PREFIX = "client-"
 _CLIENT = re.compile(r"^client-(0|[1-9][0-9]*)$")
 # The adapter_config.json fields that make two adapters interchangeable in one peft slot.
 _SHAPE_FIELDS = ("r", "lora_alpha", "target_modules", "use_rslora", "use_dora", "fan_in_fan_out")

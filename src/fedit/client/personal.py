@@ -1,0 +1,77 @@
+"""A client's own model (personalization): made and published at the client, never sent.
+
+After the last round the server sends every client the final global adapter once more, in an
+instruction whose ``phase`` is ``close`` and whose reply carries no adapter (``shared=none``).
+The client then makes its personal model and publishes it in its store
+(``ClientStateStore.publish``: ``ROOT/personal/client-<id>/``, a PEFT folder that ``fedit serve
+--run`` and ``fedit export --client`` read):
+
+- ``finetune``: ``train_local`` from the global adapter on the client's own data for
+  ``personalization.local_steps`` steps (or ``train.*``'s usual run), at the instruction's
+  learning rate and seed. It is exactly that call, so a test can compare against it.
+
+The reply says only that the client published: no adapter, loss, steps or example count,
+whatever the privacy settings (under secure aggregation nothing per client reaches the server
+in a round either). docs/personalization.md says what each method keeps and against whom.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from peft import PeftModel
+
+from fedit.client.state import ClientStateStore
+from fedit.client.train import train_local
+from fedit.config import Config, TrainConfig
+from fedit.types import ClientUpdate, FitInstruction
+
+
+def finetune_train(cfg: Config) -> TrainConfig:
+    """The local run of ``finetune``: ``train.*`` with ``personalization.local_steps``."""
+    steps = cfg.personalization.local_steps
+    return dataclasses.replace(cfg.train, local_steps=steps) if steps else cfg.train
+
+
+def close_client(
+    model: PeftModel,
+    examples: Sequence[Any],
+    cfg: Config,
+    instruction: FitInstruction,
+    store: ClientStateStore | None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> ClientUpdate:
+    """The closing phase at one client: make its personal model, publish it, reply.
+
+    Raises:
+        ValueError: no store (an engine must give a personalizing client one), or a method
+            this client does not know.
+    """
+    config = instruction.config
+    if store is None:
+        raise ValueError(f"client {instruction.client_id}: personalization needs a state store")
+    if config.personalization != "finetune":
+        raise ValueError(
+            f"client {instruction.client_id}: unknown personalization {config.personalization!r}"
+        )
+    update = train_local(
+        model,
+        examples,
+        finetune_train(cfg),
+        client_id=instruction.client_id,
+        lr=config.lr,
+        seed=config.seed,
+        global_state=instruction.state,
+        progress=progress,
+    )
+    store.publish(instruction.client_id, model, update.state)
+    return ClientUpdate(
+        instruction.client_id,
+        update.state,  # not sent: the instruction's shared=none keeps every key at home
+        num_examples=0,
+        train_loss=0.0,
+        num_steps=0,
+        metrics={"published": 1.0},
+    )
