@@ -343,6 +343,9 @@ def test_cli_supernode_starts_a_site_worker_and_stops_it(monkeypatch, tmp_path):
     assert f"site-worker='{tmp_path / 'w'}'" in events[0] and events[1:] == ["stopped"]
     assert main([*site, "--data-path", str(tmp_path / "a.jsonl"), "--no-site-worker"]) == 0
     assert "site-worker" not in events[2] and len(events) == 3
+    state = ["--state-dir", str(tmp_path / "kept"), "--no-site-worker"]
+    assert main([*site, "--data-path", str(tmp_path / "a.jsonl"), *state]) == 0
+    assert f"state-dir='{tmp_path / 'kept'}'" in events[3]  # the site's own folder
 
 
 def test_certificates_are_signed_by_the_ca(tmp_path):
@@ -593,3 +596,27 @@ def test_certificates_refuse_a_used_folder_and_a_missing_openssl(tmp_path, monke
     err = capsys.readouterr().err.strip()
     assert "openssl is not installed" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.slow  # a SuperLink, two SuperNodes and a closing round (~1.5 min)
+def test_a_sites_own_model_stays_in_its_state_dir(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    state_dirs = [tmp_path / f"site{c}" for c in range(2)]
+    with Federation(tmp_path) as federation:
+        for client, state in enumerate(state_dirs):
+            node = {"partition-id": client, "num-partitions": 2, "state-dir": str(state)}
+            federation.add_node(node)
+        result = federation.run(
+            str(QUICKSTART),
+            *tiny_args(tiny_model_dir, out, *FAST, "personalization.method=finetune"),
+        )
+    assert (out / "personalize.json").is_file(), result.stdout + result.stderr[-3000:]
+    run_id = json.loads((out / "run.json").read_text())["run_id"]
+    server_files = [p for p in out.rglob("*") if p.is_file()]
+    assert not (out / "personal").exists() and not (out / "clients").exists()
+    for client, state in enumerate(state_dirs):
+        own = state / run_id / "personal" / f"client-{client}"
+        weights = (own / "adapter_model.safetensors").read_bytes()
+        assert (state / run_id).stat().st_mode & 0o077 == 0  # owner-only
+        tensor_bytes = weights[-4096:]  # the end of the tensor data, not the header
+        assert not any(tensor_bytes in p.read_bytes() for p in server_files)

@@ -75,6 +75,10 @@ def cmd_supernode(args: argparse.Namespace) -> int:
         node_config[MIN_NOISE_KEY] = args.min_noise_multiplier
     if args.max_clip_norm is not None:
         node_config[MAX_CLIP_KEY] = args.max_clip_norm
+    if args.state_dir:  # what this site keeps between rounds, and its own models
+        from fedit.engines.flower_site import STATE_DIR_KEY
+
+        node_config[STATE_DIR_KEY] = str(Path(args.state_dir).expanduser().resolve())
     command = supernode_command(
         args.superlink,
         node_config,
@@ -174,6 +178,13 @@ def _add_supernode_args(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="the SuperNode's longest wait between polls for work (default 0.2; Flower's own "
         "is a fixed 3 s, which 0 keeps; docs/deploy.md)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="where this site keeps what it must remember between rounds and its own models "
+        "(SCAFFOLD's c_i, personalization's personal/client-<id>), one folder per run, "
+        "owner-only; it survives restarts (default: $FEDIT_CACHE/site-state)",
     )
     parser.add_argument(
         "--no-site-worker",
