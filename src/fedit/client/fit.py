@@ -19,6 +19,7 @@ import torch
 from peft import PeftModel
 
 from fedit.client.attacks import forge_update
+from fedit.client.ditto import train_personal
 from fedit.client.dpo import DPOLoss
 from fedit.client.dpsgd import ExamplePrivacy, private_steps
 from fedit.client.loss import StepLoss
@@ -159,6 +160,9 @@ def fit_client(
             step_loss=objective_loss(model, cfg),
             steps=private_steps(example_privacy) if example_privacy else None,
         )
+        if kept is not None and config.personalization == "ditto":  # on the same adapter slot
+            personal_loss = objective_loss(model, cfg)
+            train_personal(model, examples, cfg, instruction, kept, update, personal_loss)
     if control is not None:
         update.extras[CONTROL_DELTA] = control.advance(instruction, update)
     if kept is not None:  # saved raw, before the reply is privatised or forged
