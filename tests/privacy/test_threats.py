@@ -13,6 +13,7 @@ from dp_accounting.rdp import RdpAccountant
 from fedit.config import load_config
 from fedit.privacy.plan import PLAN_FILE, PrivacyPlan, epsilon_line
 from fedit.privacy.threats import (
+    COLUMNS,
     EPSILON,
     NO_GUARANTEE,
     guarantee_clause,
@@ -168,3 +169,15 @@ def test_plan_saved_before_secure_aggregation_still_loads(tmp_path):
     loaded = resumed_plan(cfg, tmp_path)
     assert loaded is not None and loaded.secure_aggregation is False
     assert loaded.threat_model["server"]["guarantee"].startswith("only ε₁")
+
+
+def test_a_clients_own_model_is_outside_epsilon_and_the_line_says_so():
+    # finetune's result, fedsa's B and ditto's adapter are trained on raw data, never sent
+    for level, noise_at, secure in COLUMNS:
+        personal = threat_model(level, noise_at, secure)["personal"]
+        assert personal.holds == (level == "example"), (level, noise_at, secure)
+    clause = guarantee_clause("client", "clients", 0.5, personalization="finetune")
+    assert "not a client's own model (never sent, trained outside ε)" in clause
+    assert "own model" not in guarantee_clause("client", "clients", 0.5)
+    # example level: fedsa's B is an iterate of the accounted DP-SGD run
+    assert "own model" not in guarantee_clause("example", "server", personalization="fedsa")

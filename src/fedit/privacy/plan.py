@@ -62,6 +62,7 @@ class PrivacyPlan:
     # aggregation (with it, only of an upload that t colluding clients help it unmask).
     upload_epsilon: float | None = None
     secure_aggregation: bool = False  # SecAgg+: the server sees only the sum (False in old plans)
+    personalization: str = "none"  # personalization.method: clients' own models, outside ε
     # Against whom ε holds (privacy.threats): party -> {"learns", "guarantee"}, saved with it.
     threat_model: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
 
@@ -164,6 +165,7 @@ def epsilon_line(record: dict[str, Any]) -> str:
             noise_at,
             record.get("upload_epsilon"),
             bool(record.get("secure_aggregation", False)),
+            str(record.get("personalization", "none")),
         )
     return line
 
@@ -200,6 +202,7 @@ def _base_plan(cfg: Config, population: int) -> PrivacyPlan:
         noise_at=privacy.noise_at,
         target_quantile=privacy.target_quantile,
         clip_lr=privacy.clip_lr,
+        personalization=cfg.personalization.method,
     )
 
 

@@ -1,8 +1,9 @@
 """Against whom a run's ε holds: the threat model, one statement for the docs, plan and ε line.
 
 Privacy is a claim about an adversary. For each party that could look (the server, another
-client, an eavesdropper on the wire, and the public: whoever later gets the published adapter,
-checkpoints or metrics.jsonl) and each way of running (``privacy.level``, at client level
+client, an eavesdropper on the wire, the public: whoever later gets the published adapter,
+checkpoints or metrics.jsonl, and whoever gets a client's own model under
+``personalization.method``) and each way of running (``privacy.level``, at client level
 ``privacy.noise_at``, and ``privacy.secure_aggregation``), ``threat_model`` says what that party
 learns and which guarantee holds against it. ``docs/privacy.md``'s table is
 ``threat_table_markdown()`` (a test keeps them equal), a run's ``privacy.json`` carries its own
@@ -25,7 +26,16 @@ PARTIES = {
     "client": "another client",
     "eavesdropper": "an eavesdropper",
     "public": "the public",
+    "personal": "whoever gets a client's own model",
 }
+# personalization.method: a client's own model is trained on its raw data and never sent, so
+# no ε covers it; only example-level DP trains it inside the accountant's steps (fedsa's B).
+PERSONAL_WHERE = (
+    "with `personalization.method`, the client's own model (`personal/client-<id>/` and "
+    "`clients/<id>/` at the site, or in the run folder in simulation; `fedit serve --run`'s "
+    "`client-<id>`; `fedit export --client`)"
+)
+
 
 # (privacy.level, privacy.noise_at, privacy.secure_aggregation) of each column of the table,
 # and its heading.
@@ -62,6 +72,16 @@ class Exposure:
 
     def cell(self) -> str:
         return f"{self.learns}: **{self.guarantee}**"
+
+
+def _personal(level: str) -> Exposure:
+    if level == "example":
+        return Exposure(
+            PERSONAL_WHERE,
+            f"{EPSILON} for fedsa's B, an iterate of the accounted DP-SGD run; finetune and "
+            "ditto are refused at this level",
+        )
+    return Exposure(PERSONAL_WHERE, f"{NO_GUARANTEE}: trained on the raw data, outside ε")
 
 
 def _none() -> dict[str, Exposure]:
@@ -176,7 +196,8 @@ def threat_model(
         model = _example_level()
     else:
         model = _none()
-    return _secure(level, noise_at, model) if secure_aggregation else model
+    model = _secure(level, noise_at, model) if secure_aggregation else model
+    return {**model, "personal": _personal(level)}
 
 
 def threat_table_markdown() -> str:
@@ -194,6 +215,7 @@ def guarantee_clause(
     noise_at: str,
     upload_epsilon: float | None = None,
     secure_aggregation: bool = False,
+    personalization: str = "none",
 ) -> str:
     """The end of the ε line: who the ε holds against, and who it does not.
 
@@ -206,6 +228,8 @@ def guarantee_clause(
     clause = "against: " + (
         holds[-1] if len(holds) == 1 else f"{', '.join(holds[:-1])} and {holds[-1]}"
     )
+    if personalization != "none" and not (level == "example" and personalization == "fedsa"):
+        clause += "; not a client's own model (never sent, trained outside ε)"
     if level != "client":
         return clause
     if noise_at == "server":
