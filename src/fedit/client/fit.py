@@ -4,7 +4,8 @@ Both engines call ``fit_client`` and nothing else between unpacking an instructi
 the reply: it switches to the adapter of the instruction's rank (and back), turns the
 ``FitConfig`` into a seeded ``LocalObjective`` run of ``train_local`` and adds what the strategy
 asked for to the ``ClientUpdate``. The instruction decides the client's round, together with
-what the client itself kept from its earlier rounds (``client.state``: SCAFFOLD's c_i).
+what the client itself kept from its earlier rounds (``client.state``: SCAFFOLD's c_i,
+Ditto's personal adapter, which ``client.ditto`` trains after the round's own run).
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ import torch
 from peft import PeftModel
 
 from fedit.client.attacks import forge_update
+from fedit.client.ditto import train_personal
 from fedit.client.dpo import DPOLoss
 from fedit.client.dpsgd import ExamplePrivacy, private_steps
 from fedit.client.loss import StepLoss
 from fedit.client.personal import close_client
 from fedit.client.site_policy import SitePolicy, public_reply
-from fedit.client.state import SCAFFOLD_CONTROL, ClientState, ClientStateStore, Stamp
+from fedit.client.state import SCAFFOLD_CONTROL, ClientStateStore, KeptState
 from fedit.client.train import LocalObjective, model_pad_token_id, train_local
 from fedit.config import AttackConfig, Config
 from fedit.model.lora import add_rank_adapter
@@ -33,8 +35,6 @@ from fedit.types import (
     AdapterState,
     ClientUpdate,
     FitInstruction,
-    prefixed,
-    unprefixed,
 )
 
 DEFAULT_ADAPTER = "default"  # peft's name for the adapter apply_lora creates (rank lora.r)
@@ -57,43 +57,29 @@ def _adapter_of_rank(model: PeftModel, cfg: Config, rank: int) -> Iterator[None]
 class ClientControl:
     """SCAFFOLD at the client: c from the server, c_i from the client's own store."""
 
-    store: ClientStateStore
-    stamp: Stamp
-    kept: ClientState  # all the client keeps; other namespaces are saved back as they were
+    kept: KeptState  # all the client keeps; advance replaces only SCAFFOLD's namespace
     server: AdapterState  # c
     own: AdapterState  # c_i: zeros until the client first trains
 
     @classmethod
-    def load(cls, instruction: FitInstruction, store: ClientStateStore | None) -> ClientControl:
-        """c from the instruction, c_i from the newest committed state.
-
-        Raises:
-            ValueError: no store (an engine must give SCAFFOLD's clients one).
-            StampError: the instruction carries no valid stamp.
-        """
-        if store is None:
-            raise ValueError(f"client {instruction.client_id}: SCAFFOLD needs a state store")
-        stamp = Stamp.of(instruction.config)
-        kept = store.load(instruction.client_id, stamp)
+    def load(cls, instruction: FitInstruction, kept: KeptState) -> ClientControl:
+        """c from the instruction, c_i from the newest committed state."""
         server = instruction.extras["server_control"]
         zeros = {name: torch.zeros_like(t) for name, t in server.items()}
-        return cls(store, stamp, kept, server, unprefixed(SCAFFOLD_CONTROL, kept) or zeros)
+        return cls(kept, server, kept.get(SCAFFOLD_CONTROL) or zeros)
 
     def correction(self) -> AdapterState:
         """c − c_i, added to every gradient."""
         return {name: self.server[name] - self.own[name] for name in self.server}
 
     def advance(self, instruction: FitInstruction, update: ClientUpdate) -> AdapterState:
-        """Δc_i = (x − y_i) / Σ_t η_t − c; saves c_i⁺ = c_i + Δc_i and returns Δc_i."""
+        """Δc_i = (x − y_i) / Σ_t η_t − c; keeps c_i⁺ = c_i + Δc_i and returns Δc_i."""
         lr_sum = update.metrics["lr_sum"]
         delta = {
             name: (instruction.state[name] - update.state[name]) / lr_sum - self.server[name]
             for name in self.server
         }
-        advanced = {name: self.own[name] + delta[name] for name in delta}
-        others = {k: v for k, v in self.kept.items() if not k.startswith(f"{SCAFFOLD_CONTROL}/")}
-        state = others | prefixed(SCAFFOLD_CONTROL, advanced)
-        self.store.save(instruction.client_id, self.stamp, state)
+        self.kept.put(SCAFFOLD_CONTROL, {name: self.own[name] + delta[name] for name in delta})
         return delta
 
 
@@ -118,8 +104,9 @@ def fit_client(
         attack: set on a malicious site (``client.attacks``): the reply is forged and marked.
         policy: the site's own privacy floor and noise source (``client.site_policy``).
         store: where the client keeps its state between rounds (``client.state``); needed
-            by SCAFFOLD, which reads c_i from it and saves c_i + Δc_i before replying, and by
-            personalization, whose closing phase publishes the client's own model there
+            by SCAFFOLD, which reads c_i from it and saves c_i + Δc_i before replying, by
+            Ditto, which keeps its personal adapter there (``client.ditto``), and by
+            personalization's closing phase, which publishes the client's own model there
             (``client.personal``).
 
     Under ``dp_level=client`` the reply is the clipped (and, if told, noised) update
@@ -134,7 +121,8 @@ def fit_client(
 
     Raises:
         InstructionRefusedError: the instruction's privacy is weaker than the site's floor.
-        StampError: a SCAFFOLD instruction without a valid stamp (``client.state.Stamp``).
+        StampError: a SCAFFOLD or Ditto instruction without a valid stamp
+            (``client.state.Stamp``).
 
     Returns:
         The update; with SCAFFOLD its ``extras["control_delta"]`` is
@@ -149,9 +137,11 @@ def fit_client(
         return public_reply(update, config)
     noise = policy.noise_source(config.seed)
     objective = LocalObjective(proximal_mu=config.proximal_mu, trainable=config.trainable)
-    control = None
-    if config.scaffold:
-        control = ClientControl.load(instruction, store)
+    kept = control = None
+    if config.scaffold or config.personalization == "ditto":  # one file holds both
+        kept = KeptState.open(instruction, store, "SCAFFOLD" if config.scaffold else "ditto")
+    if config.scaffold and kept is not None:
+        control = ClientControl.load(instruction, kept)
         objective.scaffold_correction = control.correction()
     example_privacy = None
     if config.dp_level == "example":
@@ -170,8 +160,13 @@ def fit_client(
             step_loss=objective_loss(model, cfg),
             steps=private_steps(example_privacy) if example_privacy else None,
         )
-    if control is not None:  # saved before the reply is privatised or forged
+        if kept is not None and config.personalization == "ditto":  # on the same adapter slot
+            personal_loss = objective_loss(model, cfg)
+            train_personal(model, examples, cfg, instruction, kept, update, personal_loss)
+    if control is not None:
         update.extras[CONTROL_DELTA] = control.advance(instruction, update)
+    if kept is not None:  # saved raw, before the reply is privatised or forged
+        kept.save()
     if config.dp_level == "client":
         update = privatize_update(update, instruction.state, config, noise)
     update = public_reply(update, config)

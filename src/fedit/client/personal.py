@@ -9,6 +9,9 @@ The client then makes its personal model and publishes it in its store
 - ``finetune``: ``train_local`` from the global adapter on the client's own data for
   ``personalization.local_steps`` steps (or ``train.*``'s usual run), at the instruction's
   learning rate and seed. It is exactly that call, so a test can compare against it.
+- ``ditto``: the client's last personal adapter v_k, as its store keeps it (``client.ditto``
+  trains it in every round the client takes part in); a client that never trained has none
+  and publishes nothing (it is served by the global adapter).
 
 The reply says only that the client published: no adapter, loss, steps or example count,
 whatever the privacy settings (under secure aggregation nothing per client reaches the server
@@ -23,16 +26,59 @@ from typing import Any
 
 from peft import PeftModel
 
-from fedit.client.state import ClientStateStore
+from fedit.client.state import DITTO_PERSONAL, ClientStateStore, Stamp
 from fedit.client.train import train_local
 from fedit.config import Config, TrainConfig
-from fedit.types import ClientUpdate, FitInstruction
+from fedit.types import AdapterState, ClientUpdate, FitInstruction, unprefixed
 
 
 def finetune_train(cfg: Config) -> TrainConfig:
     """The local run of ``finetune``: ``train.*`` with ``personalization.local_steps``."""
     steps = cfg.personalization.local_steps
     return dataclasses.replace(cfg.train, local_steps=steps) if steps else cfg.train
+
+
+def finetune_adapter(
+    model: PeftModel,
+    examples: Sequence[Any],
+    cfg: Config,
+    instruction: FitInstruction,
+    store: ClientStateStore,
+    progress: Callable[[int, int, float], None] | None,
+) -> AdapterState | None:
+    """finetune: ``train_local`` from the final global adapter on the client's data."""
+    config = instruction.config
+    update = train_local(
+        model,
+        examples,
+        finetune_train(cfg),
+        client_id=instruction.client_id,
+        lr=config.lr,
+        seed=config.seed,
+        global_state=instruction.state,
+        progress=progress,
+    )
+    return update.state
+
+
+def ditto_adapter(
+    model: PeftModel,
+    examples: Sequence[Any],
+    cfg: Config,
+    instruction: FitInstruction,
+    store: ClientStateStore,
+    progress: Callable[[int, int, float], None] | None,
+) -> AdapterState | None:
+    """ditto: the client's last personal adapter v_k; None for a client that never trained."""
+    kept = store.load(instruction.client_id, Stamp.of(instruction.config))
+    return unprefixed(DITTO_PERSONAL, kept) or None
+
+
+# personalization.method -> what the client publishes at close (None: nothing to publish).
+CLOSERS: dict[str, Callable[..., AdapterState | None]] = {
+    "finetune": finetune_adapter,
+    "ditto": ditto_adapter,
+}
 
 
 def close_client(
@@ -48,30 +94,24 @@ def close_client(
     Raises:
         ValueError: no store (an engine must give a personalizing client one), or a method
             this client does not know.
+        StampError: ditto's instruction carries no valid stamp (``client.state.Stamp``).
     """
     config = instruction.config
     if store is None:
         raise ValueError(f"client {instruction.client_id}: personalization needs a state store")
-    if config.personalization != "finetune":
+    closer = CLOSERS.get(config.personalization)
+    if closer is None:
         raise ValueError(
             f"client {instruction.client_id}: unknown personalization {config.personalization!r}"
         )
-    update = train_local(
-        model,
-        examples,
-        finetune_train(cfg),
-        client_id=instruction.client_id,
-        lr=config.lr,
-        seed=config.seed,
-        global_state=instruction.state,
-        progress=progress,
-    )
-    store.publish(instruction.client_id, model, update.state)
+    adapter = closer(model, examples, cfg, instruction, store, progress)
+    if adapter is not None:
+        store.publish(instruction.client_id, model, adapter)
     return ClientUpdate(
         instruction.client_id,
-        update.state,  # not sent: the instruction's shared=none keeps every key at home
+        instruction.state,  # not sent: the instruction's shared=none keeps every key at home
         num_examples=0,
         train_loss=0.0,
         num_steps=0,
-        metrics={"published": 1.0},
+        metrics={"published": float(adapter is not None)},
     )

@@ -6,7 +6,10 @@ Layout under the store's root (the run folder in-process and in Flower simulatio
     ROOT/clients/<id>/state-a<attempt:03d>-r<round:04d>.safetensors
 
 A ``ClientState`` is one flat dict of tensors with a namespace per thing kept
-(``scaffold/control/<key>``: SCAFFOLD's c_i), written whole and atomically by ``save``.
+(``scaffold/control/<key>``: SCAFFOLD's c_i; ``ditto/personal/<key>``: Ditto's v_k), written
+whole and atomically by ``save``. In a round, ``KeptState`` loads it once, lets each method
+replace its own namespace and saves it once, so that methods that combine (ditto × scaffold)
+share one file.
 
 Which file does a client read? Its newest **committed** version (``committed``). A run that
 crashed between a client's ``save`` and the round's completion marker leaves a file from a
@@ -32,7 +35,7 @@ from torch import Tensor
 
 from fedit.config import Config
 from fedit.io import atomic_write_bytes
-from fedit.types import AdapterState, FitConfig, FitInstruction
+from fedit.types import AdapterState, FitConfig, FitInstruction, prefixed, unprefixed
 
 ClientState = dict[str, Tensor]
 CLIENTS_FOLDER = "clients"
@@ -41,6 +44,8 @@ PERSONAL_FOLDER = "personal"
 PERSONAL_PREFIX = "client-"
 # The namespace of SCAFFOLD's client control variate c_i in a ClientState.
 SCAFFOLD_CONTROL = "scaffold/control"
+# The namespace of Ditto's personal adapter v_k in a ClientState (client.ditto).
+DITTO_PERSONAL = "ditto/personal"
 # A deployed site's default STATE_DIR, under $FEDIT_CACHE; node config state-dir=DIR overrides.
 SITE_STATE = "site-state"
 _FILE = re.compile(r"state-a(\d{3,})-r(\d{4,})\.safetensors")
@@ -241,3 +246,43 @@ def _metadata(stamp: Stamp, client_id: int) -> dict[str, str]:
         "round": str(stamp.server_round),
         "client": str(client_id),
     }
+
+
+@dataclass
+class KeptState:
+    """One client's state in one round: loaded once, each method's namespace replaced by its
+    new value, saved once (before the reply is privatised or forged)."""
+
+    store: ClientStateStore
+    client_id: int
+    stamp: Stamp
+    state: ClientState  # all the client keeps; namespaces nobody replaced are saved as they were
+
+    @classmethod
+    def open(
+        cls, instruction: FitInstruction, store: ClientStateStore | None, method: str
+    ) -> KeptState:
+        """The newest committed state of the instruction's client ({} if it never trained).
+
+        Raises:
+            ValueError: no store (an engine must give ``method``'s clients one).
+            StampError: the instruction carries no valid stamp.
+        """
+        if store is None:
+            raise ValueError(f"client {instruction.client_id}: {method} needs a state store")
+        stamp = Stamp.of(instruction.config)
+        kept = store.load(instruction.client_id, stamp)
+        return cls(store, instruction.client_id, stamp, kept)
+
+    def get(self, namespace: str) -> AdapterState:
+        """The tensors under ``namespace``, unprefixed ({} if the client keeps none)."""
+        return unprefixed(namespace, self.state)
+
+    def put(self, namespace: str, values: AdapterState) -> None:
+        """Replace everything under ``namespace`` by ``values``; other namespaces stay."""
+        others = {k: v for k, v in self.state.items() if not k.startswith(f"{namespace}/")}
+        self.state = others | prefixed(namespace, values)
+
+    def save(self) -> Path:
+        """Write the round's state (``ClientStateStore.save``)."""
+        return self.store.save(self.client_id, self.stamp, self.state)

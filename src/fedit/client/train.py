@@ -78,11 +78,15 @@ class LocalObjective:
             than the gradient keeps it in the same units as the variates (which option II
             measures as parameter change per unit of step size) under AdamW.
         trainable: "all" LoRA parameters, or only "lora_B" (FFA-LoRA freezes A).
+        proximal_anchor: where μ/2 ‖w − anchor‖² pulls; None: the state the run starts from
+            (FedProx's w_global). Ditto's personal run starts from the client's own v_k and
+            is pulled towards the received global adapter w_t, so it sets the anchor apart.
     """
 
     proximal_mu: float = 0.0
     scaffold_correction: AdapterState | None = None
     trainable: str = "all"
+    proximal_anchor: AdapterState | None = None
 
 
 def _add_proximal_gradient(
@@ -113,7 +117,7 @@ class _LocalOptimizer:
     params: list[nn.Parameter]  # the trainable ones, which the optimizer steps and clips
     named: dict[str, nn.Parameter]  # every LoRA parameter by state-dict name
     objective: LocalObjective
-    anchor: AdapterState  # w_global, the adapter the run started from (FedProx)
+    anchor: AdapterState  # what the proximal term pulls towards (FedProx: the start state)
     max_grad_norm: float
 
     def step(self, step_lr: float) -> None:
@@ -267,13 +271,17 @@ def train_local(
     objective = objective or LocalObjective()
     if objective.trainable not in ("all", "lora_B"):
         raise ValueError(f"trainable: unknown value {objective.trainable!r}; use all or lora_B")
-    if objective.proximal_mu > 0 and global_state is None:
+    pull = global_state if objective.proximal_anchor is None else objective.proximal_anchor
+    if objective.proximal_mu > 0 and pull is None:
         raise ValueError("proximal_mu > 0 needs the global_state to stay close to")
     if global_state is not None:
         set_adapter_state(model, global_state)
     named = adapter_parameters(model)
+    if objective.proximal_anchor is not None and set(objective.proximal_anchor) != set(named):
+        differ = sorted(set(named) ^ set(objective.proximal_anchor))[:3]
+        raise ValueError(f"proximal_anchor: its keys differ from the adapter's at {differ}")
     frozen = [p for n, p in named.items() if objective.trainable == "lora_B" and ".lora_A." in n]
-    anchor = {k: v.detach().clone() for k, v in global_state.items()} if global_state else {}
+    anchor = {k: v.detach().clone() for k, v in pull.items()} if pull else {}
 
     pack_capacity = cfg.cutoff_len if cfg.packing else None
     step_loss = step_loss or TokenLoss(model_pad_token_id(model), cfg.autocast, pack_capacity)

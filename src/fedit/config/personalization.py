@@ -17,7 +17,7 @@ from fedit.config.fields import check_choice, option
 if TYPE_CHECKING:
     from fedit.config.schema import Config
 
-METHODS = ("none", "finetune")  # fedsa and ditto: issue 33's next steps
+METHODS = ("none", "finetune", "ditto")  # fedsa: issue 33's next step
 FEDSA_GLOBALS = ("auto", "mean_b", "none")
 # Defences that judge the product B·A of each update (robust/gram.py); under fedsa every
 # client's B is the server's initial one, so every client would look the same to them.
@@ -30,8 +30,10 @@ class PersonalizationConfig:
 
     method: str = option(
         "none",
-        "none (one global adapter, FedIT) or finetune (after the last round, each client "
-        "fine-tunes the final global adapter on its own data and keeps the result)",
+        "none (one global adapter, FedIT), finetune (after the last round, each client "
+        "fine-tunes the final global adapter on its own data and keeps the result) or ditto "
+        "(each round, after FedIT's run, each client also trains its own adapter towards the "
+        "global one with λ = personalization.lam; doubles client compute)",
     )
     local_steps: int = option(
         0, "finetune: steps each client fine-tunes after the last round; 0: train.local_steps"

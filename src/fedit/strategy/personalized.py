@@ -4,8 +4,10 @@ personalization method (``personalization.method``, docs/personalization.md).
 The wrapper sits outside ``robust.defended.Defended`` (``Personalized(Defended(inner))``), so
 the loop, the defence and every strategy stay as they are: it changes only the ``FitConfig`` of
 the instructions the inner strategy builds, by ``dataclasses.replace``, with the fields of
-``round_fields``. ``finetune`` changes nothing in the rounds (it acts after the last one,
-``server.closing``), so it is not wrapped.
+``round_fields``. ``ditto`` needs them in every round: the client trains its personal adapter
+after FedIT's run (``client.ditto``), with λ and its own number of steps; the reply, and so
+the aggregation, is FedIT's. ``finetune`` changes nothing in the rounds (it acts after the
+last one, ``server.closing``), so it is not wrapped.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from fedit.strategy.selection import Selection
 from fedit.types import AdapterState, ClientUpdate, FitInstruction
 
 # The methods that change what a client does in the rounds themselves.
-ROUND_METHODS: tuple[str, ...] = ()
+ROUND_METHODS: tuple[str, ...] = ("ditto",)
 
 
 def round_fields(cfg: Config) -> dict[str, Any]:
