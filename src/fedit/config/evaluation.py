@@ -89,6 +89,9 @@ class EvalConfig:
         return problems + self.judge.validate()
 
 
+COMPARE_ROWS = ("finetune",)  # compare.personalization's rows (evaluation/personal_rows.py)
+
+
 @dataclass
 class CompareConfig:
     """``fedit compare``: base model, Local-k, FedIT and Centralized on the same split."""
@@ -108,6 +111,11 @@ class CompareConfig:
         "repeat the whole study per seed (split, partition, LoRA init, selection, training) "
         "and report means with 95% intervals, e.g. [42, 43, 44] (default: just `seed`)",
     )
+    personalization: list[str] = option(
+        [],
+        "personalized rows scored on each client's own test share (data.client_test_fraction): "
+        "finetune (FedIT's global adapter fine-tuned on each client's data)",
+    )
 
     def validate(self, num_clients: int) -> list[str]:
         problems = []
@@ -125,4 +133,10 @@ class CompareConfig:
                 )
         if not self.suites:
             problems.append("compare.suites: name at least one suite, e.g. [heldout]")
+        for name in self.personalization:
+            if name not in COMPARE_ROWS:
+                problems.append(
+                    f"compare.personalization: unknown row {name!r}; choose from "
+                    + ", ".join(COMPARE_ROWS)
+                )
         return problems

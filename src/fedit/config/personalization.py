@@ -139,3 +139,29 @@ def personalization_problems(cfg: Config) -> list[str]:
         ),
     ]
     return [line for refused, line in refusals if refused]
+
+
+def compare_rows_problems(cfg: Config) -> list[str]:
+    """What ``compare.personalization`` needs, one line each."""
+    rows = cfg.compare.personalization
+    if not rows:
+        return []
+    key = f"compare.personalization={rows}"
+    refusals = [
+        (
+            cfg.data.client_test_fraction <= 0,
+            f"{key}: the rows are scored on each client's own test share; set "
+            "data.client_test_fraction (e.g. 0.2)",
+        ),
+        (
+            cfg.engine == "flower",
+            f"{key}: not with engine=flower; the personal models stay at the sites, where "
+            "compare cannot score them",
+        ),
+        (
+            cfg.personalization.method != "none",
+            f"{key}: compare's FedIT row must be the global FedIT run; leave "
+            "personalization.method=none (the rows train their own methods)",
+        ),
+    ]
+    return [line for refused, line in refusals if refused]

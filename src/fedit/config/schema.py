@@ -11,7 +11,11 @@ from fedit.config.asynchronous import fedbuff_problems
 from fedit.config.evaluation import CompareConfig, EvalConfig
 from fedit.config.federation import FederationConfig, FlowerConfig, StrategyConfig
 from fedit.config.fields import check_choice, option
-from fedit.config.personalization import PersonalizationConfig, personalization_problems
+from fedit.config.personalization import (
+    PersonalizationConfig,
+    compare_rows_problems,
+    personalization_problems,
+)
 from fedit.config.privacy import PrivacyConfig
 from fedit.config.secagg import secagg_problems
 from fedit.config.selection import selection_engine_problems
@@ -61,6 +65,7 @@ class Config:
             problems += section.validate()
         problems += self.strategy.validate() + self.eval.validate() + self.privacy.validate()
         problems += self.personalization.validate() + personalization_problems(self)
+        problems += compare_rows_problems(self)
         problems += self.privacy.conflicts(self.strategy, self.lora, self.federation, self.train)
         problems += self.compare.validate(self.federation.num_clients)
         problems += check_choice("engine", self.engine, ENGINES)

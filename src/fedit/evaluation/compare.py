@@ -61,6 +61,9 @@ class Contender:
     description: str
     steps: int
     state: AdapterState | None  # None: the base model, adapters off
+    # A personalized row (compare.personalization): client id (str) -> that client's adapter,
+    # scored only on each client's own test share
+    states: dict[str, AdapterState] | None = None
 
 
 @dataclass
@@ -128,18 +131,37 @@ def _compare(
     phases["baselines"] = time.perf_counter() - started - phases["fedit"]
     results = _score(cfg, setup.server, contenders, suites, observer)
     per_client = None
+    personal = _personal_contenders(cfg, setup, fedit_state, observer)
     if any(setup.data.client_test):  # data.client_test_fraction: who gains from federation
         loaded = LoadedModel(setup.server.model, setup.server.tokenizer, has_adapter=True)
-        per_client = score_clients(cfg, loaded, contenders, setup.data.client_test, observer)
+        per_client = score_clients(
+            cfg, loaded, contenders + personal, setup.data.client_test, observer
+        )
     seconds = time.perf_counter() - started
     phases["scoring"] = seconds - phases["fedit"] - phases["baselines"]
     stored = _jsonable(results, contenders, phases) | {"per_client": per_client}
+    stored["personalization"] = [
+        {"name": c.name, "description": c.description, "steps": c.steps} for c in personal
+    ]
     atomic_write_json(compare_dir / "results.json", stored)
     report, table_text = write_compare_report(
         compare_dir, cfg, contenders, results, setup.data.table, fedit_run.history, per_client
     )
     log_models(cfg, study_dir, tracking, fedit_run, results, compare_dir)
     return CompareOutcome(compare_dir, report, results, table_text, seconds, phases)
+
+
+def _personal_contenders(
+    cfg: Config, setup: Setup, fedit_state: AdapterState, observer: RunObserver
+) -> list[Contender]:
+    """``compare.personalization``'s rows (``evaluation.personal_rows``), per client only."""
+    from fedit.evaluation.personal_rows import DESCRIPTIONS, finetune_states
+
+    rows = []
+    for name in cfg.compare.personalization:
+        states, steps = finetune_states(cfg, setup, fedit_state, observer)
+        rows.append(Contender(name, DESCRIPTIONS[name], steps, None, states))
+    return rows
 
 
 def _judge_or_skip(suites: list[Suite], cfg: Config) -> list[Suite]:

@@ -48,10 +48,18 @@ def score_clients(
     ]
     out: dict[str, dict[str, dict[str, float]]] = {}
     for contender in contenders:
-        if contender.state is not None:
-            set_adapter_state(loaded.model, contender.state)
         label = f"{contender.name} per client"
-        results = evaluate_suites(loaded, cfg, suites, contender.state is not None, observer, label)
+        if contender.states is not None:  # a personalized row: each client's own adapter
+            results = {}
+            for suite in suites:
+                set_adapter_state(loaded.model, contender.states[suite.spec.name.split("-", 1)[1]])
+                results.update(evaluate_suites(loaded, cfg, [suite], True, observer, label))
+        else:
+            if contender.state is not None:
+                set_adapter_state(loaded.model, contender.state)
+            results = evaluate_suites(
+                loaded, cfg, suites, contender.state is not None, observer, label
+            )
         out[contender.name] = {
             name.split("-", 1)[1]: {
                 "accuracy": result["accuracy"],
