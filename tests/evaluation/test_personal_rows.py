@@ -1,4 +1,5 @@
-"""``compare.personalization``: FedIT+finetune as a per-client row beside Local and FedIT."""
+"""``compare.personalization``: FedIT+finetune and Ditto as per-client rows beside Local and
+FedIT."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ ROWS = [
     "compare.num_local=4",  # every client has its own Local model
     "compare.centralized=false",
     "data.client_test_fraction=0.2",
-    "compare.personalization=[finetune]",
+    "compare.personalization=[finetune,ditto]",
     "eval.generate=false",
 ]
 
@@ -24,20 +25,25 @@ def test_compare_scores_finetune_per_client_and_reuses_it(tiny_model_dir, tmp_pa
     assert main(args) == 0
     stored = json.loads((out / "compare" / "results.json").read_text())
     assert "finetune" not in stored["results"]  # no global score: a model per client
-    assert [row["name"] for row in stored["personalization"]] == ["finetune"]
+    assert [row["name"] for row in stored["personalization"]] == ["finetune", "ditto"]
     per_client = stored["per_client"]
-    assert sorted(per_client["finetune"]) == ["0", "1", "2", "3"]
+    assert sorted(per_client["finetune"]) == sorted(per_client["ditto"]) == ["0", "1", "2", "3"]
+    ditto_run = out / "compare" / "runs" / "ditto"
+    published = json.loads((ditto_run / "personalize.json").read_text())["published"]
+    assert published  # the clients that trained have their own adapter, scored as such
     # fine-tuning moved every client's adapter away from FedIT's, so some loss changed
     assert any(per_client["finetune"][c]["loss"] != per_client["fedit"][c]["loss"] for c in "0123")
     for client in range(4):
         assert (out / "compare" / "adapters" / f"finetune-{client}" / "personal_row.json").is_file()
     report = (out / "compare" / "report.md").read_text()
-    assert "| client | base | fedit | finetune | local |" in report
+    assert "| client | base | fedit | finetune | ditto | local |" in report
     assert "finetune serves better" in report
     weights = out / "compare" / "adapters" / "finetune-0" / "adapter_model.safetensors"
     written = weights.stat().st_mtime_ns
-    assert main(args) == 0  # a re-run reuses every client's finetune adapter
+    ditto_metrics = (ditto_run / "metrics.jsonl").read_text()
+    assert main(args) == 0  # a re-run reuses every finetune adapter and the Ditto run
     assert weights.stat().st_mtime_ns == written
+    assert (ditto_run / "metrics.jsonl").read_text() == ditto_metrics
 
 
 @pytest.mark.parametrize(

@@ -102,7 +102,7 @@ def _compare(
         setup = load_setup(cfg, prepare_data(cfg))
     else:
         # FedIT's setup (base model, LoRA init, tokenized clients) is the baselines' too.
-        fedit_run = run_experiment(_fedit_config(cfg), observer, tracking=tracking)
+        fedit_run = run_experiment(reusable(cfg), observer, tracking=tracking)
         assert fedit_run.setup is not None  # run_experiment always loads one
         setup = fedit_run.setup
     phases = {"fedit": time.perf_counter() - started}
@@ -155,11 +155,14 @@ def _personal_contenders(
     cfg: Config, setup: Setup, fedit_state: AdapterState, observer: RunObserver
 ) -> list[Contender]:
     """``compare.personalization``'s rows (``evaluation.personal_rows``), per client only."""
-    from fedit.evaluation.personal_rows import DESCRIPTIONS, finetune_states
+    from fedit.evaluation.personal_rows import DESCRIPTIONS, finetune_states, method_run_states
 
     rows = []
     for name in cfg.compare.personalization:
-        states, steps = finetune_states(cfg, setup, fedit_state, observer)
+        if name == "finetune":
+            states, steps = finetune_states(cfg, setup, fedit_state, observer)
+        else:
+            states, steps = method_run_states(cfg, name, setup, observer)
         rows.append(Contender(name, DESCRIPTIONS[name], steps, None, states))
     return rows
 
@@ -177,7 +180,7 @@ def _judge_or_skip(suites: list[Suite], cfg: Config) -> list[Suite]:
     return suites
 
 
-def _fedit_config(cfg: Config) -> Config:
+def reusable(cfg: Config) -> Config:
     """Reuse a complete (or resumable) FedIT run in output_dir with the same training settings;
     start one otherwise. ``overwrite=true`` always starts afresh."""
     run_dir = RunDir(cfg.output_dir)

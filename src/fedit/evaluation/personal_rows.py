@@ -7,9 +7,12 @@ scoring client c), never on the global held-out set.
 - ``finetune``: for each client, FedIT's global adapter fine-tuned on the client's training
   data by the very call the closing round makes (``client.personal.finetune_train``, the
   closing round's learning rate and seed): the FedIT+finetune row costs no new federated run.
-
-Each client's adapter is saved to ``compare/adapters/finetune-<c>`` with a recipe marker, so a
-re-run reuses it, as the other baselines do.
+  Each client's adapter is saved to ``compare/adapters/finetune-<c>`` with a recipe marker, so
+  a re-run reuses it, as the other baselines do.
+- ``ditto``: a whole run with ``personalization.method=ditto`` in ``compare/runs/ditto/``, on the
+  same split, seed and selection as FedIT's (reused or resumed like FedIT's own run). Each
+  client is scored with the adapter it published; a client that never trained has none and is
+  scored with the run's global adapter, which is what it would be served.
 """
 
 from __future__ import annotations
@@ -35,7 +38,9 @@ log = logging.getLogger(__name__)
 MARKER = "personal_row.json"
 DESCRIPTIONS = {
     "finetune": "FedIT's global adapter fine-tuned on each client's own data (FedIT+finetune)",
+    "ditto": "Ditto: each client's personal adapter, pulled towards the global one by λ",
 }
+RUNS = "runs"  # compare/runs/<method>/: the personalized runs a row needs
 
 
 def finetune_states(
@@ -92,3 +97,40 @@ def _recipe(
         "personalization": cfg.to_dict()["personalization"],
         "start": round(fingerprint, 6),
     }
+
+
+def method_run_states(
+    cfg: Config, method: str, setup: Setup, observer: RunObserver
+) -> tuple[dict[str, AdapterState], int]:
+    """Client id (str) -> the adapter the method's run left each client, and its steps (Ditto:
+    each participation's global run and personal run).
+
+    The run is ``cfg`` with ``personalization.method`` set, in ``compare/runs/<method>``.
+    """
+    import dataclasses
+
+    from fedit.evaluation.compare import reusable
+    from fedit.experiment import run_experiment
+
+    folder = Path(cfg.output_dir) / "compare" / RUNS / method
+    sub = dataclasses.replace(
+        cfg,
+        output_dir=str(folder),
+        personalization=dataclasses.replace(cfg.personalization, method=method),
+        compare=dataclasses.replace(cfg.compare, personalization=[], seeds=None),
+        report_to=[],
+    )
+    outcome = run_experiment(reusable(sub), observer)
+    fallback = load_adapter_state(outcome.run_dir / "global_adapter")
+    states = {}
+    for client in range(setup.num_clients):
+        own = outcome.run_dir / "personal" / f"client-{client}"
+        states[str(client)] = load_adapter_state(own) if own.is_dir() else fallback
+    personal = cfg.personalization.personal_steps
+    steps = sum(
+        setup.local_steps(int(c)) + (personal or setup.local_steps(int(c)))
+        for record in outcome.history
+        for c in record.get("train_loss", {})
+    )
+    log.info("%s: %d clients with their own adapter", method, len(states))
+    return states, steps
