@@ -65,7 +65,13 @@ PINNED_BYTES_DOWN = {
     3: {0: 178715, 2: 178715},
 }
 # FitConfig fields added since the pin: each adds `, "key": value` to every header.
-ADDED_FIELDS: dict[str, object] = {"shared": "all"}
+ADDED_FIELDS: dict[str, object] = {
+    "shared": "all",
+    "personalization": "none",
+    "phase": "round",
+    "lam": 0.0,
+    "personal_steps": 0,
+}
 # ... and the stamp of a run that keeps client state (client.state), for round r.
 STAMP_FIELDS = {"state_run": "0" * 32, "state_attempts": "1"}
 
