@@ -4,7 +4,8 @@ Both engines call ``fit_client`` and nothing else between unpacking an instructi
 the reply: it switches to the adapter of the instruction's rank (and back), turns the
 ``FitConfig`` into a seeded ``LocalObjective`` run of ``train_local`` and adds what the strategy
 asked for to the ``ClientUpdate``. The instruction decides the client's round, together with
-what the client itself kept from its earlier rounds (``client.state``: SCAFFOLD's c_i).
+what the client itself kept from its earlier rounds (``client.state``: SCAFFOLD's c_i,
+fedsa's B_i).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from peft import PeftModel
 from fedit.client.attacks import forge_update
 from fedit.client.dpo import DPOLoss
 from fedit.client.dpsgd import ExamplePrivacy, private_steps
+from fedit.client.fedsa import OwnB
 from fedit.client.loss import StepLoss
 from fedit.client.personal import close_client
 from fedit.client.site_policy import SitePolicy, public_reply
@@ -118,7 +120,9 @@ def fit_client(
         attack: set on a malicious site (``client.attacks``): the reply is forged and marked.
         policy: the site's own privacy floor and noise source (``client.site_policy``).
         store: where the client keeps its state between rounds (``client.state``); needed
-            by SCAFFOLD, which reads c_i from it and saves c_i + Δc_i before replying, and by
+            by SCAFFOLD, which reads c_i from it and saves c_i + Δc_i before replying, by
+            fedsa, which trains from its own B_i and saves the new one (``client.fedsa``), and
+            by
             personalization, whose closing phase publishes the client's own model there
             (``client.personal``).
 
@@ -134,7 +138,8 @@ def fit_client(
 
     Raises:
         InstructionRefusedError: the instruction's privacy is weaker than the site's floor.
-        StampError: a SCAFFOLD instruction without a valid stamp (``client.state.Stamp``).
+        StampError: a SCAFFOLD or fedsa instruction without a valid stamp
+            (``client.state.Stamp``).
 
     Returns:
         The update; with SCAFFOLD its ``extras["control_delta"]`` is
@@ -153,6 +158,10 @@ def fit_client(
     if config.scaffold:
         control = ClientControl.load(instruction, store)
         objective.scaffold_correction = control.correction()
+    start, own_b = instruction.state, None
+    if config.personalization == "fedsa":  # the received A with the client's own B_i
+        own_b = OwnB.load(instruction, store)
+        start = own_b.start(instruction.state)
     example_privacy = None
     if config.dp_level == "example":
         example_privacy = ExamplePrivacy(config.dp_clip_norm, config.dp_noise_multiplier, noise)
@@ -164,7 +173,7 @@ def fit_client(
             client_id=instruction.client_id,
             lr=config.lr,
             seed=config.seed,
-            global_state=instruction.state,
+            global_state=start,
             progress=progress,
             objective=objective,
             step_loss=objective_loss(model, cfg),
@@ -172,6 +181,8 @@ def fit_client(
         )
     if control is not None:  # saved before the reply is privatised or forged
         update.extras[CONTROL_DELTA] = control.advance(instruction, update)
+    if own_b is not None:  # the raw B_i, before privatisation or forging; only A is sent
+        own_b.save(instruction.client_id, update.state)
     if config.dp_level == "client":
         update = privatize_update(update, instruction.state, config, noise)
     update = public_reply(update, config)

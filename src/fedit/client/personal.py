@@ -9,10 +9,13 @@ The client then makes its personal model and publishes it in its store
 - ``finetune``: ``train_local`` from the global adapter on the client's own data for
   ``personalization.local_steps`` steps (or ``train.*``'s usual run), at the instruction's
   learning rate and seed. It is exactly that call, so a test can compare against it.
+- ``fedsa``: the global A with the client's own B, trained in the rounds (``client.fedsa``);
+  nothing trains at close.
 
 The reply says only that the client published: no adapter, loss, steps or example count,
 whatever the privacy settings (under secure aggregation nothing per client reaches the server
-in a round either). docs/personalization.md says what each method keeps and against whom.
+in a round either); only fedsa's ``mean_b`` adds the client's B and example count.
+docs/personalization.md says what each method keeps and against whom.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 
 from peft import PeftModel
 
+from fedit.client.fedsa import close_fedsa
 from fedit.client.state import ClientStateStore
 from fedit.client.train import train_local
 from fedit.config import Config, TrainConfig
@@ -52,6 +56,8 @@ def close_client(
     config = instruction.config
     if store is None:
         raise ValueError(f"client {instruction.client_id}: personalization needs a state store")
+    if config.personalization == "fedsa":
+        return close_fedsa(model, examples, instruction, store)
     if config.personalization != "finetune":
         raise ValueError(
             f"client {instruction.client_id}: unknown personalization {config.personalization!r}"

@@ -17,7 +17,7 @@ from fedit.config.fields import check_choice, option
 if TYPE_CHECKING:
     from fedit.config.schema import Config
 
-METHODS = ("none", "finetune")  # fedsa and ditto: issue 33's next steps
+METHODS = ("none", "finetune", "fedsa")  # ditto: issue 33's next step
 FEDSA_GLOBALS = ("auto", "mean_b", "none")
 # Defences that judge the product B·A of each update (robust/gram.py); under fedsa every
 # client's B is the server's initial one, so every client would look the same to them.
@@ -30,8 +30,9 @@ class PersonalizationConfig:
 
     method: str = option(
         "none",
-        "none (one global adapter, FedIT) or finetune (after the last round, each client "
-        "fine-tunes the final global adapter on its own data and keeps the result)",
+        "none (one global adapter, FedIT), finetune (after the last round, each client "
+        "fine-tunes the final global adapter on its own data and keeps the result) or fedsa "
+        "(FedSA-LoRA: the clients share and average A, each keeps its own B)",
     )
     local_steps: int = option(
         0, "finetune: steps each client fine-tunes after the last round; 0: train.local_steps"
@@ -89,6 +90,7 @@ def personalization_problems(cfg: Config) -> list[str]:
         return []
     key = f"personalization.method={method}"
     strategy = cfg.strategy.name
+    mean_b = method == "fedsa" and cfg.personalization.fedsa_global == "mean_b"
     refusals: list[tuple[bool, str]] = [
         (
             strategy == "fedbuff" and method in ("fedsa", "ditto"),
@@ -121,12 +123,12 @@ def personalization_problems(cfg: Config) -> list[str]:
             "and with the server's B every client looks the same; use trimmed_mean or median",
         ),
         (
-            cfg.personalization.fedsa_global == "mean_b" and cfg.privacy.level == "client",
+            mean_b and cfg.privacy.level == "client",
             "personalization.fedsa_global=mean_b: not with privacy.level=client; each client's "
             "B would be released unclipped and un-noised; use fedsa_global=none",
         ),
         (
-            cfg.personalization.fedsa_global == "mean_b" and cfg.privacy.secure_aggregation,
+            mean_b and cfg.privacy.secure_aggregation,
             "personalization.fedsa_global=mean_b: not with privacy.secure_aggregation; each "
             "client's B would travel beside the masked sum, in the clear; use fedsa_global=none",
         ),
