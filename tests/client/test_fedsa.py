@@ -216,6 +216,15 @@ def test_mean_b_and_none_train_the_same_adapter(fedsa_run, fedsa_none_run):
     assert record["bytes_up"] > json.loads((none / "personalize.json").read_text())["bytes_up"]
 
 
+def test_under_client_dp_auto_reports_no_b(tiny_model_dir, tmp_path):
+    dp = ("privacy.level=client", "privacy.noise_multiplier=0.5", "privacy.clip_norm=0.1")
+    run = _run(tiny_model_dir, tmp_path / "run", *FEDSA, *dp).run_dir
+    record = json.loads((run / "personalize.json").read_text())
+    assert record["global"]["b"] == "init" and "fedsa_global=auto" in record["global"]["why"]
+    assert record["published"] and record["bytes_up"] < 2_000 * 4  # headers, no B
+    assert _equal(load_adapter_state(run / "global_adapter"), _checkpoint(run, ROUNDS))
+
+
 def test_mean_b_weighs_by_examples_or_uniformly():
     first, second = {"b": torch.tensor([1.0, 0.0])}, {"b": torch.tensor([4.0, 3.0])}
     weighted, how = mean_b([(first, 1), (second, 2)])

@@ -33,6 +33,7 @@ from typing import Any
 
 from fedit.client.state import stamp_instructions
 from fedit.config import Config
+from fedit.config.personalization import PersonalizationConfig
 from fedit.io import atomic_write_json
 from fedit.reporting.personalization import MARKER
 from fedit.server.checkpoint import RunDir
@@ -126,7 +127,7 @@ def close_run(
         "bytes_up": sum(int(u.metrics.get("bytes_up", 0)) for u in updates),
     }
     if personal.method == "fedsa":
-        state, record["global"] = fedsa_global(server, state, updates, report_b)
+        state, record["global"] = fedsa_global(server, state, updates, report_b, personal)
         server.save_adapter(state, run_dir.path / GLOBAL_ADAPTER)  # a resume reads it back
     atomic_write_json(marker, record)
     log.info(
@@ -147,7 +148,11 @@ def mean_b(reports: list[tuple[AdapterState, int]]) -> tuple[AdapterState, str]:
 
 
 def fedsa_global(
-    server: ServerModel, state: AdapterState, updates: list[ClientUpdate], report_b: bool
+    server: ServerModel,
+    state: AdapterState,
+    updates: list[ClientUpdate],
+    report_b: bool,
+    personal: PersonalizationConfig,
 ) -> tuple[AdapterState, dict[str, Any]]:
     """fedsa's reference model and its record: (A_global, B_mean) scored once, or with no
     reports (A_global, B_init) and no score."""
@@ -159,7 +164,11 @@ def fedsa_global(
     counts = {u.client_id: u.num_examples for u in updates}
     complete = sorted(set(reports) - set(partial))
     if not report_b or not complete:
-        why = "fedsa_global=none" if not report_b else "no client reported a B"
+        why = f"personalization.fedsa_global={personal.fedsa_global}"
+        if personal.fedsa_global == "auto":
+            why += " (none under privacy.level=client or secure aggregation)"
+        if report_b:
+            why = "no client reported a B"
         return state, {"b": "init", "eval": None, "why": f"{why}: no B left a client"}
     mean, weights = mean_b([(reports[c], counts[c]) for c in complete])
     reference = {name: mean[name].to(t.dtype) if name in mean else t for name, t in state.items()}
