@@ -27,7 +27,7 @@ from fedit.robust.defended import defend
 from fedit.server.async_loop import run_buffered
 from fedit.server.checkpoint import METRICS_FILE, RunDir
 from fedit.server.clock import Clock, SimulatedClock
-from fedit.server.closing import close_run
+from fedit.server.closing import GLOBAL_ADAPTER, close_run
 from fedit.server.global_model import GlobalModel
 from fedit.server.loop import run_rounds
 from fedit.server.measured import MeasuredClock
@@ -179,8 +179,8 @@ def run_experiment(
                 cfg, transport, setup.server, strategy, run_dir, observers, privacy, clock
             )
         # personalization: every client makes and keeps its own model (server/closing.py)
-        close_run(cfg, transport, state, run_dir, privacy)
-        setup.server.save_adapter(state, run_dir.path / "global_adapter")
+        closing = close_run(cfg, transport, setup.server, state, run_dir, privacy)
+        setup.server.save_adapter(closing.global_state, run_dir.path / GLOBAL_ADAPTER)
         report = write_report(run_dir.path)
         tracking.log_outcome(history, run_dir.path)
     except BaseException:

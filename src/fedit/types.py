@@ -16,6 +16,9 @@ AdapterState = dict[str, Tensor]
 # ClientUpdate.extras key of SCAFFOLD's control-variate change Δc_i.
 CONTROL_DELTA = "control_delta"
 
+# ClientUpdate.extras key of a fedsa client's own B_i, reported at close (FitConfig.report_local).
+LOCAL_LORA_B = "local_lora_B"
+
 # ClientUpdate.client_id of a reply that a defence combined from several clients (fedit.robust).
 COMBINED_CLIENT_ID = -1
 
@@ -69,6 +72,9 @@ class FitConfig:
     phase: str = "round"
     lam: float = 0.0  # Ditto's λ: the personal run minimises F_k(v) + λ/2 ‖v − w_global‖²
     personal_steps: int = 0  # Ditto's personal run: 0, as many steps as the round's run
+    # fedsa's closing round with fedsa_global=mean_b: the client reports its B, once, as
+    # extras["local_lora_B"] (the server's evaluation-only reference model, server.closing).
+    report_local: bool = False
     # The stamp of a run that keeps client state (client.state): the round (FitConfig.seed is a
     # hash of it), the run's id (32 hex digits) and the first round of each of its attempts
     # ("1,5": started at 1, resumed at 5). Unstamped: 0, "" and "".

@@ -71,6 +71,7 @@ ADDED_FIELDS: dict[str, object] = {
     "phase": "round",
     "lam": 0.0,
     "personal_steps": 0,
+    "report_local": False,
 }
 # ... and the stamp of a run that keeps client state (client.state), for round r.
 STAMP_FIELDS = {"state_run": "0" * 32, "state_attempts": "1"}

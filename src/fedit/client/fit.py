@@ -5,7 +5,8 @@ the reply: it switches to the adapter of the instruction's rank (and back), turn
 ``FitConfig`` into a seeded ``LocalObjective`` run of ``train_local`` and adds what the strategy
 asked for to the ``ClientUpdate``. The instruction decides the client's round, together with
 what the client itself kept from its earlier rounds (``client.state``: SCAFFOLD's c_i,
-Ditto's personal adapter, which ``client.ditto`` trains after the round's own run).
+Ditto's personal adapter, which ``client.ditto`` trains after the round's own run; fedsa's
+B_i, ``client.fedsa``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from fedit.client.attacks import forge_update
 from fedit.client.ditto import train_personal
 from fedit.client.dpo import DPOLoss
 from fedit.client.dpsgd import ExamplePrivacy, private_steps
+from fedit.client.fedsa import OwnB
 from fedit.client.loss import StepLoss
 from fedit.client.personal import close_client
 from fedit.client.site_policy import SitePolicy, public_reply
@@ -105,7 +107,8 @@ def fit_client(
         policy: the site's own privacy floor and noise source (``client.site_policy``).
         store: where the client keeps its state between rounds (``client.state``); needed
             by SCAFFOLD, which reads c_i from it and saves c_i + Δc_i before replying, by
-            Ditto, which keeps its personal adapter there (``client.ditto``), and by
+            Ditto, which keeps its personal adapter there (``client.ditto``), by fedsa, which
+            trains from its own B_i and saves the new one (``client.fedsa``), and by
             personalization's closing phase, which publishes the client's own model there
             (``client.personal``).
 
@@ -121,7 +124,7 @@ def fit_client(
 
     Raises:
         InstructionRefusedError: the instruction's privacy is weaker than the site's floor.
-        StampError: a SCAFFOLD or Ditto instruction without a valid stamp
+        StampError: a SCAFFOLD, Ditto or fedsa instruction without a valid stamp
             (``client.state.Stamp``).
 
     Returns:
@@ -143,6 +146,10 @@ def fit_client(
     if config.scaffold and kept is not None:
         control = ClientControl.load(instruction, kept)
         objective.scaffold_correction = control.correction()
+    start, own_b = instruction.state, None
+    if config.personalization == "fedsa":  # the received A with the client's own B_i
+        own_b = OwnB.load(instruction, store)
+        start = own_b.start(instruction.state)
     example_privacy = None
     if config.dp_level == "example":
         example_privacy = ExamplePrivacy(config.dp_clip_norm, config.dp_noise_multiplier, noise)
@@ -154,7 +161,7 @@ def fit_client(
             client_id=instruction.client_id,
             lr=config.lr,
             seed=config.seed,
-            global_state=instruction.state,
+            global_state=start,
             progress=progress,
             objective=objective,
             step_loss=objective_loss(model, cfg),
@@ -167,6 +174,10 @@ def fit_client(
         update.extras[CONTROL_DELTA] = control.advance(instruction, update)
     if kept is not None:  # saved raw, before the reply is privatised or forged
         kept.save()
+    # fedsa never shares a run with SCAFFOLD or Ditto (config/personalization.py refuses it),
+    # so its B_i has the state file to itself
+    if own_b is not None:  # the raw B_i, before privatisation or forging; only A is sent
+        own_b.save(instruction.client_id, update.state)
     if config.dp_level == "client":
         update = privatize_update(update, instruction.state, config, noise)
     update = public_reply(update, config)

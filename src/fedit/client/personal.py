@@ -12,10 +12,13 @@ The client then makes its personal model and publishes it in its store
 - ``ditto``: the client's last personal adapter v_k, as its store keeps it (``client.ditto``
   trains it in every round the client takes part in); a client that never trained has none
   and publishes nothing (it is served by the global adapter).
+- ``fedsa``: the global A with the client's own B, trained in the rounds (``client.fedsa``);
+  nothing trains at close.
 
 The reply says only that the client published: no adapter, loss, steps or example count,
 whatever the privacy settings (under secure aggregation nothing per client reaches the server
-in a round either). docs/personalization.md says what each method keeps and against whom.
+in a round either); only fedsa's ``mean_b`` adds the client's B and example count.
+docs/personalization.md says what each method keeps and against whom.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 
 from peft import PeftModel
 
+from fedit.client.fedsa import close_fedsa
 from fedit.client.state import DITTO_PERSONAL, ClientStateStore, Stamp
 from fedit.client.train import train_local
 from fedit.config import Config, TrainConfig
@@ -99,6 +103,8 @@ def close_client(
     config = instruction.config
     if store is None:
         raise ValueError(f"client {instruction.client_id}: personalization needs a state store")
+    if config.personalization == "fedsa":  # publishes, and may report its B (client.fedsa)
+        return close_fedsa(model, examples, instruction, store)
     closer = CLOSERS.get(config.personalization)
     if closer is None:
         raise ValueError(

@@ -17,7 +17,7 @@ from fedit.config.fields import check_choice, option
 if TYPE_CHECKING:
     from fedit.config.schema import Config
 
-METHODS = ("none", "finetune", "ditto")  # fedsa: issue 33's next step
+METHODS = ("none", "finetune", "fedsa", "ditto")
 FEDSA_GLOBALS = ("auto", "mean_b", "none")
 # Defences that judge the product B·A of each update (robust/gram.py); under fedsa every
 # client's B is the server's initial one, so every client would look the same to them.
@@ -31,9 +31,10 @@ class PersonalizationConfig:
     method: str = option(
         "none",
         "none (one global adapter, FedIT), finetune (after the last round, each client "
-        "fine-tunes the final global adapter on its own data and keeps the result) or ditto "
-        "(each round, after FedIT's run, each client also trains its own adapter towards the "
-        "global one with λ = personalization.lam; doubles client compute)",
+        "fine-tunes the final global adapter on its own data and keeps the result), fedsa "
+        "(FedSA-LoRA: the clients share and average A, each keeps its own B) or ditto (each "
+        "round, after FedIT's run, each client also trains its own adapter towards the global "
+        "one with λ = personalization.lam; doubles client compute)",
     )
     local_steps: int = option(
         0, "finetune: steps each client fine-tunes after the last round; 0: train.local_steps"
@@ -91,6 +92,7 @@ def personalization_problems(cfg: Config) -> list[str]:
         return []
     key = f"personalization.method={method}"
     strategy = cfg.strategy.name
+    mean_b = method == "fedsa" and cfg.personalization.fedsa_global == "mean_b"
     refusals: list[tuple[bool, str]] = [
         (
             strategy == "fedbuff" and method in ("fedsa", "ditto"),
@@ -123,12 +125,12 @@ def personalization_problems(cfg: Config) -> list[str]:
             "and with the server's B every client looks the same; use trimmed_mean or median",
         ),
         (
-            cfg.personalization.fedsa_global == "mean_b" and cfg.privacy.level == "client",
+            mean_b and cfg.privacy.level == "client",
             "personalization.fedsa_global=mean_b: not with privacy.level=client; each client's "
             "B would be released unclipped and un-noised; use fedsa_global=none",
         ),
         (
-            cfg.personalization.fedsa_global == "mean_b" and cfg.privacy.secure_aggregation,
+            mean_b and cfg.privacy.secure_aggregation,
             "personalization.fedsa_global=mean_b: not with privacy.secure_aggregation; each "
             "client's B would travel beside the masked sum, in the clear; use fedsa_global=none",
         ),

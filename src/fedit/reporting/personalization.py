@@ -6,7 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fedit.reporting.summary import fmt
+
 MARKER = "personalize.json"  # server.closing.CLOSE_MARKER (reporting/ sits below server/)
+SCORES = ("loss", "perplexity", "accuracy")  # of fedsa's reference model, in the report
 WHAT = {
     "finetune": "each client fine-tuned the final global adapter on its own data",
     "fedsa": "each client paired the global A with its own B, trained at the client",
@@ -33,9 +36,36 @@ def personalization_section(run_dir: Path, cfg: dict[str, Any]) -> list[str]:
         "`fedit serve --run` serves them as `client-<id>`",
     ]
     if missing:
-        lines.append(f"- Without a model of their own (served the global adapter): {missing}")
+        # fedsa's global adapter has LoRA's initial B: a client that never trained is served
+        # the base model
+        served = "the base model" if method == "fedsa" else "the global adapter"
+        lines.append(f"- Without a model of their own (served {served}): {missing}")
+    reference = record.get("global")
+    sent_back = "each client's B, once" if reference and reference["b"] == "mean" else "no adapter"
     lines.append(
         f"- Closing round: {record['bytes_down'] / 1e6:.2f} MB down, "
-        f"{record['bytes_up'] / 1e6:.3f} MB up (no adapter is sent back)"
+        f"{record['bytes_up'] / 1e6:.3f} MB up ({sent_back})"
     )
+    if reference is not None:
+        lines += fedsa_global_lines(reference)
     return [*lines, ""]
+
+
+def fedsa_global_lines(reference: dict[str, Any]) -> list[str]:
+    """fedsa's server-side model: the A the clients averaged with the mean of their B's."""
+    if reference["b"] != "mean":
+        return [
+            f"- FedSA global: none ({reference['why']}); the rounds were not evaluated and "
+            "`global_adapter` is the global A with LoRA's initial B, i.e. the base model"
+        ]
+    evaluation = reference["eval"] or {}
+    scores = ", ".join(
+        f"{metric} {fmt(evaluation[metric])}" for metric in SCORES if metric in evaluation
+    )
+    return [
+        f"- **FedSA global (A, mean B), reference only**: {scores or 'not scored'}. B is the "
+        f"mean of the B's that clients {reference['clients']} reported at close (weights: "
+        f"{reference['weights']}), paired with an A no client trained against; no client "
+        "received this model, and the rounds themselves were not evaluated (the server holds "
+        "no B). It is `global_adapter`."
+    ]

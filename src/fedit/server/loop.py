@@ -24,6 +24,12 @@ from fedit.types import AdapterState, ClientUpdate, FitInstruction, RoundResult
 
 log = logging.getLogger(__name__)
 
+# Why a round of a strategy whose global adapter is no client's model has no evaluation.
+NOT_EVALUATED = (
+    "not evaluated: under personalization.method={} each client pairs the global A with its "
+    "own B, and the server holds no B"
+)
+
 
 def round_lr(cfg: Config, server_round: int) -> float:
     """Learning rate for a round: constant, or cosine from lr to lr_min across rounds.
@@ -253,7 +259,11 @@ def run_rounds(
                 f"{cfg.federation.min_fit_clients} clients replied; global adapter unchanged"
             )
         aggregate_done = time.perf_counter()
-        evaluation = evaluate_round(cfg, server, state, server_round, observer)
+        evaluation = None
+        if strategy.evaluates_global:
+            evaluation = evaluate_round(cfg, server, state, server_round, observer)
+        else:
+            aggregation["personalization"] = NOT_EVALUATED.format(cfg.personalization.method)
         eval_done = time.perf_counter()
 
         record = RoundResult(

@@ -31,6 +31,10 @@ class Strategy(ABC):
     methods, so a new strategy plugs in without touching it.
     """
 
+    # Whether the global adapter is a model worth scoring each round; False under fedsa,
+    # whose server holds (A, B_init) while every client's B stays at the client.
+    evaluates_global: bool = True
+
     def __init__(self, cfg: Config):
         self.cfg = cfg
         federation = cfg.federation

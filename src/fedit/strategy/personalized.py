@@ -8,6 +8,13 @@ the instructions the inner strategy builds, by ``dataclasses.replace``, with the
 after FedIT's run (``client.ditto``), with λ and its own number of steps; the reply, and so
 the aggregation, is FedIT's. ``finetune`` changes nothing in the rounds (it acts after the
 last one, ``server.closing``), so it is not wrapped.
+
+``fedsa`` (FedSA-LoRA, Guo et al. ICLR 2025) trains A and B at every client and sends only A
+(``shared="lora_A"``). The wire fills the unsent B with the instruction's
+(``engines.messages.unpack_update``), so the inner strategy averages identical B's and its
+momenta for B stay zero; the wrapper then puts the server's B back after aggregation, because
+a weighted mean of identical tensors can still round. The server therefore holds
+(A_global, B_init), the base model, and does not evaluate it (``evaluates_global``).
 """
 
 from __future__ import annotations
@@ -19,15 +26,19 @@ from typing import Any
 from fedit.config import Config
 from fedit.strategy.base import Strategy, StrategyState
 from fedit.strategy.selection import Selection
-from fedit.types import AdapterState, ClientUpdate, FitInstruction
+from fedit.types import AdapterState, ClientUpdate, FitConfig, FitInstruction, shared_names
 
 # The methods that change what a client does in the rounds themselves.
-ROUND_METHODS: tuple[str, ...] = ("ditto",)
+ROUND_METHODS: tuple[str, ...] = ("fedsa", "ditto")
+# Methods whose server-side adapter is no client's model, so the rounds are not evaluated.
+UNEVALUATED = ("fedsa",)
 
 
 def round_fields(cfg: Config) -> dict[str, Any]:
     """What a round's ``FitConfig`` carries for the run's method ({} for none and finetune)."""
     personal = cfg.personalization
+    if personal.method == "fedsa":  # train A and B, send A: each client's B stays at home
+        return {"personalization": "fedsa", "trainable": "all", "shared": "lora_A"}
     if personal.method not in ROUND_METHODS:
         return {}
     return {
@@ -45,6 +56,11 @@ class Personalized(Strategy):
         self.inner = inner
         self.fields = round_fields(cfg)
         self.selection_context = inner.selection_context  # the inner strategy selects
+        self.evaluates_global = inner.evaluates_global and cfg.personalization.method not in (
+            UNEVALUATED
+        )
+        # What a reply carries, for the keys the server keeps as they were (fedsa's B).
+        self.sends = FitConfig(lr=0.0, rank=cfg.lora.r, seed=0, **self.fields)
 
     def configure_fit(
         self,
@@ -66,7 +82,8 @@ class Personalized(Strategy):
     def aggregate_fit(
         self, server_round: int, global_state: AdapterState, updates: list[ClientUpdate]
     ) -> tuple[AdapterState, dict[str, Any]]:
-        return self.inner.aggregate_fit(server_round, global_state, updates)
+        state, metrics = self.inner.aggregate_fit(server_round, global_state, updates)
+        return keep_unsent(global_state, state, shared_names(global_state, self.sends)), metrics
 
     def state_dict(self) -> StrategyState:
         return self.inner.state_dict()
@@ -76,6 +93,15 @@ class Personalized(Strategy):
 
     def load_state_dict(self, state: StrategyState) -> None:
         self.inner.load_state_dict(state)
+
+
+def keep_unsent(
+    global_state: AdapterState, state: AdapterState, sent: Collection[str]
+) -> AdapterState:
+    """``state`` with every key no client sent (``sent`` lacks it) back at ``global_state``'s
+    value: fedsa's B stays B_init exactly, whatever the inner strategy's arithmetic did."""
+    sent = set(sent)
+    return {name: value if name in sent else global_state[name] for name, value in state.items()}
 
 
 def personalize(cfg: Config, strategy: Strategy) -> Strategy:
