@@ -1,5 +1,5 @@
-"""``compare.personalization``: FedIT+finetune and Ditto as per-client rows beside Local and
-FedIT."""
+"""``compare.personalization``: FedIT+finetune, FedSA and Ditto as per-client rows beside
+Local and FedIT."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ ROWS = [
     "compare.num_local=4",  # every client has its own Local model
     "compare.centralized=false",
     "data.client_test_fraction=0.2",
-    "compare.personalization=[finetune,ditto]",
+    "compare.personalization=[finetune,fedsa,ditto]",
     "eval.generate=false",
 ]
 
@@ -25,9 +25,10 @@ def test_compare_scores_finetune_per_client_and_reuses_it(tiny_model_dir, tmp_pa
     assert main(args) == 0
     stored = json.loads((out / "compare" / "results.json").read_text())
     assert "finetune" not in stored["results"]  # no global score: a model per client
-    assert [row["name"] for row in stored["personalization"]] == ["finetune", "ditto"]
+    assert [r["name"] for r in stored["personalization"]] == ["finetune", "fedsa", "ditto"]
     per_client = stored["per_client"]
-    assert sorted(per_client["finetune"]) == sorted(per_client["ditto"]) == ["0", "1", "2", "3"]
+    for row in ("finetune", "fedsa", "ditto"):
+        assert sorted(per_client[row]) == ["0", "1", "2", "3"], row
     ditto_run = out / "compare" / "runs" / "ditto"
     published = json.loads((ditto_run / "personalize.json").read_text())["published"]
     assert published  # the clients that trained have their own adapter, scored as such
@@ -36,7 +37,7 @@ def test_compare_scores_finetune_per_client_and_reuses_it(tiny_model_dir, tmp_pa
     for client in range(4):
         assert (out / "compare" / "adapters" / f"finetune-{client}" / "personal_row.json").is_file()
     report = (out / "compare" / "report.md").read_text()
-    assert "| client | base | fedit | finetune | ditto | local |" in report
+    assert "| client | base | fedit | finetune | fedsa | ditto | local |" in report
     assert "finetune serves better" in report
     weights = out / "compare" / "adapters" / "finetune-0" / "adapter_model.safetensors"
     written = weights.stat().st_mtime_ns

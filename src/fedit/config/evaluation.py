@@ -89,7 +89,11 @@ class EvalConfig:
         return problems + self.judge.validate()
 
 
-COMPARE_ROWS = ("finetune", "ditto")  # compare.personalization's rows (evaluation/personal_rows.py)
+COMPARE_ROWS = (
+    "finetune",
+    "fedsa",
+    "ditto",
+)  # compare.personalization's rows (evaluation/personal_rows.py)
 
 
 @dataclass
@@ -114,8 +118,8 @@ class CompareConfig:
     personalization: list[str] = option(
         [],
         "personalized rows scored on each client's own test share (data.client_test_fraction): "
-        "finetune (FedIT's global adapter fine-tuned on each client's data), ditto (a Ditto "
-        "run's personal adapters)",
+        "finetune (FedIT's global adapter fine-tuned on each client's data), fedsa (a "
+        "FedSA-LoRA run's (A, own B) adapters), ditto (a Ditto run's personal adapters)",
     )
 
     def validate(self, num_clients: int) -> list[str]:

@@ -9,10 +9,11 @@ scoring client c), never on the global held-out set.
   closing round's learning rate and seed): the FedIT+finetune row costs no new federated run.
   Each client's adapter is saved to ``compare/adapters/finetune-<c>`` with a recipe marker, so
   a re-run reuses it, as the other baselines do.
-- ``ditto``: a whole run with ``personalization.method=ditto`` in ``compare/runs/ditto/``, on the
-  same split, seed and selection as FedIT's (reused or resumed like FedIT's own run). Each
-  client is scored with the adapter it published; a client that never trained has none and is
-  scored with the run's global adapter, which is what it would be served.
+- ``fedsa`` and ``ditto``: a whole run with ``personalization.method`` set in
+  ``compare/runs/<method>/``, on the same split, seed and selection as FedIT's (reused or
+  resumed like FedIT's own run). Each client is scored with the adapter it published; a client
+  that never trained has none and is scored with the run's global adapter (Ditto's global
+  model; fedsa's (A, mean B) reference, or the base model with ``fedsa_global=none``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 MARKER = "personal_row.json"
 DESCRIPTIONS = {
     "finetune": "FedIT's global adapter fine-tuned on each client's own data (FedIT+finetune)",
+    "fedsa": "FedSA-LoRA: the shared A with each client's own B",
     "ditto": "Ditto: each client's personal adapter, pulled towards the global one by λ",
 }
 RUNS = "runs"  # compare/runs/<method>/: the personalized runs a row needs
@@ -103,7 +105,7 @@ def method_run_states(
     cfg: Config, method: str, setup: Setup, observer: RunObserver
 ) -> tuple[dict[str, AdapterState], int]:
     """Client id (str) -> the adapter the method's run left each client, and its steps (Ditto:
-    each participation's global run and personal run).
+    each participation's global run and personal run; fedsa: one run per participation).
 
     The run is ``cfg`` with ``personalization.method`` set, in ``compare/runs/<method>``.
     """
@@ -128,7 +130,8 @@ def method_run_states(
         states[str(client)] = load_adapter_state(own) if own.is_dir() else fallback
     personal = cfg.personalization.personal_steps
     steps = sum(
-        setup.local_steps(int(c)) + (personal or setup.local_steps(int(c)))
+        setup.local_steps(int(c))
+        + (personal or setup.local_steps(int(c)) if method == "ditto" else 0)
         for record in outcome.history
         for c in record.get("train_loss", {})
     )
