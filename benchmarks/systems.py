@@ -50,6 +50,7 @@ WORK_KEYS = ("tokens", "bytes_down", "bytes_up")
 def base_overrides(args: argparse.Namespace, seed: int, out: Path) -> list[str]:
     """The setup every method shares (the smoke test swaps the model and shrinks the data)."""
     extra = [
+        "model.dtype=fp32",  # as measured before the quickstart moved to auto (issue 32)
         f"federation.num_clients={args.clients}",
         f"federation.fraction_fit={args.per_round / args.clients}",
         f"federation.rounds={args.rounds}",

@@ -45,9 +45,14 @@ def tracked_files() -> list[str]:
 
 
 def tiny_args(model_dir: Path, out: Path, *extra: str) -> list[str]:
-    """Overrides that make the quickstart run in seconds on the tiny model."""
+    """Overrides that make the quickstart run in seconds on the tiny model.
+
+    ``model.dtype=fp32``: the quickstart's ``auto`` would pick bf16 on a CPU with native bf16
+    and fp32 elsewhere, and the suite must compute the same on both (tests/model covers auto).
+    """
     return [
         f"model.name={model_dir}",
+        "model.dtype=fp32",
         f"output_dir={out}",
         "data.synthetic.num_examples=160",
         "data.test_per_category=2",
