@@ -253,7 +253,7 @@ def verdict(by_method: dict[str, list[dict]], target: float) -> str:
     )
     if seeds < 2:  # "within the interval" needs one: say what one seed shows, no verdict
         head = (
-            f"**Not judged yet**: one seed has no interval. On it, "
+            "**Not judged yet**: one seed has no interval. On it, "
             + (", ".join(winners) or "no method")
             + f" reached accuracy {target:g} at least 2× sooner than random at no lower final "
             "accuracy."
