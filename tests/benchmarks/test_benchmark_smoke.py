@@ -94,3 +94,19 @@ def test_mfu_formula_by_hand(benchmarks_on_path):
     assert card_peak("NVIDIA H100 80GB HBM3") == ("H100 SXM", 989e12)
     assert card_peak("NVIDIA H200") == ("H200", 989e12)
     assert card_peak("NVIDIA H100 PCIe") is None
+
+
+def test_systems_smoke_runs_every_method_and_does_not_judge_one_seed(
+    benchmarks_on_path, tmp_path, monkeypatch, capsys
+):
+    import systems
+
+    out = tmp_path / "systems"
+    monkeypatch.setattr("sys.argv", ["systems.py", "--smoke", "--output-dir", str(out)])
+    systems.main()
+    body = capsys.readouterr().out
+    for method in systems.METHODS:
+        assert f"\n| {method} | 1/1 |" in body or f"\n| {method} | 0/1 |" in body, method
+    assert "**Not judged yet**: one seed has no interval" in body  # no verdict without one
+    saved = json.loads((Path(f"{out}_smoke") / "results.json").read_text())
+    assert sorted(saved) == sorted(f"{m}/42" for m in systems.METHODS)
