@@ -12,7 +12,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPOSITORY_DATA = Path(__file__).resolve().parents[1] / "data"
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+JUDGE_DATA = REPOSITORY_DATA / "judge"  # Vicuna-bench, MT-Bench, judge prompts (its README)
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
@@ -91,14 +91,9 @@ def repository_data() -> Path:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The machine's shared data folder, beside the repository; the tests that use it skip without.
-
-    Only the judge tests (Vicuna-bench, MT-Bench, judge prompts) still read it: that data is not
-    shipped yet. What a config or test needs belongs in ``data/``, which a clone has.
-    """
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
-    return SHARED_DATA
+    """The judge tests' data (Vicuna-bench, MT-Bench, the judge prompts), shipped in
+    ``data/judge/`` with its source and licence, so that a clone runs them anywhere."""
+    return JUDGE_DATA
 
 
 @pytest.fixture
