@@ -8,7 +8,9 @@ R + 1, in an instruction whose ``phase`` is ``close`` and whose reply carries no
 ``STATE_DIR/<run id>/personal/client-<id>/`` at a deployed site, which never sends it. The
 instructions go through ``transport.fit`` as a round's do, so both Flower engines move the same
 bytes. A client's reply says only that it published: no loss, steps or example count, under
-any privacy setting.
+any privacy setting. The one exception is fedsa with ``fedsa_global`` resolving to ``mean_b``
+(refused under client-level DP and secure aggregation), whose reply reports B_i and the
+example count once, for the server's reference model.
 
 ``RUN/personalize.json`` is written last, as the phase's completion marker. A resumed run whose
 rounds are all complete but which lacks it runs the closing round again; publishing is
