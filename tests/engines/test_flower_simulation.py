@@ -318,6 +318,40 @@ def test_scaffold_on_the_simulation_runtime_keeps_c_i_in_the_run_folder(tiny_mod
             )
 
 
+NAMESPACES = {"fedsa": "fedsa/lora_B/", "ditto": "ditto/personal/"}  # what a client keeps
+
+
+def _assert_same_tensors(local: Path, remote: Path, relative: Path) -> None:
+    torch.testing.assert_close(
+        load_file(str(remote / relative)), load_file(str(local / relative)), rtol=0, atol=1e-5
+    )
+
+
+@pytest.mark.slow  # a Ray run each; the clients' stores are the in-process ones, tested by default
+@pytest.mark.parametrize("method", ["fedsa", "ditto"])
+def test_personalization_on_the_simulation_runtime_keeps_state_in_the_run_folder(
+    tiny_model_dir, tmp_path, method
+):
+    personal = (f"personalization.method={method}",)
+    outcome = run_flower_simulation(_config(tiny_model_dir, tmp_path / "sim", SIM, *personal))
+    assert not ray.is_initialized() and _ray_children() == []
+    local = run_experiment(_config(tiny_model_dir, tmp_path / "local", *personal)).run_dir
+    # The same files (clients/<id>/, personal/client-<id>/, personalize.json included) and the
+    # same global adapter: for fedsa (A, mean B), built from the B each virtual site reported.
+    _assert_same(local, outcome.run_dir)
+    record = json.loads((outcome.run_dir / "personalize.json").read_text())
+    assert record["published"] == [0, 1] and record["method"] == method
+    for client in (0, 1):
+        kept = sorted(p.name for p in (outcome.run_dir / "clients" / str(client)).iterdir())
+        assert kept == ["state-a001-r0001.safetensors", "state-a001-r0002.safetensors"]
+        for name in kept:
+            _assert_same_tensors(local, outcome.run_dir, Path("clients") / str(client) / name)
+        state = load_file(str(outcome.run_dir / "clients" / str(client) / kept[-1]))
+        assert state and all(key.startswith(NAMESPACES[method]) for key in state)
+        own = Path("personal") / f"client-{client}" / "adapter_model.safetensors"
+        _assert_same_tensors(local, outcome.run_dir, own)
+
+
 def _session(leader: int) -> list[str]:
     """The processes still in the session that ``leader`` started."""
     found = []
