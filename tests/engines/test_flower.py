@@ -620,3 +620,52 @@ def test_a_sites_own_model_stays_in_its_state_dir(tiny_model_dir, tmp_path):
         assert (state / run_id).stat().st_mode & 0o077 == 0  # owner-only
         tensor_bytes = weights[-4096:]  # the end of the tensor data, not the header
         assert not any(tensor_bytes in p.read_bytes() for p in server_files)
+
+
+KEPT = {"fedsa": "fedsa/lora_B/", "ditto": "ditto/personal/"}  # each method's ClientState keys
+
+
+def _nbytes(state: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in state.values())
+
+
+@pytest.mark.slow  # a SuperLink, two SuperNodes, two rounds and a closing round (~2 min each)
+@pytest.mark.parametrize("method", ["fedsa", "ditto"])
+def test_a_sites_kept_state_stays_in_its_state_dir(tiny_model_dir, tmp_path, method):
+    out = tmp_path / "run"
+    personal = (f"personalization.method={method}",)
+    state_dirs = [tmp_path / f"site{c}" for c in range(2)]
+    with Federation(tmp_path) as federation:
+        for client, state in enumerate(state_dirs):
+            node = {"partition-id": client, "num-partitions": 2, "state-dir": str(state)}
+            federation.add_node(node)
+        result = federation.run(str(QUICKSTART), *tiny_args(tiny_model_dir, out, *FAST, *personal))
+    assert (out / "personalize.json").is_file(), result.stdout + result.stderr[-3000:]
+    assert json.loads((out / "personalize.json").read_text())["published"] == [0, 1]
+    assert not (out / "personal").exists() and not (out / "clients").exists()
+    server_files = [p.read_bytes() for p in out.rglob("*") if p.is_file()]
+    # The sites trained what the in-process clients train: fedsa's (A, mean B) is built from
+    # the B each site reported at close.
+    local = _in_process(tiny_model_dir, tmp_path / "local", *personal)
+    torch.testing.assert_close(_adapter(out), _adapter(local), rtol=0, atol=1e-5)
+    run_id = json.loads((out / "run.json").read_text())["run_id"]
+    for client, state in enumerate(state_dirs):
+        site = state / run_id
+        assert site.stat().st_mode & 0o077 == 0  # owner-only
+        kept = sorted(p.name for p in (site / "clients" / str(client)).iterdir())
+        assert kept == ["state-a001-r0001.safetensors", "state-a001-r0002.safetensors"]
+        own = Path("personal") / f"client-{client}" / "adapter_model.safetensors"
+        for relative in (*(Path("clients") / str(client) / name for name in kept), own):
+            expected = load_file(str(local / relative))
+            torch.testing.assert_close(load_file(str(site / relative)), expected, rtol=0, atol=1e-5)
+        newest = load_file(str(site / "clients" / str(client) / kept[-1]))
+        assert newest and all(key.startswith(KEPT[method]) for key in newest)
+        for key, tensor in newest.items():  # B_i or v_k: on no server-side file
+            assert not any(tensor.numpy().tobytes() in data for data in server_files), key
+    if method == "fedsa":  # each round's reply carried A and a header, and no B
+        final = load_file(str(out / "checkpoints" / "round_002" / "adapter_model.safetensors"))
+        a_bytes = _nbytes({k: t for k, t in final.items() if ".lora_A." in k})
+        b_bytes = _nbytes(final) - a_bytes
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        ups = [m["bytes_up"] for row in rows for m in row.get("client_metrics", {}).values()]
+        assert len(ups) == 4 and all(a_bytes < up < a_bytes + b_bytes / 4 for up in ups), ups
