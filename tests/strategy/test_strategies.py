@@ -204,3 +204,25 @@ def test_exact_rejects_update_of_wrong_rank():
     wrong = ClientUpdate(0, {A_KEY: torch.zeros(4, 3), B_KEY: torch.zeros(3, 4)}, 1, 0.0, 1)
     with pytest.raises(MismatchedUpdateError, match="client 0"):
         strategy.aggregate_fit(1, global_state, [wrong])
+
+
+@pytest.mark.parametrize(
+    "wrapped",
+    ["robust.method=norm_bound", "personalization.method=ditto"],
+    ids=["Defended", "Personalized"],
+)
+def test_a_wrapper_selects_only_among_online_clients_whatever_the_wrapping_order(wrapped):
+    """select_among on the wrapper reaches the inner strategy, which is the one that selects."""
+    from fedit.robust.defended import defend
+    from fedit.strategy.personalized import personalize
+
+    cfg = load_config(None, ["federation.num_clients=6", "federation.fraction_fit=0.5", wrapped])
+    strategy = personalize(cfg, defend(cfg, build_strategy(cfg)))
+    assert strategy.inner is not None  # the config above wraps it
+    strategy.select_among(lambda server_round: [1, 4])
+    for server_round in (1, 2, 3):
+        selection, instructions = strategy.configure_fit(
+            server_round, {"w": torch.zeros(1)}, [10] * 6, lr=1e-3
+        )
+        assert set(selection.participants) <= {1, 4}
+        assert {i.client_id for i in instructions} <= {1, 4}

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Collection
 from typing import Any
 
 import torch
@@ -35,14 +34,13 @@ from fedit.config import Config
 from fedit.robust.combine import combine_products
 from fedit.robust.defences import DefenceError
 from fedit.robust.verdicts import JUDGES, Verdict, Weighting
-from fedit.strategy.base import Strategy, StrategyState
-from fedit.strategy.selection import Selection
-from fedit.types import COMBINED_CLIENT_ID, AdapterState, ClientUpdate, FitInstruction
+from fedit.strategy.base import Strategy, Wrapping
+from fedit.types import COMBINED_CLIENT_ID, AdapterState, ClientUpdate
 
 log = logging.getLogger(__name__)
 
 
-class Defended(Strategy):
+class Defended(Wrapping):
     """``inner`` with ``robust.method`` applied to its replies (and ALIE's collusion simulated).
 
     ``weighting`` is "uniform" in every run; "counts" restores the weighting by reported counts
@@ -50,31 +48,8 @@ class Defended(Strategy):
     """
 
     def __init__(self, cfg: Config, inner: Strategy, weighting: Weighting = "uniform"):
-        super().__init__(cfg)
-        self.inner = inner
+        super().__init__(cfg, inner)
         self.weighting = weighting
-        self.selection_context = inner.selection_context  # the inner strategy selects
-
-    def configure_fit(
-        self,
-        server_round: int,
-        global_state: AdapterState,
-        client_sizes: list[int],
-        lr: float,
-        selection_seed: int | None = None,
-    ) -> tuple[Selection, list[FitInstruction]]:
-        return self.inner.configure_fit(
-            server_round, global_state, client_sizes, lr, selection_seed
-        )
-
-    def state_dict(self) -> StrategyState:
-        return self.inner.state_dict()
-
-    def check_saved(self, keys: Collection[str]) -> None:
-        self.inner.check_saved(keys)
-
-    def load_state_dict(self, state: StrategyState) -> None:
-        self.inner.load_state_dict(state)
 
     def aggregate_fit(
         self, server_round: int, global_state: AdapterState, updates: list[ClientUpdate]

@@ -129,3 +129,44 @@ class Strategy(ABC):
     def load_state_dict(self, state: StrategyState) -> None:
         """Restore what ``state_dict`` returned."""
         del state  # stateless by default
+
+
+class Wrapping(Strategy):
+    """A strategy around ``inner``: the inner strategy selects, instructs and keeps the
+    checkpointed state; a subclass changes only what it overrides (``robust.defended.Defended``
+    judges replies, ``strategy.personalized.Personalized`` tells each round the method)."""
+
+    def __init__(self, cfg: Config, inner: Strategy):
+        super().__init__(cfg)
+        self.inner = inner
+        self.selection_context = inner.selection_context  # what the round loop observes
+        self.evaluates_global = inner.evaluates_global
+
+    def select_among(self, online: Callable[[int], list[int]]) -> None:
+        self.inner.select_among(online)
+
+    def configure_fit(
+        self,
+        server_round: int,
+        global_state: AdapterState,
+        client_sizes: list[int],
+        lr: float,
+        selection_seed: int | None = None,
+    ) -> tuple[Selection, list[FitInstruction]]:
+        return self.inner.configure_fit(
+            server_round, global_state, client_sizes, lr, selection_seed
+        )
+
+    def aggregate_fit(
+        self, server_round: int, global_state: AdapterState, updates: list[ClientUpdate]
+    ) -> tuple[AdapterState, dict[str, float]]:
+        return self.inner.aggregate_fit(server_round, global_state, updates)
+
+    def state_dict(self) -> StrategyState:
+        return self.inner.state_dict()
+
+    def check_saved(self, keys: Collection[str]) -> None:
+        self.inner.check_saved(keys)
+
+    def load_state_dict(self, state: StrategyState) -> None:
+        self.inner.load_state_dict(state)

@@ -24,7 +24,7 @@ from collections.abc import Collection
 from typing import Any
 
 from fedit.config import Config
-from fedit.strategy.base import Strategy, StrategyState
+from fedit.strategy.base import Strategy, Wrapping
 from fedit.strategy.selection import Selection
 from fedit.types import AdapterState, ClientUpdate, FitConfig, FitInstruction, shared_names
 
@@ -48,14 +48,12 @@ def round_fields(cfg: Config) -> dict[str, Any]:
     }
 
 
-class Personalized(Strategy):
+class Personalized(Wrapping):
     """``inner`` whose instructions carry ``round_fields``; everything else is ``inner``'s."""
 
     def __init__(self, cfg: Config, inner: Strategy):
-        super().__init__(cfg)
-        self.inner = inner
+        super().__init__(cfg, inner)
         self.fields = round_fields(cfg)
-        self.selection_context = inner.selection_context  # the inner strategy selects
         self.evaluates_global = inner.evaluates_global and cfg.personalization.method not in (
             UNEVALUATED
         )
@@ -84,15 +82,6 @@ class Personalized(Strategy):
     ) -> tuple[AdapterState, dict[str, Any]]:
         state, metrics = self.inner.aggregate_fit(server_round, global_state, updates)
         return keep_unsent(global_state, state, shared_names(global_state, self.sends)), metrics
-
-    def state_dict(self) -> StrategyState:
-        return self.inner.state_dict()
-
-    def check_saved(self, keys: Collection[str]) -> None:
-        self.inner.check_saved(keys)
-
-    def load_state_dict(self, state: StrategyState) -> None:
-        self.inner.load_state_dict(state)
 
 
 def keep_unsent(
