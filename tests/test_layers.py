@@ -96,6 +96,8 @@ def test_flwr_is_imported_only_by_the_flower_modules():
     # flower_simulation.py starts Flower's simulation runtime with the apps of flower_app.py;
     # it sits beside flower_app (above experiment), so it cannot live in engines/.
     flower_modules = {SRC / "engines" / "flower.py", SRC / "flower_app.py"}
+    # The training round's following of restarted sites, beside the transport that uses it.
+    flower_modules.add(SRC / "engines" / "flower_roster.py")
     flower_modules.add(SRC / "flower_simulation.py")
     # supernode_main is Flower's SuperNode itself, started with its polls capped.
     flower_modules.add(SRC / "engines" / "supernode_main.py")

@@ -1,7 +1,8 @@
 """The Flower transport: our messages through a SuperLink to the clients' SuperNodes and back.
 
-With ``fedit/flower_app.py`` (the ServerApp and ClientApp), the only modules that import ``flwr``
-(the ``[flower]`` extra). A Flower Message carries exactly the bytes of ``engines.messages``
+With ``fedit/flower_app.py`` (the ServerApp and ClientApp) and ``engines/flower_roster.py``
+(which node serves which client), the modules of the plain rounds that import ``flwr`` (the
+``[flower]`` extra). A Flower Message carries exactly the bytes of ``engines.messages``
 that the in-process engine sends: its content is one ArrayRecord holding one uint8 Array, so
 both engines share one wire format, one reply check (``unpack_update``) and one byte count.
 Flower moves every Array as its own object, one request or more each; one Array per message
@@ -29,6 +30,7 @@ from flwr.serverapp import Grid
 from fedit.config import Config, ConfigError, config_from_dict, save_config
 
 if TYPE_CHECKING:
+    from fedit.engines.flower_roster import Roster
     from fedit.server.measured import Exchange
     from fedit.types import ClientUpdate, FitInstruction, SecureSum
 
@@ -130,19 +132,25 @@ class FlowerTransport:
     client id and asks each for its number of examples. Each reply's ``round_trip_seconds`` is
     the server's wall-clock time from pushing its instruction to pulling it, and
     ``last_exchange`` how the last training exchange went: what ``federation.system.profiles=
-    measured`` times rounds by (``server.measured``).
+    measured`` times rounds by (``server.measured``). Which node serves which client is kept
+    by a ``Roster``: a site restarted mid-run, which comes back as another node, is followed
+    there (``engines/flower_roster.py``), and its ``bytes_down`` counts every send.
     """
 
     def __init__(self, cfg: Config, grid: Grid):
         self.cfg = cfg
         self.grid = grid
-        self._nodes: dict[int, int] = {}
+        self._roster: Roster | None = None
         self._sizes: dict[int, int] = {}
         self.last_exchange: Exchange | None = None
 
-    def _connect(self) -> None:
-        if not self._nodes:
-            self._nodes, self._sizes = connect_clients(self.grid, self.cfg)
+    def _connect(self) -> Roster:
+        if self._roster is None:
+            from fedit.engines.flower_roster import Roster
+
+            nodes, self._sizes = connect_clients(self.grid, self.cfg)
+            self._roster = Roster(nodes)
+        return self._roster
 
     @property
     def client_sizes(self) -> list[int]:
@@ -150,33 +158,28 @@ class FlowerTransport:
         return [self._sizes[client_id] for client_id in range(self.cfg.federation.num_clients)]
 
     def fit(self, instructions: list[FitInstruction], server_round: int) -> list[ClientUpdate]:
+        """One training round; a site that rejoins as another node while it is under way gets
+        its instruction again (``engines/flower_roster.py``)."""
         from fedit.engines.messages import pack_instruction
         from fedit.server.measured import Exchange
 
-        self._connect()
-        by_node = {self._nodes[i.client_id]: i for i in instructions}
+        roster = self._connect()
+        by_client = {i.client_id: i for i in instructions}
         downloads = {i.client_id: pack_instruction(i) for i in instructions}
-        messages = [
-            Message(
-                content=to_content(downloads[instruction.client_id]),
-                message_type=MessageType.TRAIN,
-                dst_node_id=node_id,
-                group_id=str(server_round),
-            )
-            for node_id, instruction in by_node.items()
-        ]
         timeout = fit_timeout(self.cfg)
         started = time.monotonic()
-        arrived: dict[int, float] = {}  # node id -> seconds after the push
-        replies = exchange(self.grid, messages, timeout, arrived)
+        result = roster.train_round(self.grid, downloads, server_round, timeout)
         seconds = time.monotonic() - started
-        updates = collect_updates(replies, by_node)
+        updates = collect_updates(result.replies, by_client)
         for update in updates:
-            update.metrics["bytes_down"] = len(downloads[update.client_id])
-            node = next(n for n, i in by_node.items() if i.client_id == update.client_id)
-            update.metrics["round_trip_seconds"] = arrived[node]
+            # A site that rejoined downloaded its instruction once more.
+            sent = len(downloads[update.client_id]) * result.sends[update.client_id]
+            update.metrics["bytes_down"] = sent
+            update.metrics["round_trip_seconds"] = result.arrived[update.client_id]
         unanswered = {
-            i.client_id: len(downloads[i.client_id]) for n, i in by_node.items() if n not in arrived
+            client_id: len(download) * result.sends[client_id]
+            for client_id, download in downloads.items()
+            if client_id not in result.arrived
         }
         self.last_exchange = Exchange(seconds, unanswered, timeout)
         return sorted(updates, key=lambda u: u.client_id)
@@ -191,10 +194,10 @@ class FlowerTransport:
         from fedit.engines.secagg import SecureAggregationError
         from fedit.server.loop import RoundFailedError
 
-        self._connect()
         params = round_params(self.cfg, instructions, self.client_sizes)
         try:
-            return secure_fit(self.grid, self._nodes, instructions, params, self.cfg, server_round)
+            nodes = self._connect().nodes
+            return secure_fit(self.grid, nodes, instructions, params, self.cfg, server_round)
         except SecureAggregationError as err:  # the run stops as for too few replies
             raise RoundFailedError(str(err)) from None
 
@@ -242,25 +245,35 @@ def exchange(
 
 
 def collect_updates(
-    replies: list[Message], by_node: dict[int, FitInstruction]
+    replies: dict[int, Message], instructions: dict[int, FitInstruction]
 ) -> list[ClientUpdate]:
-    """Valid updates among ``replies``; error replies and malformed ones are logged and dropped."""
+    """Valid updates among ``replies`` (client id -> reply to its instruction); error replies
+    and malformed ones are logged and dropped."""
     from fedit.engines.messages import MalformedReplyError
 
     updates = []
-    for reply in replies:
-        instruction = by_node.get(reply.metadata.src_node_id)
-        if instruction is None:
-            log.warning("reply from unexpected node %d dropped", reply.metadata.src_node_id)
-            continue
+    for client_id, reply in sorted(replies.items()):
+        instruction = instructions[client_id]
         if reply.has_error():
-            log.warning("client %d failed: %s", instruction.client_id, reply.error.reason)
+            log.warning("client %d failed: %s", client_id, reply.error.reason)
             continue
         try:
             updates.append(update_from_content(reply.content, instruction))
         except MalformedReplyError as err:
             log.warning("%s", err)
     return updates
+
+
+def site_answer(reply: Message, node_id: int) -> tuple[int, int] | None:
+    """(client id, examples) from a node's reply to the site query; None, logged, if it failed."""
+    if reply.has_error():
+        log.warning("node %d: %s", node_id, reply.error.reason)
+        return None
+    try:
+        return site_from_content(reply.content)
+    except (KeyError, TypeError, ValueError) as err:
+        log.warning("node %d: malformed query reply ignored: %s", node_id, err)
+        return None
 
 
 def _ask_sites(grid: Grid, node_ids: list[int], timeout: float) -> dict[int, tuple[int, int]]:
@@ -272,13 +285,8 @@ def _ask_sites(grid: Grid, node_ids: list[int], timeout: float) -> dict[int, tup
     answers = {}
     for reply in exchange(grid, messages, timeout):
         node_id = reply.metadata.src_node_id
-        if reply.has_error():
-            log.warning("node %d: %s", node_id, reply.error.reason)
-            continue
-        try:
-            answers[node_id] = site_from_content(reply.content)
-        except (KeyError, TypeError, ValueError) as err:
-            log.warning("node %d: malformed query reply ignored: %s", node_id, err)
+        if (answer := site_answer(reply, node_id)) is not None:
+            answers[node_id] = answer
     return answers
 
 
