@@ -124,6 +124,13 @@ class Federation:
         _signal_group(self.nodes[index], signal.SIGKILL)
         self.nodes[index].wait()
 
+    def restart_node(self, index: int, node_config: dict[str, Any]) -> None:
+        """Start SuperNode ``index`` again (after ``kill_node``), logging to a new file: the
+        same site, which the SuperLink registers as a new node."""
+        ca = self.certificates / "ca.crt" if self.certificates else None
+        command = supernode_command(self.address, node_config, free_port(), ca, ca is None)
+        self.nodes[index] = self._start(command, f"supernode{index}-restarted")
+
     def __exit__(self, *exc: object) -> None:
         for process in reversed(self.processes):
             _signal_group(process, signal.SIGTERM)

@@ -669,3 +669,53 @@ def test_a_sites_kept_state_stays_in_its_state_dir(tiny_model_dir, tmp_path, met
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         ups = [m["bytes_up"] for row in rows for m in row.get("client_metrics", {}).values()]
         assert len(ups) == 4 and all(a_bytes < up < a_bytes + b_bytes / 4 for up in ups), ups
+
+
+@pytest.mark.slow  # two SuperNodes, three rounds, and a restart that outlasts Flower's heartbeats
+def test_a_site_restarted_mid_round_picks_its_state_up(tiny_model_dir, tmp_path):
+    # Site 0 is killed in round 2 while it holds its instruction, and started again with the
+    # same node config: the SuperLink registers it as a new node, the server sends it the same
+    # instruction once the old node has left (two missed heartbeats, 60 s), and the site reads
+    # its round-1 state from its state-dir. Nothing may differ from the in-process run.
+    out = tmp_path / "run"
+    personal = ("personalization.method=fedsa", "federation.rounds=3")
+    sites = [
+        {
+            **ONE_THREAD,
+            "partition-id": c,
+            "num-partitions": 2,
+            "state-dir": str(tmp_path / f"site{c}"),
+        }
+        for c in range(2)
+    ]
+    with Federation(tmp_path) as federation:
+        federation.add_node({**sites[0], "test-fault": "stall", "test-fault-round": 2})
+        federation.add_node(sites[1])
+        # 300 s: the wait for the old node to leave, then a fresh ClientApp that loads the model
+        # and trains, on a loaded 2-core machine.
+        items = tiny_args(tiny_model_dir, out, *FAST, *personal, "flower.reply_timeout=300")
+        run = federation.start_run(str(QUICKSTART), *items)
+        node_log = tmp_path / "supernode0.log"
+        deadline = time.monotonic() + 300
+        while "test-fault stall" not in node_log.read_text(errors="replace"):
+            assert run.poll() is None and time.monotonic() < deadline, federation.logs()
+            time.sleep(0.2)
+        federation.kill_node(0)  # in round 2: its ClientApp holds the instruction
+        federation.restart_node(0, sites[0])  # the same site, no fault
+        output, _ = run.communicate(timeout=900)
+        assert run.returncode == 0, output + federation.logs()
+    assert "client 0 rejoined as node" in output, output
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [sorted(row["train_loss"]) for row in rows if row["round"] > 0] == [["0", "1"]] * 3
+    assert json.loads((out / "personalize.json").read_text())["published"] == [0, 1]
+    local = _in_process(tiny_model_dir, tmp_path / "local", *personal)
+    torch.testing.assert_close(_adapter(out), _adapter(local), rtol=0, atol=1e-5)
+    run_id = json.loads((out / "run.json").read_text())["run_id"]
+    for client in range(2):
+        site = tmp_path / f"site{client}" / run_id
+        kept = sorted(p.name for p in (site / "clients" / str(client)).iterdir())
+        assert kept == ["state-a001-r0002.safetensors", "state-a001-r0003.safetensors"]
+        own = Path("personal") / f"client-{client}" / "adapter_model.safetensors"
+        for relative in (*(Path("clients") / str(client) / name for name in kept), own):
+            expected = load_file(str(local / relative))
+            torch.testing.assert_close(load_file(str(site / relative)), expected, rtol=0, atol=1e-5)

@@ -25,8 +25,9 @@ once; each with torch's default (every core) makes them fight over the cores, wh
 made one training step several times slower.
 
 ``test-fault='nan'|'stall'|'crash'`` is for fedit's own tests only (``TEST_FAULTS``): it makes a
-real site misbehave so that the server's handling can be checked end to end. Never set it in a
-deployment.
+real site misbehave so that the server's handling can be checked end to end; with
+``test-fault-round=K`` only in round K (the instruction's stamp, so only in runs that keep client
+state). Never set either in a deployment.
 
 The base model is loaded once per process and kept (``load_site``): a Ray actor of the
 simulation engine and a deployment's site worker (``engines/site_worker.py``) serve many
@@ -64,6 +65,7 @@ from fedit.types import ClientUpdate, Example, FitInstruction
 log = logging.getLogger(__name__)
 
 TEST_FAULT_KEY = "test-fault"
+TEST_FAULT_ROUND_KEY = "test-fault-round"  # the fault strikes only in this round
 STATE_DIR_KEY = "state-dir"
 # malicious=true makes this site run the run's ``attack`` section (docs/robustness.md).
 MALICIOUS_KEY = "malicious"
@@ -275,10 +277,11 @@ def train_site(
     """One round on this site: the same ``fit_client`` call as the in-process engine."""
     if "num-threads" in node_config:
         torch.set_num_threads(max(1, _int_key(node_config, "num-threads")))
-    if node_config.get(TEST_FAULT_KEY) == "stall":
+    fault = _test_fault(node_config, instruction)
+    if fault == "stall":
         log.warning("test-fault stall: sleeping %g s before training", STALL_SECONDS)
         time.sleep(STALL_SECONDS)
-    if node_config.get(TEST_FAULT_KEY) == "crash":
+    if fault == "crash":
         raise RuntimeError("test-fault crash: the ClientApp raised")
     site = load_site(cfg, node_config)
     if instruction.client_id != site.client_id:
@@ -295,8 +298,18 @@ def train_site(
     if instruction.config.dp_level == "none":  # timings say nothing to add under DP either
         update.metrics["load_seconds"] = site.load_seconds
         update.metrics["model_loaded"] = float(site.model_loaded)
-    if node_config.get(TEST_FAULT_KEY) == "nan":
+    if fault == "nan":
         name = sorted(update.state)[0]
         log.warning("test-fault nan: replying with NaN in %s", name)
         update.state[name] = update.state[name].clone().fill_(math.nan)
     return update
+
+
+def _test_fault(node_config: dict[str, Any], instruction: FitInstruction) -> Any:
+    """The test fault that strikes this instruction: ``test-fault``, in every round or in round
+    ``test-fault-round`` only."""
+    if TEST_FAULT_ROUND_KEY not in node_config:
+        return node_config.get(TEST_FAULT_KEY)
+    if _int_key(node_config, TEST_FAULT_ROUND_KEY) != instruction.config.server_round:
+        return None
+    return node_config.get(TEST_FAULT_KEY)
