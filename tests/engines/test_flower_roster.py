@@ -18,7 +18,7 @@ pytest.importorskip("flwr")
 from flwr.app import Error, Message  # noqa: E402
 from flwr.common.constant import ErrorCode  # noqa: E402
 
-from fedit.config import load_config  # noqa: E402
+from fedit.config import ConfigError, load_config  # noqa: E402
 from fedit.engines import flower, flower_roster  # noqa: E402
 from fedit.engines.messages import pack_instruction, pack_update  # noqa: E402
 from fedit.types import ClientUpdate, FitConfig, FitInstruction  # noqa: E402
@@ -104,9 +104,11 @@ def fast_polls(monkeypatch, run_identity):
     monkeypatch.setattr(flower_roster, "NODE_POLL_SECONDS", 0.0)  # look at every pull
 
 
-def _transport(tmp_path, grid: SiteGrid, reply_timeout: float = 5) -> flower.FlowerTransport:
+def _transport(
+    tmp_path, grid: SiteGrid, reply_timeout: float = 5, *extra: str
+) -> flower.FlowerTransport:
     items = ("federation.num_clients=2", "engine=flower", "flower.insecure=true")
-    items += (f"flower.reply_timeout={reply_timeout}",)
+    items += (f"flower.reply_timeout={reply_timeout}", *extra)
     cfg = load_config(QUICKSTART, tiny_args(Path("unused"), tmp_path, *items))
     transport = flower.FlowerTransport(cfg, grid)  # type: ignore[arg-type]
     assert transport.client_sizes == [10, 10]
@@ -183,18 +185,35 @@ def test_a_site_back_under_its_own_node_id_gets_its_instruction_again(tmp_path, 
     assert [node for node, _ in grid.training()] == [100, 101, 100]
 
 
-def test_a_lost_site_is_waited_for_until_the_reply_timeout(tmp_path, fast_polls):
-    # Flower's NODE_UNAVAILABLE no longer ends the wait for a client: it may come back.
+@pytest.mark.parametrize(
+    ("reply_timeout", "rejoin_timeout", "waits"),
+    [(0.5, 120, (0.5, 5)), (5, 0.3, (0.3, 4)), (5, 0, (0, 4))],
+    ids=["until the reply timeout", "for rejoin_timeout", "not at all"],
+)
+def test_a_lost_site_is_waited_for_rejoin_timeout_within_the_reply_timeout(
+    tmp_path, fast_polls, reply_timeout, rejoin_timeout, waits
+):
+    # Flower's NODE_UNAVAILABLE does not end the wait for a client at once: it may come back,
+    # for flower.rejoin_timeout seconds from when its node left (a site gone for good costs
+    # each round that long, not the whole reply timeout).
     def gone(grid: SiteGrid) -> None:
         grid.unavailable.add(100)
         grid.listed.discard(100)
 
     grid = SiteGrid({100: 0, 101: 1}, script={2: gone})
     grid.answering.discard(100)
-    transport = _transport(tmp_path, grid, reply_timeout=0.5)
+    transport = _transport(tmp_path, grid, reply_timeout, f"flower.rejoin_timeout={rejoin_timeout}")
     started = time.monotonic()
     updates = transport.fit(INSTRUCTIONS, 1)
-    assert time.monotonic() - started >= 0.5
+    assert waits[0] <= time.monotonic() - started < waits[1]
     assert [u.client_id for u in updates] == [1]
     assert transport.last_exchange is not None
     assert list(transport.last_exchange.unanswered) == [0]
+
+
+def test_a_negative_rejoin_timeout_is_one_line_naming_the_key(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(
+            QUICKSTART, ["engine=flower", "flower.insecure=true", "flower.rejoin_timeout=-1"]
+        )
+    assert err.value.problems == ["flower.rejoin_timeout: must be >= 0 seconds, got -1.0"]

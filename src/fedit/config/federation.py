@@ -229,6 +229,11 @@ class FlowerConfig:
     reply_timeout: float = option(
         600.0, "seconds the server waits for a round's replies before going on without the rest"
     )
+    rejoin_timeout: float = option(
+        120.0,
+        "seconds a round keeps waiting for a client whose node left the SuperLink, in case the "
+        "site restarts and rejoins (at most flower.reply_timeout; 0: go on without it at once)",
+    )
     simulation: FlowerSimulationConfig = field(default_factory=FlowerSimulationConfig)
 
     def validate(self) -> list[str]:
@@ -246,4 +251,8 @@ class FlowerConfig:
         for key in ("connect_timeout", "reply_timeout"):
             if getattr(self, key) <= 0:
                 problems.append(f"flower.{key}: must be > 0 seconds, got {getattr(self, key)}")
+        if self.rejoin_timeout < 0:
+            problems.append(
+                f"flower.rejoin_timeout: must be >= 0 seconds, got {self.rejoin_timeout}"
+            )
         return problems

@@ -168,7 +168,9 @@ class FlowerTransport:
         downloads = {i.client_id: pack_instruction(i) for i in instructions}
         timeout = fit_timeout(self.cfg)
         started = time.monotonic()
-        result = roster.train_round(self.grid, downloads, server_round, timeout)
+        result = roster.train_round(
+            self.grid, downloads, server_round, timeout, self.cfg.flower.rejoin_timeout
+        )
         seconds = time.monotonic() - started
         updates = collect_updates(result.replies, by_client)
         for update in updates:

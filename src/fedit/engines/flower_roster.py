@@ -64,11 +64,21 @@ class _Round:
     started: float
     training: dict[str, int] = field(default_factory=dict)  # message id -> client id
     queries: dict[str, int] = field(default_factory=dict)  # message id -> node id
-    lost: set[int] = field(default_factory=set)
+    rejoin_timeout: float = 0.0
+    lost: dict[int, float] = field(default_factory=dict)  # client id -> when its node left
     result: RoundReplies = field(default_factory=lambda: RoundReplies({}, {}, Counter()))
 
     def waiting(self) -> bool:
-        return not set(self.downloads) <= set(self.result.replies)
+        """Whether a client may still answer: one not lost, or lost under rejoin_timeout ago."""
+        now = time.monotonic()
+        return any(
+            client_id not in self.lost or now - self.lost[client_id] < self.rejoin_timeout
+            for client_id in self.unanswered()
+        )
+
+    def lose(self, client_id: int) -> None:
+        """``client_id``'s node left with its instruction: wait rejoin_timeout for it, no more."""
+        self.lost.setdefault(client_id, time.monotonic())
 
     def unanswered(self) -> list[int]:
         return sorted(set(self.downloads) - set(self.result.replies))
@@ -93,7 +103,7 @@ class _Round:
         """File one pulled training reply."""
         client_id = self.training.pop(reply.metadata.reply_to_message_id)
         if reply.has_error() and reply.error.code == ErrorCode.NODE_UNAVAILABLE:
-            self.lost.add(client_id)  # its node left with the instruction
+            self.lose(client_id)  # its node left with the instruction
         elif client_id in self.result.replies:
             log.info("client %d: a second reply this round dropped", client_id)
         else:
@@ -112,19 +122,26 @@ class Roster:
         self.listed: set[int] = set(nodes.values())
 
     def train_round(
-        self, grid: Grid, downloads: dict[int, bytes], server_round: int, timeout: float
+        self,
+        grid: Grid,
+        downloads: dict[int, bytes],
+        server_round: int,
+        timeout: float,
+        rejoin_timeout: float = 0.0,
     ) -> RoundReplies:
         """Send each client its instruction and pull replies until all came or ``timeout``.
 
         Pulls every ``POLL_SECONDS``; every ``NODE_POLL_SECONDS`` it looks for sites that
-        rejoined (the module docstring's rules) and sends their lost instructions again.
+        rejoined (the module docstring's rules) and sends their lost instructions again. A
+        client whose node left is waited for ``rejoin_timeout`` seconds from then, no longer:
+        a site that died for good costs each round that long, not the whole ``timeout``.
         """
         started = time.monotonic()
         deadline = started + timeout
-        state = _Round(grid, downloads, server_round, started)
+        state = _Round(grid, downloads, server_round, started, rejoin_timeout=rejoin_timeout)
         for client_id in downloads:
             if not state.send(client_id, self.nodes[client_id]):
-                state.lost.add(client_id)
+                state.lose(client_id)
         next_look = started
         while state.waiting():
             if time.monotonic() >= next_look:
@@ -158,7 +175,7 @@ class Roster:
                     state.queries[message_id] = node_id
         for client_id in state.unanswered():
             if self.nodes[client_id] not in self.listed:
-                state.lost.add(client_id)
+                state.lose(client_id)
         for client_id, node_id in sorted(self.claims.items()):
             if node_id not in self.listed:
                 del self.claims[client_id]  # the claimant left too
@@ -170,7 +187,7 @@ class Roster:
         for client_id in sorted(state.lost):
             node_id = self.nodes[client_id]
             if node_id in self.listed and state.send(client_id, node_id):
-                state.lost.discard(client_id)
+                del state.lost[client_id]
                 log.info("client %d: its instruction sent again, to node %d", client_id, node_id)
 
     def _claim(self, state: _Round, node_id: int, reply: Message) -> None:
