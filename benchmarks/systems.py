@@ -169,13 +169,23 @@ def median_time(runs: list[dict]) -> float:
     )
 
 
+def _per_seed(runs: list[dict], random_by_seed: dict[int, float | None]) -> str:
+    """Each seed's time to target over the same seed's random run ("–": either missed it)."""
+    ratios = []
+    for r in runs:
+        mine, theirs = r["time_to_target"], random_by_seed.get(r["seed"])
+        ratios.append("–" if mine is None or not theirs else f"{mine / theirs:.2f}")
+    return " / ".join(ratios)
+
+
 def table(by_method: dict[str, list[dict]]) -> str:
     random_time = median_time(by_method["random"]) if "random" in by_method else math.inf
     lines = [
-        "| method | seeds reaching | time to target: median (range) | × random | accuracy | "
-        "loss | wasted tokens | wasted MB | simulated time in all | wall min |",
-        "|---|---:|---|---:|---|---|---:|---:|---:|---:|",
+        "| method | seeds reaching | time to target: median (range) | × random | × random per "
+        "seed | accuracy | loss | wasted tokens | wasted MB | simulated time in all | wall min |",
+        "|---|---:|---|---:|---|---|---|---:|---:|---:|---:|",
     ]
+    random_by_seed = {r["seed"]: r["time_to_target"] for r in by_method.get("random", [])}
     for method, runs in by_method.items():
         reached = [r["time_to_target"] for r in runs if r["time_to_target"] is not None]
         spread = f" ({_hours(min(reached))}–{_hours(max(reached))})" if len(reached) > 1 else ""
@@ -188,6 +198,7 @@ def table(by_method: dict[str, list[dict]]) -> str:
         lines.append(
             f"| {method} | {len(reached)}/{len(runs)} | {_hours(median)}{spread} | "
             f"{'–' if math.isnan(ratio) else f'{ratio:.2f}'} | "
+            f"{_per_seed(runs, random_by_seed)} | "
             f"{_interval([r['accuracy'] for r in runs])} | "
             f"{_interval([r['loss'] for r in runs])} | "
             f"{wasted_tokens:,.0f} | {wasted_mb:.2f} | "
@@ -245,8 +256,9 @@ def verdict(by_method: dict[str, list[dict]], target: float) -> str:
             winners.append(method)
     seeds = len(random_runs)
     head = (
-        f"**Met**: {', '.join(winners)} reach accuracy {target:g} at least 2× sooner in simulated "
-        "time than random synchronous selection, at equal final accuracy."
+        f"**Met**: {', '.join(winners)} reach{'es' if len(winners) == 1 else ''} accuracy "
+        f"{target:g} at least 2× sooner in simulated time than random synchronous selection, "
+        "at equal final accuracy."
         if winners
         else f"**Not met**: no method reaches accuracy {target:g} at least 2× sooner in simulated "
         "time than random synchronous selection at equal final accuracy."
