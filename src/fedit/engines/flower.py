@@ -266,6 +266,14 @@ def collect_updates(
     return updates
 
 
+def site_queries(node_ids: list[int]) -> list[Message]:
+    """The site query, one message per node: each answers with its client id and examples."""
+    return [
+        Message(content=RecordDict(), message_type=MessageType.QUERY, dst_node_id=node)
+        for node in node_ids
+    ]
+
+
 def site_answer(reply: Message, node_id: int) -> tuple[int, int] | None:
     """(client id, examples) from a node's reply to the site query; None, logged, if it failed."""
     if reply.has_error():
@@ -280,12 +288,8 @@ def site_answer(reply: Message, node_id: int) -> tuple[int, int] | None:
 
 def _ask_sites(grid: Grid, node_ids: list[int], timeout: float) -> dict[int, tuple[int, int]]:
     """node id -> (client id, examples) for the nodes that answered the query well."""
-    messages = [
-        Message(content=RecordDict(), message_type=MessageType.QUERY, dst_node_id=node)
-        for node in node_ids
-    ]
     answers = {}
-    for reply in exchange(grid, messages, timeout):
+    for reply in exchange(grid, site_queries(node_ids), timeout):
         node_id = reply.metadata.src_node_id
         if (answer := site_answer(reply, node_id)) is not None:
             answers[node_id] = answer

@@ -35,11 +35,11 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from flwr.app import Message, MessageType, RecordDict
+from flwr.app import Message, MessageType
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
-from fedit.engines.flower import POLL_SECONDS, site_answer, to_content
+from fedit.engines.flower import POLL_SECONDS, site_answer, site_queries, to_content
 
 log = logging.getLogger(__name__)
 
@@ -165,11 +165,8 @@ class Roster:
         self.listed = set(state.grid.get_node_ids())
         new = sorted(self.listed - self.asked)
         if new:
-            query = [
-                Message(content=RecordDict(), message_type=MessageType.QUERY, dst_node_id=node)
-                for node in new
-            ]
-            for node_id, message_id in zip(new, state.grid.push_messages(query), strict=True):
+            pushed = state.grid.push_messages(site_queries(new))
+            for node_id, message_id in zip(new, pushed, strict=True):
                 self.asked.add(node_id)
                 if message_id:
                     state.queries[message_id] = node_id
