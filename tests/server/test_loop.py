@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 from fedit.config import ConfigError, load_config
@@ -178,6 +179,18 @@ def test_resume_checks(tmp_path):
     with pytest.raises(ConfigError, match=r"train.lr \(0.1 -> 0.2\)"):
         RunDir(cfg.output_dir).check_resumable(_cfg(tmp_path, "resume=true", "train.lr=0.2"))
     RunDir(cfg.output_dir).check_resumable(_cfg(tmp_path, "resume=true", "federation.rounds=9"))
+
+
+def test_resume_counts_a_key_the_saved_run_lacks_at_its_default(tmp_path):
+    """A run saved before a setting existed resumes at that setting's default, not past it."""
+    cfg = _cfg(tmp_path)
+    run_dir = _start(cfg)
+    saved = yaml.safe_load((run_dir.path / "config.yaml").read_text(encoding="utf-8"))
+    del saved["flower"]["rejoin_timeout"]  # as written by a fedit that had no such key
+    (run_dir.path / "config.yaml").write_text(yaml.safe_dump(saved), encoding="utf-8")
+    run_dir.check_resumable(_cfg(tmp_path, "resume=true"))
+    with pytest.raises(ConfigError, match=r"flower.rejoin_timeout \(120.0 -> 5.0\)"):
+        run_dir.check_resumable(_cfg(tmp_path, "resume=true", "flower.rejoin_timeout=5"))
 
 
 def test_fresh_run_refuses_to_mix(tmp_path):

@@ -229,7 +229,10 @@ class RunDir:
             raise ConfigError(
                 f"resume: {self.path / CONFIG_FILE} is not valid YAML ({reason})"
             ) from None
-        old, new = _flatten(saved), _flatten(cfg.to_dict())
+        # A key the saved config lacks was added to fedit after the run was saved: the run
+        # trained as that key's default says, so it counts at today's default.
+        old = _flatten(Config().to_dict()) | _flatten(saved)
+        new = _flatten(cfg.to_dict())
         changed = [
             k
             for k in sorted(set(old) | set(new))
