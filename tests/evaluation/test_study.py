@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from fedit.cli.main import main
-from fedit.evaluation.study import BEST_LOCAL, roles, summarize
+from fedit.config import load_config, save_config
+from fedit.evaluation.study import BEST_LOCAL, _same_recipe, roles, summarize
 from helpers import tiny_args
 
 
@@ -111,6 +113,25 @@ def test_study_end_to_end_and_finished_seeds_are_reused(tiny_model_dir, tmp_path
     assert "seed 3: reusing the finished comparison" in caplog.text
     assert "seed 4: reusing the finished comparison" in caplog.text
     assert json.loads((out / "study" / "results.json").read_text()) == summary
+
+
+def test_a_seed_marker_from_before_a_new_setting_still_matches():
+    """A finished seed is reused when the only difference is a setting fedit gained since (at
+    its default); a changed value or another seed runs the seed again."""
+    cfg = load_config("configs/quickstart.yaml", ["seed=43"])
+    recipe = {"seed": 43, "config": save_config(cfg)}
+    older = yaml.safe_load(recipe["config"])
+    del older["flower"]["rejoin_timeout"]  # written by a fedit that had no such key
+    marker = {"seed": 43, "config": yaml.safe_dump(older)}
+    assert _same_recipe(marker, recipe, cfg)
+    assert not _same_recipe(marker | {"seed": 44}, recipe, cfg)
+    assert not _same_recipe(
+        marker,
+        recipe,
+        load_config("configs/quickstart.yaml", ["seed=43", "flower.rejoin_timeout=5"]),
+    )
+    assert not _same_recipe({"seed": 43, "config": ": not yaml ["}, recipe, cfg)
+    assert not _same_recipe(None, recipe, cfg)
 
 
 def test_bad_seeds_are_one_line_errors(tmp_path, capsys):

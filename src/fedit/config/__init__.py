@@ -21,8 +21,10 @@ from fedit.config.federation import (
 )
 from fedit.config.fields import ConfigError
 from fedit.config.loader import (
+    changed_settings,
     config_from_dict,
     field_help,
+    flatten,
     load_config,
     parse_overrides,
     read_yaml,
@@ -96,6 +98,8 @@ __all__ = [
     "SyntheticConfig",
     "SystemConfig",
     "TrainConfig",
+    "changed_settings",
+    "flatten",
     "config_from_dict",
     "field_help",
     "load_config",

@@ -192,6 +192,28 @@ def save_config(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as ``{"section.key": value}``."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def changed_settings(saved: dict[str, Any], cfg: Config) -> dict[str, tuple[Any, Any]]:
+    """Key -> (saved value, ``cfg``'s value) for each setting where a saved config (as read
+    from YAML) and ``cfg`` differ. A key the saved config lacks was added to fedit after it was
+    written, so it counts at today's default: adding a setting does not orphan earlier runs."""
+    old = flatten(Config().to_dict()) | flatten(saved)
+    new = flatten(cfg.to_dict())
+    return {
+        k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
+    }
+
+
 def field_help(cls: type = Config, prefix: str = "") -> list[tuple[str, Any, str]]:
     """Every leaf key with its default and help, for ``fedit run --help``."""
     rows: list[tuple[str, Any, str]] = []

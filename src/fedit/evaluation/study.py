@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
-from fedit.config import Config, save_config
+from fedit.config import Config, changed_settings, save_config
 from fedit.evaluation.compare import run_compare
 from fedit.evaluation.compare_report import reference_lines
 from fedit.evaluation.intervals import as_json, paired_bootstrap, resolving_size, t_interval
@@ -82,7 +83,7 @@ def run_study(cfg: Config, observer: RunObserver | None = None) -> StudyOutcome:
         marker = Path(one.output_dir) / "compare" / SEED_MARKER
         results = Path(one.output_dir) / "compare" / "results.json"
         recipe = {"seed": seed, "config": save_config(one)}
-        if not cfg.overwrite and results.is_file() and _read(marker) == recipe:
+        if not cfg.overwrite and results.is_file() and _same_recipe(_read(marker), recipe, one):
             log.info("seed %d: reusing the finished comparison in %s", seed, one.output_dir)
         else:
             marker.unlink(missing_ok=True)
@@ -99,6 +100,18 @@ def run_study(cfg: Config, observer: RunObserver | None = None) -> StudyOutcome:
     references = reference_lines([per_seed[s]["results"] for s in per_seed])
     report = write_study_report(study_dir, cfg, summary, histories, references)
     return StudyOutcome(study_dir, report, summary, time.perf_counter() - started)
+
+
+def _same_recipe(saved: Any, recipe: dict[str, Any], cfg: Config) -> bool:
+    """Whether a seed's marker records this seed and ``cfg``'s settings (a setting added to
+    fedit since the marker was written counts at its default, as on resume)."""
+    if not isinstance(saved, dict) or saved.get("seed") != recipe["seed"]:
+        return False
+    try:
+        config = yaml.safe_load(saved.get("config") or "") or {}
+    except yaml.YAMLError:
+        return False
+    return isinstance(config, dict) and not changed_settings(config, cfg)
 
 
 def _read(path: Path) -> Any:

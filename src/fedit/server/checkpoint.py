@@ -33,7 +33,7 @@ from safetensors.torch import load, save
 from torch import Tensor
 
 from fedit.client.state import ClientStateStore, Stamp
-from fedit.config import Config, ConfigError, save_config
+from fedit.config import Config, ConfigError, changed_settings, save_config
 from fedit.integrity import safetensors_problem
 from fedit.io import (
     atomic_write_bytes,
@@ -105,16 +105,6 @@ def _checkpoint_problem(folder: Path) -> str | None:
         if problem:
             return f"{path} is damaged ({problem})"
     return None
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 class RunDir:
@@ -229,17 +219,9 @@ class RunDir:
             raise ConfigError(
                 f"resume: {self.path / CONFIG_FILE} is not valid YAML ({reason})"
             ) from None
-        # A key the saved config lacks was added to fedit after the run was saved: the run
-        # trained as that key's default says, so it counts at today's default.
-        old = _flatten(Config().to_dict()) | _flatten(saved)
-        new = _flatten(cfg.to_dict())
-        changed = [
-            k
-            for k in sorted(set(old) | set(new))
-            if not _may_differ(k) and old.get(k) != new.get(k)
-        ]
+        changed = {k: v for k, v in changed_settings(saved, cfg).items() if not _may_differ(k)}
         if changed:
-            details = ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in changed[:4])
+            details = ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in list(changed.items())[:4])
             raise ConfigError(f"resume: settings differ from the saved run: {details}")
         self._check_readable()
 
