@@ -103,13 +103,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
     )
     hub = [s for s in (cfg.data.source, cfg.data.test_source) if s and is_hub_source(s)]
     if hub:  # validate reads local data only; a hub dataset is checked when a run loads it
-        out.print(f"data: hub dataset {', '.join(hub)} not read (validate does not download)")
+        note = f"data: hub dataset {', '.join(hub)} not read (validate does not download)"
+        out.print(note, markup=False, highlight=False, soft_wrap=True)
         return 0
     data = prepare_data(cfg)  # local files: missing columns, empty files, too few examples
     table = data.table
     out.print(
         f"data: {table['num_train']} training examples over "
-        f"{cfg.federation.num_clients} clients, {table['num_test']} held out"
+        f"{cfg.federation.num_clients} clients, {table['num_test']} held out",
+        soft_wrap=True,
     )
     return 0
 
