@@ -183,6 +183,26 @@ def test_validate_and_partition_commands(capsys, monkeypatch):
     assert "THE_WINTER_S_TALE_THIRD_GENTLEMAN" in printed and "total" in printed
 
 
+def test_validate_reads_local_data_and_names_what_is_wrong(tmp_path, capsys, monkeypatch):
+    """validate loads and partitions local data, so a bad file fails before a long run does;
+    a hub dataset is left to the run (validate downloads nothing)."""
+    monkeypatch.chdir(ROOT)
+    assert main(["validate", "configs/shakespeare.yaml"]) == 0
+    assert "training examples over" in capsys.readouterr().out
+    assert main(["validate", "configs/shepherd_dolly.yaml"]) == 0
+    assert "not read (validate does not download)" in capsys.readouterr().out
+    missing = tmp_path / "missing.jsonl"
+    assert main(["validate", "configs/quickstart.yaml", f"data.source={missing}"]) == 2
+    assert (
+        capsys.readouterr().err.strip() == f"fedit: error: data.source: file not found: {missing}"
+    )
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "hi", "answer": "there"}\n')
+    assert main(["validate", "configs/quickstart.yaml", f"data.source={bad}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fedit: error:") and "instruction" in err and "\n" not in err, err
+
+
 def test_quickstart_names_the_built_in_config_unless_a_file_has_that_name(
     tmp_path, monkeypatch, capsys
 ):

@@ -117,6 +117,22 @@ def test_only_the_global_run_is_sent(setup, tmp_path):
     assert _equal(_kept(store, DITTO_PERSONAL, 2), personal)  # raw, never the noised reply
 
 
+def test_the_step_callback_runs_on_through_the_personal_run(setup, tmp_path):
+    model, examples, start = setup
+    steps: list[tuple[int, int]] = []
+    store = ClientStateStore.for_run(tmp_path)
+    fit_client(
+        model,
+        examples,
+        CFG,
+        _ditto(start, lam=0.1, personal_steps=2),
+        lambda step, total, loss: steps.append((step, total)),
+        store=store,
+    )
+    # the global run's 3 steps, then the personal run's 2 counted on from there
+    assert steps == [(1, 3), (2, 3), (3, 3), (4, 5), (5, 5)]
+
+
 def test_ditto_with_scaffold_keeps_both_in_one_file(setup, tmp_path):
     model, examples, start = setup
     server = {"server_control": {k: torch.full_like(v, 1e-3) for k, v in start.items()}}

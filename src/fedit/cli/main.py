@@ -91,12 +91,27 @@ def cmd_partition(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from fedit.data.prepare import prepare_data
+    from fedit.data.sources import is_hub_source
+
     cfg = _load(args)
     path = args.config or quickstart_path()  # printed whole: a long path is not wrapped
     out.print(f"{path}: valid", markup=False, highlight=False, soft_wrap=True)
     out.print(
         f"model {cfg.model.name}, data {cfg.data.source}, "
         f"{cfg.federation.num_clients} clients x {cfg.federation.rounds} rounds"
+    )
+    hub = [s for s in (cfg.data.source, cfg.data.test_source) if s and is_hub_source(s)]
+    if hub:  # validate reads local data only; a hub dataset is checked when a run loads it
+        note = f"data: hub dataset {', '.join(hub)} not read (validate does not download)"
+        out.print(note, markup=False, highlight=False, soft_wrap=True)
+        return 0
+    data = prepare_data(cfg)  # local files: missing columns, empty files, too few examples
+    table = data.table
+    out.print(
+        f"data: {table['num_train']} training examples over "
+        f"{cfg.federation.num_clients} clients, {table['num_test']} held out",
+        soft_wrap=True,
     )
     return 0
 

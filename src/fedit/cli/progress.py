@@ -82,7 +82,10 @@ class ProgressObserver(RunObserver):
 
     def on_step(self, step: int, total_steps: int, loss: float) -> None:
         if self.steps is not None:
-            self.progress.update(self.steps, completed=step, info=f"loss {loss:.3f}")
+            # the total can grow within a client: Ditto's personal run follows the global one
+            self.progress.update(
+                self.steps, completed=step, total=total_steps, info=f"loss {loss:.3f}"
+            )
 
     def on_client_end(self, update: ClientUpdate) -> None:
         if self.clients is not None:

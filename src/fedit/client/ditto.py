@@ -25,7 +25,7 @@ publishes its last v_k (``client.personal``).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -68,6 +68,7 @@ def train_personal(
     kept: KeptState,
     update: ClientUpdate,
     step_loss: StepLoss | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
 ) -> ClientUpdate:
     """Ditto's personal run after the round's global run, on the same (active) adapter slot.
 
@@ -81,11 +82,20 @@ def train_personal(
             so the model is left as FedIT's round leaves it; under ``dp_level=none`` its
             metrics gain ``personal_train_loss``.
         step_loss: What each step minimises (a fresh one: DPO's prepares per run).
+        progress: The round's step callback. The personal run's steps continue the global
+            run's count, with the total grown by the personal run's, so a client's bar runs
+            on through both runs instead of waiting at 100%.
 
     Returns:
         The personal run's own update (its state is the new v_k, already in ``kept``).
     """
     config = instruction.config
+    done = update.num_steps
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        if progress is not None:
+            progress(done + step, done + total, loss)
+
     personal = train_local(
         model,
         examples,
@@ -96,6 +106,7 @@ def train_personal(
         global_state=kept.get(DITTO_PERSONAL) or instruction.state,
         objective=personal_objective(config, instruction.state),
         step_loss=step_loss,
+        progress=on_step,
     )
     kept.put(DITTO_PERSONAL, personal.state)
     set_adapter_state(model, update.state)

@@ -169,7 +169,7 @@ def fit_client(
         )
         if kept is not None and config.personalization == "ditto":  # on the same adapter slot
             personal_loss = objective_loss(model, cfg)
-            train_personal(model, examples, cfg, instruction, kept, update, personal_loss)
+            train_personal(model, examples, cfg, instruction, kept, update, personal_loss, progress)
     if control is not None:
         update.extras[CONTROL_DELTA] = control.advance(instruction, update)
     if kept is not None:  # saved raw, before the reply is privatised or forged

@@ -154,6 +154,12 @@ def _check_responses(examples: list[Example], key: str, origin: str) -> None:
         )
 
 
+def is_hub_source(source: str) -> bool:
+    """Whether ``load_source`` would read ``source`` from the dataset hub (no local file)."""
+    local = source == "synthetic" or Path(source).expanduser().exists()
+    return not local and not _looks_like_path(source)
+
+
 def _looks_like_path(source: str) -> bool:
     if Path(source).suffix.lower() in READERS:
         return True
