@@ -80,7 +80,7 @@ def test_gpu_scale_smoke_writes_its_table(benchmarks_on_path, tmp_path):
 
 
 def test_mfu_formula_by_hand(benchmarks_on_path):
-    from gpu_scale import SHAPES, card_peak, flops_per_sequence
+    from gpu_shapes import SHAPES, card_peak, flops_per_sequence
 
     d, inner, layers, vocab = 4096, 11008, 32, 32000  # 7b: no grouped KV heads
     linear = layers * (4 * d * d + 3 * d * inner)
