@@ -16,6 +16,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 HEADER = """# Benchmarks
 
 Each section is written by the script named in its command; rerun the command to refresh it.

@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import ROOT, write_section
+from common import QUICKSTART, ROOT, write_section
 
-QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 TARGET_SECONDS = 8 * 60  # the whole of scripts/gpu-check.sh
 SECTION = "gpu"
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "bitsandbytes")

@@ -30,10 +30,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psutil
-from common import ROOT, record
+from common import QUICKSTART, ROOT, record
 from flower_overhead import run_flower
 
-QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 SMOKE = [
     "data.synthetic.num_examples=80",
     "data.test_per_category=1",

@@ -26,13 +26,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, record
+from common import QUICKSTART, record
 
 from fedit.config import load_config
 from fedit.engines import secagg
 from fedit.engines.secagg import SecAggParams
 
-QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 ROUND = [
     "federation.rounds=1",
     "federation.fraction_fit=1.0",

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import ROOT, record
+from common import QUICKSTART, ROOT, record
 from systems_clock import clock_cost
 
 from fedit.config import load_config
@@ -43,7 +43,6 @@ from fedit.reporting.systems import time_to_target
 from fedit.server.clock import SimulatedClock
 from fedit.server.profiles import load_profiles
 
-QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 METHODS = ("random", "deadline", "oort", "diverse", "fedbuff")
 WORK_KEYS = ("tokens", "bytes_down", "bytes_up")
 

@@ -14,13 +14,11 @@ import time
 from typing import Any
 
 import numpy as np
-from common import ROOT
+from common import QUICKSTART
 
 from fedit.config import load_config
 from fedit.server.clock import SimulatedClock
 from fedit.server.profiles import load_profiles
-
-QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 
 
 class _StubTransport:

@@ -119,19 +119,15 @@ def test_a_seed_marker_from_before_a_new_setting_still_matches():
     """A finished seed is reused when the only difference is a setting fedit gained since (at
     its default); a changed value or another seed runs the seed again."""
     cfg = load_config("configs/quickstart.yaml", ["seed=43"])
-    recipe = {"seed": 43, "config": save_config(cfg)}
-    older = yaml.safe_load(recipe["config"])
+    older = yaml.safe_load(save_config(cfg))
     del older["flower"]["rejoin_timeout"]  # written by a fedit that had no such key
     marker = {"seed": 43, "config": yaml.safe_dump(older)}
-    assert _same_recipe(marker, recipe, cfg)
-    assert not _same_recipe(marker | {"seed": 44}, recipe, cfg)
-    assert not _same_recipe(
-        marker,
-        recipe,
-        load_config("configs/quickstart.yaml", ["seed=43", "flower.rejoin_timeout=5"]),
-    )
-    assert not _same_recipe({"seed": 43, "config": ": not yaml ["}, recipe, cfg)
-    assert not _same_recipe(None, recipe, cfg)
+    assert _same_recipe(marker, 43, cfg)
+    assert not _same_recipe(marker, 44, cfg)
+    changed = load_config("configs/quickstart.yaml", ["seed=43", "flower.rejoin_timeout=5"])
+    assert not _same_recipe(marker, 43, changed)
+    assert not _same_recipe({"seed": 43, "config": ": not yaml ["}, 43, cfg)
+    assert not _same_recipe(None, 43, cfg)
 
 
 def test_bad_seeds_are_one_line_errors(tmp_path, capsys):

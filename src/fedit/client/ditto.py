@@ -90,10 +90,11 @@ def train_personal(
         The personal run's own update (its state is the new v_k, already in ``kept``).
     """
     config = instruction.config
-    done = update.num_steps
+    on_step = None
+    if progress is not None:
+        done = update.num_steps
 
-    def on_step(step: int, total: int, loss: float) -> None:
-        if progress is not None:
+        def on_step(step: int, total: int, loss: float) -> None:
             progress(done + step, done + total, loss)
 
     personal = train_local(

@@ -83,7 +83,7 @@ def run_study(cfg: Config, observer: RunObserver | None = None) -> StudyOutcome:
         marker = Path(one.output_dir) / "compare" / SEED_MARKER
         results = Path(one.output_dir) / "compare" / "results.json"
         recipe = {"seed": seed, "config": save_config(one)}
-        if not cfg.overwrite and results.is_file() and _same_recipe(_read(marker), recipe, one):
+        if not cfg.overwrite and results.is_file() and _same_recipe(_read(marker), seed, one):
             log.info("seed %d: reusing the finished comparison in %s", seed, one.output_dir)
         else:
             marker.unlink(missing_ok=True)
@@ -102,10 +102,10 @@ def run_study(cfg: Config, observer: RunObserver | None = None) -> StudyOutcome:
     return StudyOutcome(study_dir, report, summary, time.perf_counter() - started)
 
 
-def _same_recipe(saved: Any, recipe: dict[str, Any], cfg: Config) -> bool:
-    """Whether a seed's marker records this seed and ``cfg``'s settings (a setting added to
+def _same_recipe(saved: Any, seed: int, cfg: Config) -> bool:
+    """Whether a seed's marker records ``seed`` and ``cfg``'s settings (a setting added to
     fedit since the marker was written counts at its default, as on resume)."""
-    if not isinstance(saved, dict) or saved.get("seed") != recipe["seed"]:
+    if not isinstance(saved, dict) or saved.get("seed") != seed:
         return False
     try:
         config = yaml.safe_load(saved.get("config") or "") or {}

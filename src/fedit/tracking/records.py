@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fedit.config import Config
+from fedit.config import Config, flatten
 from fedit.reporting.summary import summary_rows
 from fedit.tracking.tracker import Scalar
 
@@ -72,19 +72,10 @@ def _numbers(prefix: str, tree: dict[str, Any], count_lists: bool) -> dict[str, 
 
 def flat_config(cfg: Config) -> dict[str, Scalar]:
     """The resolved config as hyperparameters: dotted keys, lists and nulls as text."""
-    flat: dict[str, Scalar] = {}
-
-    def walk(tree: dict[str, Any], prefix: str) -> None:
-        for key, value in tree.items():
-            if isinstance(value, dict):
-                walk(value, f"{prefix}{key}.")
-            elif isinstance(value, (str, int, float, bool)):
-                flat[f"{prefix}{key}"] = value
-            else:  # lists, None
-                flat[f"{prefix}{key}"] = str(value)
-
-    walk(cfg.to_dict(), "")
-    return flat
+    return {
+        key: value if isinstance(value, (str, int, float, bool)) else str(value)  # lists, None
+        for key, value in flatten(cfg.to_dict()).items()
+    }
 
 
 def results_table(history: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
